@@ -1,0 +1,35 @@
+"""RSB-Detectron2: timm's "ResNet strikes back" ResNet-50 as a Detectron2 backbone.
+
+Importing this package registers the yacs backbone builders in Detectron2's ``BACKBONE_REGISTRY``.
+"""
+
+from .fpn import RetinaNetP6P7, rcnn_fpn, retinanet_fpn
+from .norm_modes import FROZEN_STATS_BN, NORM_MODES
+from .pixel_stats import pixel_normalization
+from .timm_resnet import STAGE_NAMES, TimmResNet
+from .weight_files import WeightFileError, load_tensor_file
+from .yacs_builders import (
+    add_rsb_config,
+    build_rsb_resnet_backbone,
+    build_rsb_resnet_fpn_backbone,
+    build_rsb_resnet_retinanet_fpn_backbone,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TimmResNet",
+    "STAGE_NAMES",
+    "RetinaNetP6P7",
+    "rcnn_fpn",
+    "retinanet_fpn",
+    "NORM_MODES",
+    "FROZEN_STATS_BN",
+    "pixel_normalization",
+    "WeightFileError",
+    "load_tensor_file",
+    "add_rsb_config",
+    "build_rsb_resnet_backbone",
+    "build_rsb_resnet_fpn_backbone",
+    "build_rsb_resnet_retinanet_fpn_backbone",
+]

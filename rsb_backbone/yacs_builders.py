@@ -1,0 +1,97 @@
+"""yacs support: config keys and ``BACKBONE_REGISTRY`` builders reading them once.
+
+Usage::
+
+    cfg = get_cfg()
+    add_rsb_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_rsb_resnet_fpn_backbone"
+    cfg.MODEL.RSB.WEIGHTS = "resnet50.a1_in1k"
+"""
+
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+
+from .fpn import rcnn_fpn, retinanet_fpn
+from .norm_modes import FROZEN_STATS_BN
+from .timm_resnet import STAGE_NAMES, TimmResNet
+
+__all__ = [
+    "add_rsb_config",
+    "build_rsb_resnet_backbone",
+    "build_rsb_resnet_fpn_backbone",
+    "build_rsb_resnet_retinanet_fpn_backbone",
+]
+
+
+def add_rsb_config(cfg: CfgNode) -> CfgNode:
+    """Add the ``MODEL.RSB`` keys to a Detectron2 config (in place; also returned).
+
+    Keys:
+        MODEL.RSB.MODEL_NAME: timm architecture, default "resnet50".
+        MODEL.RSB.WEIGHTS: backbone weights: "" for random init, a timm pretrained name or a file.
+        MODEL.RSB.NORM: "FrozenStatsBN" (default, mmdetection's RSB mode), "FrozenBN", "BN", "SyncBN".
+        MODEL.RSB.OUT_FEATURES: trunk outputs, default res2..res5.
+        MODEL.RSB.RELU_BEFORE_P7: RetinaNet's P7 input; False is mmdetection's behaviour.
+
+    ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.FPN.*`` keep their Detectron2 meaning.
+    """
+    cfg.MODEL.RSB = CfgNode()
+    cfg.MODEL.RSB.MODEL_NAME = "resnet50"
+    cfg.MODEL.RSB.WEIGHTS = ""
+    cfg.MODEL.RSB.NORM = FROZEN_STATS_BN
+    cfg.MODEL.RSB.OUT_FEATURES = list(STAGE_NAMES)
+    cfg.MODEL.RSB.RELU_BEFORE_P7 = False
+    return cfg
+
+
+def _check_input(input_shape: ShapeSpec) -> None:
+    if input_shape.channels != 3:
+        raise ValueError(f"input_shape.channels={input_shape.channels}: the timm ResNet takes 3 channels")
+
+
+def _trunk_from_cfg(cfg: CfgNode, out_features) -> TimmResNet:
+    rsb = cfg.MODEL.RSB
+    return TimmResNet(
+        model_name=rsb.MODEL_NAME,
+        weights=rsb.WEIGHTS or None,
+        out_features=out_features,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=rsb.NORM,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_rsb_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TimmResNet:
+    """The trunk alone, with ``MODEL.RSB.OUT_FEATURES`` as outputs."""
+    _check_input(input_shape)
+    return _trunk_from_cfg(cfg, cfg.MODEL.RSB.OUT_FEATURES)
+
+
+@BACKBONE_REGISTRY.register()
+def build_rsb_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec):
+    """P2-P6 FPN for the R-CNNs (:func:`rcnn_fpn`), reading ``MODEL.FPN.*``."""
+    _check_input(input_shape)
+    trunk = _trunk_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES)
+    return rcnn_fpn(
+        trunk,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_rsb_resnet_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec):
+    """P3-P7 FPN for RetinaNet (:func:`retinanet_fpn`), reading ``MODEL.FPN.*``."""
+    _check_input(input_shape)
+    trunk = _trunk_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES)
+    return retinanet_fpn(
+        trunk,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7,
+    )
