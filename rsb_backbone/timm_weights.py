@@ -40,9 +40,12 @@ def is_weight_file_path(weights: str) -> bool:
 def _download_from_hub(pretrained_name: str) -> str:
     import timm
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    pretrained_cfg = timm.models.get_pretrained_cfg(pretrained_name)
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(pretrained_name)
+    except RuntimeError:  # a known architecture with an unknown tag
+        pretrained_cfg = None
     if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
         known = ", ".join(timm.list_pretrained("resnet50.*"))
         raise ValueError(
@@ -54,7 +57,13 @@ def _download_from_hub(pretrained_name: str) -> str:
     for filename in _HUB_FILENAMES:
         try:
             path = hf_hub_download(repo_id=repo_id, filename=filename)
-        except EntryNotFoundError as e:
+        except LocalEntryNotFoundError as e:  # offline or unreachable, and not in the cache
+            raise WeightFileError(
+                f"weights={pretrained_name!r}: could not fetch {repo_id}/{filename} from the "
+                f"Hugging Face hub and no cached copy exists; download it on a connected machine "
+                f"(or set HF_HUB_CACHE to a cache holding it) or pass a local file"
+            ) from e
+        except EntryNotFoundError as e:  # the repository has no file of that name
             last_error = e
             continue
         except Exception as e:  # network errors, offline mode without a cached copy
