@@ -1,0 +1,17 @@
+# RetinaNet R-50-FPN, RSB-A1 backbone, 1x (mmdet: 39.0 box AP, 3.8 GB). Settings file section 1E.
+# P3-P7 with P6 from C5 and, like mmdetection, no ReLU between P6 and P7.
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+
+from rsb_backbone import retinanet_fpn
+
+from ..common.rsb_base import PIXEL, dataloader, lr_multiplier, optimizer, rsb_trunk, train
+
+model = model_zoo.get_config("common/models/retinanet.py").model
+rsb_trunk.out_features = ["res3", "res4", "res5"]
+model.backbone = L(retinanet_fpn)(bottom_up=rsb_trunk, out_channels=256, relu_before_p7=False)
+model.pixel_mean = PIXEL["pixel_mean"]
+model.pixel_std = PIXEL["pixel_std"]
+model.input_format = PIXEL["input_format"]
+dataloader.train.mapper.use_instance_mask = False
+optimizer.lr = 1e-4  # mmdet RSB RetinaNet

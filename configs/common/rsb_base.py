@@ -1,0 +1,61 @@
+# Settings shared by the four RSB detectors: mmdetection's RSB recipe
+# (configs/resnet_strikes_back, mmdet v2.22) expressed in Detectron2.
+# Every value and its source: ../shared/reference/mmdet-rsb-settings.md (sections 1A, 2).
+import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler
+from detectron2.solver.build import get_default_optimizer_params
+
+from rsb_backbone import FROZEN_STATS_BN, TimmResNet, pixel_normalization
+
+# ---- backbone: timm ResNet-50 with the RSB A1 ImageNet weights --------------------------------
+RSB_WEIGHTS = "resnet50.a1_in1k"
+# RGB, ImageNet mean/std x 255 = mmdetection's [123.675, 116.28, 103.53] / [58.395, 57.12, 57.375]
+PIXEL = pixel_normalization(RSB_WEIGHTS)
+
+rsb_trunk = L(TimmResNet)(
+    model_name="resnet50",
+    weights=RSB_WEIGHTS,
+    out_features=["res2", "res3", "res4", "res5"],
+    freeze_at=2,  # mmdet frozen_stages=1: stem + layer1 (= res2)
+    norm=FROZEN_STATS_BN,  # mmdet norm_eval=True with trainable gamma/beta
+)
+
+# ---- data: COCO 2017, single scale 800/1333, horizontal flip, RGB -----------------------------
+dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+dataloader.train.mapper.augmentations[0].short_edge_length = (800,)  # mmdet (1333, 800), no multi-scale
+dataloader.train.mapper.image_format = PIXEL["input_format"]  # the test mapper interpolates this
+
+# ---- optimizer: AdamW, lr 2e-4 (RetinaNet 1e-4), wd 0.05, no decay on norm parameters ---------
+optimizer = L(torch.optim.AdamW)(
+    params=L(get_default_optimizer_params)(base_lr="${..lr}", weight_decay_norm=0.0),
+    lr=2e-4,
+    betas=(0.9, 0.999),
+    weight_decay=0.05,
+)
+
+# ---- schedule: mmdet 1x = 12 epochs at batch 16 ------------------------------------------------
+# 117,266 COCO train2017 images with annotations / 16 = 7,329.1 -> 7,330 iterations per epoch.
+ITERS_PER_EPOCH = 7330
+MAX_ITER = 12 * ITERS_PER_EPOCH  # 87,960
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1, 0.01],
+        milestones=[8 * ITERS_PER_EPOCH, 11 * ITERS_PER_EPOCH, MAX_ITER],  # after epochs 8 and 11
+    ),
+    warmup_length=500 / MAX_ITER,  # 500 iterations, linear, from 0.001
+    warmup_method="linear",
+    warmup_factor=0.001,
+)
+
+# ---- training loop -----------------------------------------------------------------------------
+train = model_zoo.get_config("common/train.py").train
+train.max_iter = MAX_ITER
+train.eval_period = ITERS_PER_EPOCH  # mmdet evaluates every epoch
+train.checkpointer = dict(period=ITERS_PER_EPOCH, max_to_keep=3)
+train.output_dir = "./output"
+# Gradient clipping (mmdet RSB: none). train_net.py reads this.
+train.clip_grad = dict(enabled=False, max_norm=35.0, norm_type=2.0)

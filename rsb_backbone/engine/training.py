@@ -1,0 +1,92 @@
+"""Training and evaluation loops for LazyConfigs (what ``train_net.py`` runs in each worker)."""
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+from detectron2.config import instantiate
+from detectron2.engine import default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from .checkpoint import AtomicCheckpointer
+from .hooks import CheckpointOnSignalHook, GradientClipHook
+from .trainers import build_trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["do_test", "do_train", "build_model", "write_eval_results"]
+
+
+def build_model(cfg):
+    """Instantiate ``cfg.model`` on ``cfg.train.device``."""
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    return model
+
+
+def write_eval_results(results: Dict[str, Any], output_dir: str, filename: str = "eval_results.json") -> Optional[str]:
+    """Save evaluation results as JSON in ``output_dir`` (main process only); return the path."""
+    if not comm.is_main_process() or not output_dir:
+        return None
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, filename)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return path
+
+
+def do_test(cfg, model) -> Dict[str, Any]:
+    """Run COCO evaluation of ``model`` on ``dataloader.test``; returns the results dict."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    evaluator_cfg = cfg.dataloader.evaluator
+    if "output_dir" not in evaluator_cfg or not evaluator_cfg.output_dir:
+        evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(evaluator_cfg))
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def do_train(cfg, *, resume: bool) -> None:
+    """Train ``cfg.model`` with periodic checkpoints and evaluation, metrics and TensorBoard.
+
+    Args:
+        cfg: a LazyConfig with model, dataloader, optimizer, lr_multiplier and train.
+        resume: continue from ``last_checkpoint`` in ``train.output_dir`` when there is one.
+    """
+    model = build_model(cfg)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = build_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    clip = cfg.train.get("clip_grad", {}) or {}
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            GradientClipHook(clip["max_norm"], clip.get("norm_type", 2.0)) if clip.get("enabled") else None,
+            CheckpointOnSignalHook(checkpointer),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    # A checkpoint stores the iteration that just finished: start at the next one.
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    if start_iter >= cfg.train.max_iter:
+        logger.info("Nothing to train: the checkpoint is at iteration %d of %d", start_iter, cfg.train.max_iter)
+        return
+    trainer.train(start_iter, cfg.train.max_iter)

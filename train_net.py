@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Train or evaluate an RSB detector from a LazyConfig.
+
+Examples:
+    # CPU demo on the generated shapes data (random init, minutes):
+    python3 train_net.py --config-file configs/shapes/faster_rcnn_rsb_r50_fpn_shapes.py
+
+    # COCO, 8 GPUs:
+    python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --num-gpus 8
+
+    # Evaluate a checkpoint:
+    python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --eval-only \
+        train.init_checkpoint=output/model_final.pth
+
+    # Your own COCO-format data:
+    python3 train_net.py --config-file configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py \
+        --register-coco my_train=train.json:images/ --register-coco my_val=val.json:images/ \
+        dataloader.train.dataset.names=my_train dataloader.test.dataset.names=my_val
+"""
+
+import logging
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine.defaults import create_ddp_model
+
+from rsb_backbone.data import register_coco_from_arg
+from rsb_backbone.engine import (
+    AtomicCheckpointer,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    build_model,
+    do_test,
+    do_train,
+    launch_workers,
+    load_config_with_overrides,
+    resolve_device,
+    sync_num_classes,
+    write_eval_results,
+)
+from rsb_backbone.weight_files import WeightFileError
+
+logger = logging.getLogger("rsb_detectron2.train_net")
+
+# Errors caused by what the user passed: reported as one line, exit code 2.
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, WeightFileError)
+
+
+def build_argument_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--register-coco",
+        action="append",
+        default=[],
+        metavar="NAME=JSON:IMAGE_DIR",
+        help="register a COCO-format data set under NAME (repeatable); "
+        "point the config at it with dataloader.train.dataset.names=NAME",
+    )
+    return parser
+
+
+def setup_config(args):
+    """Load the config, apply overrides, register data sets and fill in device and classes."""
+    for spec in args.register_coco:
+        register_coco_from_arg(spec)
+    cfg = load_config_with_overrides(args.config_file, args.opts)
+    resolve_device(cfg)
+    sync_num_classes(cfg, training=not args.eval_only)
+    return cfg
+
+
+def evaluate(cfg, args):
+    model = create_ddp_model(build_model(cfg))
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
+    if args.resume and checkpointer.has_checkpoint():
+        checkpointer.resume_or_load("", resume=True)
+    elif cfg.train.init_checkpoint:
+        checkpointer.load(cfg.train.init_checkpoint)
+    else:
+        raise ValueError("--eval-only needs a checkpoint: train.init_checkpoint=PATH (or --resume)")
+    results = do_test(cfg, model)
+    path = write_eval_results(results, cfg.train.output_dir)
+    if path:
+        logger.info("Evaluation results written to %s", path)
+    return results
+
+
+def main(args):
+    cfg = setup_config(args)
+    default_setup(cfg, args)
+    if args.eval_only:
+        return evaluate(cfg, args)
+    do_train(cfg, resume=args.resume)
+
+
+def invoke_main() -> None:
+    args = build_argument_parser().parse_args()
+    try:
+        setup_config(args)  # fail fast, before any worker starts
+        launch_workers(
+            main,
+            num_gpus_per_machine=args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except USER_ERRORS as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"train_net.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as e:
+        print(f"train_net.py: error: {e}; the last complete checkpoint is kept", file=sys.stderr)
+        sys.exit(1)
+    except TrainingInterrupted as e:
+        print(f"train_net.py: {e}; continue with --resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    invoke_main()
