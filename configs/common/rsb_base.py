@@ -10,6 +10,7 @@ from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 
 from rsb_backbone import FROZEN_STATS_BN, TimmResNet, pixel_normalization
+from rsb_backbone.data import SkippingDatasetMapper
 
 # ---- backbone: timm ResNet-50 with the RSB A1 ImageNet weights --------------------------------
 RSB_WEIGHTS = "resnet50.a1_in1k"
@@ -28,6 +29,8 @@ rsb_trunk = L(TimmResNet)(
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 dataloader.train.mapper.augmentations[0].short_edge_length = (800,)  # mmdet (1333, 800), no multi-scale
 dataloader.train.mapper.image_format = PIXEL["input_format"]  # the test mapper interpolates this
+# Unreadable training images are skipped with a warning (and counted) instead of ending the run.
+dataloader.train.mapper._target_ = SkippingDatasetMapper
 
 # ---- optimizer: AdamW, lr 2e-4 (RetinaNet 1e-4), wd 0.05, no decay on norm parameters ---------
 optimizer = L(torch.optim.AdamW)(

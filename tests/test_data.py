@@ -1,0 +1,407 @@
+"""The data layer: shapes generator, builtin registration, checked COCO registration."""
+
+import contextlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from rsb_backbone.data import (
+    SHAPES_DATASETS,
+    SkippingDatasetMapper,
+    datasets_root,
+    ensure_shapes_dataset,
+    generate_shapes_dataset,
+    load_coco_instances_checked,
+    num_classes_of,
+    parse_register_coco_arg,
+    register_builtin_datasets,
+    register_coco_from_arg,
+    register_coco_instances_checked,
+    register_shapes_dataset,
+)
+from rsb_backbone.data import shapes
+
+TINY = dict(num_train=3, num_val=2, min_size=64, max_size=96)
+CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+SQUARE_POLYGON = [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]
+
+
+def _unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _annotation(ann_id, image_id=1, category_id=1, bbox=(2, 2, 10, 10), segmentation=None):
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": list(bbox),
+        "area": float(bbox[2] * bbox[3]),
+        "iscrowd": 0,
+        "segmentation": SQUARE_POLYGON if segmentation is None else segmentation,
+    }
+
+
+def _write_coco(root, annotations, *, num_images=1, width=40, height=30, categories=CATEGORIES):
+    """A tiny COCO set: ``num_images`` real JPEGs under root/images and root/ann.json."""
+    image_root = os.path.join(root, "images")
+    os.makedirs(image_root, exist_ok=True)
+    images = []
+    for image_id in range(1, num_images + 1):
+        file_name = f"{image_id}.jpg"
+        cv2.imwrite(os.path.join(image_root, file_name), np.full((height, width, 3), 128, np.uint8))
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+    json_file = os.path.join(root, "ann.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return json_file, image_root
+
+
+# --- shapes generator -------------------------------------------------------------------------
+
+
+def test_generator_is_deterministic(tmp_path):
+    a = generate_shapes_dataset(tmp_path / "a", seed=3, **TINY)
+    b = generate_shapes_dataset(tmp_path / "b", seed=3, **TINY)
+    c = generate_shapes_dataset(tmp_path / "c", seed=4, **TINY)
+    for split in ("train", "val"):
+        assert (
+            _read_json(a[split]["json_file"])["annotations"]
+            == _read_json(b[split]["json_file"])["annotations"]
+        )
+        files = sorted(os.listdir(a[split]["image_root"]))
+        assert files == sorted(os.listdir(b[split]["image_root"]))
+        for name in files:
+            with open(os.path.join(a[split]["image_root"], name), "rb") as fa:
+                with open(os.path.join(b[split]["image_root"], name), "rb") as fb:
+                    assert fa.read() == fb.read()
+    assert _read_json(a["train"]["json_file"]) != _read_json(c["train"]["json_file"])
+
+
+def test_generated_set_is_valid_coco(tmp_path):
+    from pycocotools.coco import COCO
+
+    paths = generate_shapes_dataset(tmp_path / "shapes", num_train=6, num_val=2, seed=0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(paths["train"]["json_file"])
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["circle", "square", "triangle"]
+    assert len(coco.getImgIds()) == 6
+    for image_id in coco.getImgIds():
+        info = coco.loadImgs(image_id)[0]
+        image = cv2.imread(os.path.join(paths["train"]["image_root"], info["file_name"]))
+        assert image.shape == (info["height"], info["width"], 3)
+        assert info["height"] != info["width"]
+        assert 160 <= info["height"] <= 256 and 160 <= info["width"] <= 256
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        assert 1 <= len(anns) <= 4
+        short_side = min(info["height"], info["width"])
+        for ann in anns:
+            assert ann["iscrowd"] == 0 and ann["category_id"] in (1, 2, 3)
+            x, y, w, h = ann["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= info["width"] and y + h <= info["height"]
+            assert min(w, h) >= 0.2 * short_side  # large enough to learn
+            mask = coco.annToMask(ann)
+            ys, xs = np.nonzero(mask)
+            assert (
+                xs.min() >= x - 1 and xs.max() <= x + w and ys.min() >= y - 1 and ys.max() <= y + h
+            )
+            assert mask.sum() == pytest.approx(ann["area"], rel=0.15)
+            # The object is drawn where its mask is: solid colour, unlike the noisy background.
+            inside = image[cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0].astype(float)
+            assert inside.std(axis=0).max() < 8.0
+        for i, a in enumerate(anns):  # objects do not overlap
+            for b in anns[i + 1 :]:
+                ax, ay, aw, ah = a["bbox"]
+                bx, by, bw, bh = b["bbox"]
+                assert ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+
+
+def test_generate_refuses_existing_folder(tmp_path):
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="shapes"):
+        generate_shapes_dataset(tmp_path / "shapes", **TINY)
+
+
+def test_generate_discards_its_copy_when_target_appears(tmp_path, monkeypatch, caplog):
+    target = tmp_path / "shapes"
+    write_split = shapes._write_split
+
+    def racing_write_split(output_dir, **kwargs):
+        if not target.exists():  # another process finishes first, with another seed
+            monkeypatch.setattr(shapes, "_write_split", write_split)
+            generate_shapes_dataset(target, seed=1, **TINY)
+            monkeypatch.setattr(shapes, "_write_split", racing_write_split)
+        return write_split(output_dir, **kwargs)
+
+    monkeypatch.setattr(shapes, "_write_split", racing_write_split)
+    with caplog.at_level(logging.INFO, logger="rsb_backbone.data.shapes"):
+        paths = generate_shapes_dataset(target, seed=0, **TINY)
+    assert "discarding this copy" in caplog.text
+    monkeypatch.setattr(shapes, "_write_split", write_split)
+    expected = generate_shapes_dataset(tmp_path / "seed1", seed=1, **TINY)
+    assert (
+        _read_json(paths["val"]["json_file"])["annotations"]
+        == _read_json(expected["val"]["json_file"])["annotations"]
+    )
+    assert sorted(os.listdir(tmp_path)) == ["seed1", "shapes"]  # no temporary folder left
+
+
+def _ensure_in_child(root):
+    ensure_shapes_dataset(root, **TINY)
+
+
+def test_ensure_from_two_processes_at_once(tmp_path):
+    root = str(tmp_path / "shapes")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_ensure_in_child, args=(root,)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert sorted(os.listdir(tmp_path)) == ["shapes"]
+    assert len(_read_json(os.path.join(root, "train.json"))["images"]) == TINY["num_train"]
+    mtime = os.path.getmtime(os.path.join(root, "train.json"))
+    ensure_shapes_dataset(root, **TINY)  # present: not generated again
+    assert os.path.getmtime(os.path.join(root, "train.json")) == mtime
+
+
+# --- builtin registration ---------------------------------------------------------------------
+
+
+def test_builtin_names_are_registered_on_import():
+    register_builtin_datasets()  # again: no error
+    for name, split in SHAPES_DATASETS.items():
+        assert name in DatasetCatalog.list()
+        meta = MetadataCatalog.get(name)
+        assert meta.thing_classes == ["circle", "square", "triangle"]
+        assert meta.evaluator_type == "coco"
+        assert meta.json_file.endswith(os.path.join("shapes", f"{split}.json"))
+        assert meta.image_root.endswith(os.path.join("shapes", split))
+        assert num_classes_of(name) == 3
+
+
+def test_datasets_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSB_DATASETS", str(tmp_path))
+    assert datasets_root() == str(tmp_path)
+    monkeypatch.delenv("RSB_DATASETS")
+    assert datasets_root() == os.path.abspath("datasets")
+
+
+def test_shapes_generated_on_first_load_and_evaluable(tmp_path):
+    from detectron2.evaluation import COCOEvaluator
+
+    name = _unique_name("test_shapes_val")
+    root = tmp_path / "shapes"
+    register_shapes_dataset(name, "val", root=root, **TINY)
+    register_shapes_dataset(name, "val", root=root, **TINY)  # idempotent
+    with pytest.raises(ValueError, match=name):
+        register_shapes_dataset(name, "val", root=tmp_path / "elsewhere")
+    assert not root.exists()  # registering writes nothing
+
+    records = DatasetCatalog.get(name)
+    assert len(records) == TINY["num_val"]
+    assert os.path.isfile(MetadataCatalog.get(name).json_file)
+
+    # Ground truth as predictions: AP 100 only if ids map back to the json's categories.
+    evaluator = COCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "eval"))
+    evaluator.reset()
+    for record in records:
+        instances = Instances((record["height"], record["width"]))
+        boxes = [
+            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+            for a in record["annotations"]
+        ]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]])
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+
+
+# --- NAME=JSON:IMAGE_DIR ----------------------------------------------------------------------
+
+
+def test_parse_register_coco_arg():
+    assert parse_register_coco_arg("my_train=a/train.json:img/train") == (
+        "my_train",
+        "a/train.json",
+        "img/train",
+    )
+    assert parse_register_coco_arg("x=t.json:/data/a:b") == ("x", "t.json", "/data/a:b")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["train.json:images", "my=train.json", "=train.json:images", "my=:images", "my=a.json:"],
+)
+def test_parse_register_coco_arg_rejects(value):
+    with pytest.raises(ValueError, match="NAME=JSON:IMAGE_DIR") as info:
+        parse_register_coco_arg(value)
+    assert repr(value) in str(info.value)
+
+
+# --- checked COCO registration: one test per documented decision -----------------------------
+
+
+def test_register_sets_metadata_and_loads(tmp_path):
+    categories = [{"id": 9, "name": "zebra"}, {"id": 5, "name": "ant"}]
+    json_file, image_root = _write_coco(
+        tmp_path,
+        [_annotation(1, category_id=9), _annotation(2, category_id=5)],
+        categories=categories,
+    )
+    name = _unique_name("test_user")
+    assert register_coco_from_arg(f"{name}={json_file}:{image_root}") == name
+    register_coco_instances_checked(name, json_file, image_root)  # same again: no-op
+    with pytest.raises(ValueError, match=name):
+        register_coco_instances_checked(name, json_file, str(tmp_path))
+    meta = MetadataCatalog.get(name)
+    assert meta.thing_classes == ["ant", "zebra"]  # ordered by category id
+    assert meta.thing_dataset_id_to_contiguous_id == {5: 0, 9: 1}
+    assert (meta.json_file, meta.image_root, meta.evaluator_type) == (json_file, image_root, "coco")
+    assert num_classes_of(name) == 2
+    (record,) = DatasetCatalog.get(name)
+    assert [a["category_id"] for a in record["annotations"]] == [1, 0]
+    assert record["file_name"] == os.path.join(image_root, "1.jpg")
+
+
+def test_num_classes_of_unregistered():
+    with pytest.raises(ValueError, match="no_such_dataset"):
+        num_classes_of("no_such_dataset")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        ("{not json", "not valid JSON"),
+        ('{"images": [], "annotations": []}', "not a COCO instances file"),
+        ("[1, 2]", "not a COCO instances file"),
+    ],
+)
+def test_bad_json_file(tmp_path, content, message):
+    json_file = str(tmp_path / "ann.json")
+    if content is not None:
+        (tmp_path / "ann.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        register_coco_instances_checked(_unique_name("test_bad"), json_file, str(tmp_path))
+    assert str(info.value).startswith(json_file)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_image_folder(tmp_path):
+    json_file, _ = _write_coco(tmp_path, [_annotation(1)])
+    missing = str(tmp_path / "no_images")
+    with pytest.raises(ValueError, match="image folder") as info:
+        register_coco_instances_checked(_unique_name("test_nofolder"), json_file, missing)
+    assert str(info.value).startswith(missing)
+
+
+def test_missing_image_file_fails_at_load(tmp_path):
+    json_file, image_root = _write_coco(tmp_path, [_annotation(1)], num_images=3)
+    os.remove(os.path.join(image_root, "2.jpg"))
+    os.remove(os.path.join(image_root, "3.jpg"))
+    name = _unique_name("test_missing_image")
+    register_coco_instances_checked(name, json_file, image_root)  # files checked at load
+    with pytest.raises(ValueError) as info:
+        DatasetCatalog.get(name)
+    message = str(info.value)
+    assert os.path.join(image_root, "2.jpg") in message
+    assert "image id 2" in message and "1 more missing" in message
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_is_skipped_by_mapper(tmp_path, caplog, damage):
+    json_file, image_root = _write_coco(
+        tmp_path, [_annotation(1, image_id=1), _annotation(2, image_id=2)], num_images=2
+    )
+    bad_file = os.path.join(image_root, "1.jpg")
+    with open(bad_file, "rb") as f:
+        data = f.read()
+    with open(bad_file, "wb") as f:
+        f.write(b"not an image at all" if damage == "garbage" else data[: len(data) // 2])
+    records = load_coco_instances_checked(json_file, image_root)
+    mapper = SkippingDatasetMapper(
+        is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True
+    )
+    dataset = MapDataset(DatasetFromList(records, copy=False), mapper)
+    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.mapper"):
+        first = dataset[0]
+        dataset[0]
+    assert first["image_id"] == 2  # Detectron2 sampled the readable image instead
+    assert mapper.num_skipped == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rsb_backbone.data.mapper"]
+    assert len(warnings) == 1 and bad_file in warnings[0]  # once per file
+
+
+def test_unknown_category_id(tmp_path):
+    json_file, image_root = _write_coco(tmp_path, [_annotation(1), _annotation(77, category_id=3)])
+    with pytest.raises(ValueError) as info:
+        load_coco_instances_checked(json_file, image_root)
+    message = str(info.value)
+    assert message.startswith(json_file) and "annotation id 77" in message
+    assert "category_id 3" in message
+
+
+def test_images_without_annotations_are_kept(tmp_path, caplog):
+    json_file, image_root = _write_coco(tmp_path, [_annotation(1, image_id=2)], num_images=3)
+    with caplog.at_level(logging.INFO, logger="rsb_backbone.data.coco_registration"):
+        records = load_coco_instances_checked(json_file, image_root)
+    assert [r["image_id"] for r in records] == [1, 2, 3]
+    assert "2 images have no annotations" in caplog.text
+    assert [r["image_id"] for r in filter_images_with_only_crowd_annotations(records)] == [2]
+
+
+def test_degenerate_and_outside_boxes(tmp_path, caplog):
+    annotations = [
+        _annotation(1, bbox=(2, 2, 10, 10)),
+        _annotation(2, bbox=(2, 2, 0, 10)),  # degenerate
+        _annotation(3, bbox=(2, 2, 10, -1)),  # degenerate
+        _annotation(4, bbox=(100, 5, 10, 10)),  # right of the 40x30 image
+        _annotation(5, bbox=(-5, 20, 20, 20)),  # partly outside: clipped
+    ]
+    json_file, image_root = _write_coco(tmp_path, annotations)
+    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.coco_registration"):
+        (record,) = load_coco_instances_checked(json_file, image_root)
+    assert [a["bbox"] for a in record["annotations"]] == [[2, 2, 10, 10], [0, 20, 15, 10]]
+    (summary,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert summary.startswith(json_file) and "skipped 3 annotations" in summary
+    assert "2 with degenerate box (ids [2, 3])" in summary
+    assert "1 with box outside the image (ids [4])" in summary
+    assert "clipped 1 boxes" in summary
+
+
+def test_short_polygons(tmp_path, caplog):
+    triangle = [2.0, 2.0, 12.0, 2.0, 7.0, 10.0]
+    annotations = [
+        _annotation(1, segmentation=[triangle, [1.0, 1.0, 5.0, 5.0]]),  # one polygon dropped
+        _annotation(2, segmentation=[[1.0, 1.0, 5.0, 5.0]]),  # none left: skipped
+        _annotation(3, segmentation=[[1.0, 1.0, 5.0, 5.0, 9.0]]),  # odd length: skipped
+    ]
+    json_file, image_root = _write_coco(tmp_path, annotations)
+    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.coco_registration"):
+        (record,) = load_coco_instances_checked(json_file, image_root)
+    assert [a["segmentation"] for a in record["annotations"]] == [[triangle]]
+    (summary,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "2 with no valid polygon (ids [2, 3])" in summary
+    assert "dropped 3 polygons" in summary
