@@ -12,6 +12,10 @@ Examples:
     python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --eval-only \
         train.init_checkpoint=output/model_final.pth
 
+    # Evaluate it through a yacs config (configs/yacs; the checkpoint loads unchanged):
+    python3 train_net.py --config-file configs/yacs/mask_rcnn_rsb_r50_fpn_1x.yaml --eval-only \
+        MODEL.WEIGHTS output/model_final.pth
+
     # Your own COCO-format data:
     python3 train_net.py --config-file configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py \
         --register-coco my_train=train.json:images/ --register-coco my_val=val.json:images/ \
@@ -38,6 +42,7 @@ from rsb_backbone.engine import (
     sync_num_classes,
     write_eval_results,
 )
+from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_yacs_config
 from rsb_backbone.weight_files import WeightFileError
 
 logger = logging.getLogger("rsb_detectron2.train_net")
@@ -63,6 +68,8 @@ def setup_config(args):
     """Load the config, apply overrides, register data sets and fill in device and classes."""
     for spec in args.register_coco:
         register_coco_from_arg(spec)
+    if is_yacs_config(args.config_file):
+        return setup_yacs_config(args.config_file, args.opts, eval_only=args.eval_only)
     cfg = load_config_with_overrides(args.config_file, args.opts)
     resolve_device(cfg)
     sync_num_classes(cfg, training=not args.eval_only)
@@ -88,6 +95,8 @@ def evaluate(cfg, args):
 def main(args):
     cfg = setup_config(args)
     default_setup(cfg, args)
+    if is_yacs_config(args.config_file):
+        return evaluate_yacs(cfg, resume=args.resume)
     if args.eval_only:
         return evaluate(cfg, args)
     do_train(cfg, resume=args.resume)
@@ -114,7 +123,7 @@ def invoke_main() -> None:
         sys.exit(1)
     except TrainingInterrupted as e:
         print(f"train_net.py: {e}; continue with --resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,12 @@ def timm_resnet50_state_dict():
     model = timm.create_model("resnet50", pretrained=False)
     randomize_batchnorm(model)
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A small generated COCO-format data set with masks: 8 train and 4 val images."""
+    from rsb_backbone.data import generate_shapes_dataset
+
+    root = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
+    return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)

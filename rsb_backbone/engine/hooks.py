@@ -15,7 +15,15 @@ __all__ = ["GradientClipHook", "CheckpointOnSignalHook", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Raised after the checkpoint is saved when a stop signal arrived during training."""
+    """Raised after the checkpoint is saved when a stop signal arrived during training.
+
+    Attributes:
+        signum: the signal that stopped training.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class GradientClipHook(HookBase):
@@ -85,7 +93,9 @@ class CheckpointOnSignalHook(HookBase):
             self._checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
         comm.synchronize()
         name = signal.Signals(self._received).name
-        raise TrainingInterrupted(f"stopped by {name} after iteration {iteration}; checkpoint saved")
+        raise TrainingInterrupted(
+            f"stopped by {name} after iteration {iteration}; checkpoint saved", self._received
+        )
 
     def after_train(self):
         for sig, handler in self._previous.items():

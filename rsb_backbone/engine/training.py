@@ -13,7 +13,7 @@ from detectron2.utils import comm
 
 from .checkpoint import AtomicCheckpointer
 from .hooks import CheckpointOnSignalHook, GradientClipHook
-from .trainers import build_trainer
+from .trainers import NonFiniteLossError, build_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -89,4 +89,9 @@ def do_train(cfg, *, resume: bool) -> None:
     if start_iter >= cfg.train.max_iter:
         logger.info("Nothing to train: the checkpoint is at iteration %d of %d", start_iter, cfg.train.max_iter)
         return
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except NonFiniteLossError:
+        raise
+    except FloatingPointError as e:  # Detectron2's own divergence checks (e.g. NaN boxes)
+        raise NonFiniteLossError(f"training diverged at iteration {trainer.iter}: {e}") from e

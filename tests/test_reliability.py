@@ -1,0 +1,240 @@
+"""Nothing is lost when training is interrupted; corrupted or unsafe checkpoints are refused;
+a non-finite loss stops training and keeps the last good checkpoint."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from detectron2.config import LazyCall as L
+from detectron2.solver.build import get_default_optimizer_params
+from fvcore.common.param_scheduler import ConstantParamScheduler
+
+from rsb_backbone.engine import AtomicCheckpointer, NonFiniteLossError, do_train
+
+from conftest import REPO_ROOT
+from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
+
+FASTER = shapes_config("faster_rcnn")
+
+
+def _train_args(tiny_shapes, out, max_iter):
+    return [
+        "--config-file", FASTER, *dataset_args(tiny_shapes), *FAST_OVERRIDES,
+        "model.backbone.bottom_up.model_name=resnet18",  # cheapest trunk: these tests are about the loop
+        f"train.max_iter={max_iter}", "train.eval_period=0", "train.checkpointer.period=1",
+        "train.checkpointer.max_to_keep=100", f"train.output_dir={out}",
+    ]
+
+
+def _wait_for(path, process, timeout=600):
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        if process.poll() is not None:
+            raise AssertionError(f"training ended (rc={process.returncode}) before {path} appeared:\n"
+                                 + process.stderr.read()[-3000:])
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError(f"{path} did not appear in {timeout}s")
+        time.sleep(0.2)
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, TRAIN_NET, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _last_checkpoint(out):
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        return os.path.join(out, f.read().strip())
+
+
+def _assert_complete_checkpoint(path):
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    assert "model" in data and "iteration" in data
+    assert all(torch.isfinite(v).all() for v in data["model"].values() if v.dtype.is_floating_point)
+    return data
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_reaches_max_iter(tiny_shapes, tmp_path):
+    out = str(tmp_path / "killed")
+    args = _train_args(tiny_shapes, out, max_iter=5)
+    process = _start(args)
+    _wait_for(os.path.join(out, "model_0000001.pth"), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    _assert_complete_checkpoint(_last_checkpoint(out))
+
+    run_train_net(["--resume", *args])
+    assert _last_checkpoint(out).endswith("model_final.pth")
+    final = _assert_complete_checkpoint(_last_checkpoint(out))
+    assert final["iteration"] == 4
+    iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
+    assert iterations[-1] == 4 and sorted(set(iterations)) == list(range(5))
+
+
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    import rsb_backbone.engine.checkpoint as checkpoint_module
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_die_halfway(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            return real_save(obj, f, *args, **kwargs)
+        import io
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])  # half of the third checkpoint is on disk...
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # ...when the process is killed
+
+    checkpoint_module.torch.save = save_then_die_halfway
+    sys.argv = ["train_net.py"] + sys.argv[1:]
+    sys.path.insert(0, {repo!r})
+    import runpy
+    runpy.run_path({train_net!r}, run_name="__main__")
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(tiny_shapes, tmp_path):
+    out = str(tmp_path / "killed_in_save")
+    args = _train_args(tiny_shapes, out, max_iter=4)
+    script = KILL_DURING_SAVE.format(repo=REPO_ROOT, train_net=TRAIN_NET)
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    # The third save (iteration 2) died half-written: the pointer still names iteration 1's file.
+    last = _last_checkpoint(out)
+    assert last.endswith("model_0000001.pth")
+    assert _assert_complete_checkpoint(last)["iteration"] == 1
+    assert not os.path.exists(os.path.join(out, "model_0000002.pth"))
+
+    run_train_net(["--resume", *args])
+    final = _assert_complete_checkpoint(_last_checkpoint(out))
+    assert final["iteration"] == 3
+    # The leftover temporary file of the killed save is not mistaken for a checkpoint.
+    assert _last_checkpoint(out).endswith("model_final.pth")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_a_checkpoint_then_exits(signum, tiny_shapes, tmp_path):
+    out = str(tmp_path / "stopped")
+    args = _train_args(tiny_shapes, out, max_iter=50)
+    process = _start(args)
+    _wait_for(os.path.join(out, "model_0000000.pth"), process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert "checkpoint saved" in stderr and "--resume" in stderr
+    stopped_at = _assert_complete_checkpoint(_last_checkpoint(out))["iteration"]
+    assert 0 <= stopped_at < 49
+    assert os.path.basename(_last_checkpoint(out)) == f"model_{stopped_at:07d}.pth"
+
+    run_train_net(["--resume", *args[:-6], "train.max_iter=" + str(stopped_at + 2), *args[-5:]])
+    iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
+    assert iterations[-1] == stopped_at + 1
+
+
+@pytest.mark.slow
+def test_corrupted_checkpoint_is_named_on_resume(tiny_shapes, tmp_path):
+    out = str(tmp_path / "corrupt")
+    args = _train_args(tiny_shapes, out, max_iter=1)
+    run_train_net(args)
+    last = _last_checkpoint(out)
+    with open(last, "r+b") as f:
+        f.truncate(os.path.getsize(last) // 3)
+    result = run_train_net(["--resume", *args[:-6], "train.max_iter=3", *args[-5:]], check=False)
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("train_net.py: error:") and os.path.basename(last) in last_line
+    assert "Traceback" not in result.stderr
+
+
+class _CreatesFileWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_whose_unpickling_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "created-by-pickle"
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {}, "iteration": 1, "evil": _CreatesFileWhenUnpickled(str(marker))}, path)
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    with pytest.raises(ValueError, match="model_final.pth.*refused"):
+        checkpointer.resume_or_load("", resume=True)
+    assert not marker.exists()
+
+
+def test_divergence_in_a_real_detector_stops_with_the_iteration(tiny_shapes, tmp_path):
+    # pixel_std of 0 turns every normalized pixel into inf/nan: the first iteration diverges.
+    result = run_train_net(
+        [*_train_args(tiny_shapes, str(tmp_path / "nan"), max_iter=3), "model.pixel_std=[0.0,0.0,0.0]"],
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "at iteration 0" in last_line and "NaN" in last_line, last_line
+    assert "the last complete checkpoint is kept" in last_line
+
+
+class _LossBecomesNaN(torch.nn.Module):
+    """A tiny trainable model whose second loss turns NaN from a given step on."""
+
+    def __init__(self, nan_from_step: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+        self.nan_from_step = nan_from_step
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch):
+        self.steps += 1
+        value = self.linear(batch).pow(2).mean()
+        bad = value * float("nan") if int(self.steps) > self.nan_from_step else value
+        return {"loss_fine": value, "loss_breaks": bad}
+
+
+def _endless_batches():
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        yield torch.randn(8, 4, generator=generator)
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    out = str(tmp_path / "nan_run")
+    cfg = OmegaConf.create()
+    cfg.model = L(_LossBecomesNaN)(nan_from_step=3)  # steps 1-3 fine: iterations 0, 1, 2
+    cfg.optimizer = L(torch.optim.SGD)(params=L(get_default_optimizer_params)(), lr=0.01)
+    cfg.dataloader = OmegaConf.create({"train": L(_endless_batches)()})
+    cfg.lr_multiplier = L(ConstantParamScheduler)(value=1.0)
+    cfg.train = dict(
+        output_dir=out, init_checkpoint="", max_iter=10, amp=dict(enabled=False),
+        ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+        checkpointer=dict(period=1, max_to_keep=100), eval_period=0, log_period=1, device="cpu",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3: loss_breaks=nan"):
+        do_train(cfg, resume=False)
+    last = _last_checkpoint(out)
+    assert last.endswith("model_0000002.pth")
+    assert _assert_complete_checkpoint(last)["iteration"] == 2
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))

@@ -1,0 +1,127 @@
+"""train_net.py: two-process training, --resume, and clear errors for bad input."""
+
+import json
+import os
+
+import pytest
+
+from train_net_runner import (
+    FAST_OVERRIDES,
+    dataset_args,
+    read_eval_results,
+    read_metrics,
+    run_train_net,
+    shapes_config,
+)
+
+FASTER = shapes_config("faster_rcnn")
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu_train_and_evaluate(tiny_shapes, tmp_path):
+    out = str(tmp_path / "ddp")
+    result = run_train_net(
+        [
+            "--config-file", FASTER,
+            "--num-gpus", "2",
+            *dataset_args(tiny_shapes),
+            *FAST_OVERRIDES,
+            "dataloader.train.total_batch_size=2",  # one image per process
+            "train.max_iter=2",
+            "train.eval_period=2",
+            f"train.output_dir={out}",
+        ]
+    )
+    log = result.stdout + result.stderr
+    assert "world size: 2" in log.lower() or "Rank of current process: 1" in log
+    records = read_metrics(out)
+    assert [r["iteration"] for r in records if "total_loss" in r] == [0, 1]
+    assert any("bbox/AP" in r for r in records), "the periodic evaluation did not run"
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tiny_shapes, tmp_path):
+    out = str(tmp_path / "resume")
+    common = ["--config-file", FASTER, *dataset_args(tiny_shapes), *FAST_OVERRIDES,
+              "train.eval_period=0", "train.checkpointer.period=1", f"train.output_dir={out}"]
+    run_train_net([*common, "train.max_iter=2"])
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == "model_final.pth"
+    result = run_train_net(["--resume", *common, "train.max_iter=4"])
+    assert "Loading checkpoint" in result.stdout + result.stderr or "model_final.pth" in result.stdout + result.stderr
+    iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
+    assert iterations == [0, 1, 2, 3], iterations  # 2 and 3 come from the resumed run
+
+
+def _assert_one_line_error(result, *needles):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines, "no error message"
+    last = lines[-1]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last.startswith("train_net.py: error:"), last
+    for needle in needles:
+        assert needle in last, (needle, last)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = run_train_net(["--config-file", str(tmp_path / "nope.py")], check=False, timeout=120)
+    _assert_one_line_error(result, "nope.py")
+
+
+def test_unknown_override_key_is_named_with_a_suggestion():
+    result = run_train_net(["--config-file", FASTER, "train.max_itr=3"], check=False, timeout=120)
+    _assert_one_line_error(result, "train.max_itr", "train.max_iter")
+
+
+def test_missing_json_is_named(tmp_path, tiny_shapes):
+    image_dir = tiny_shapes["train"]["image_root"]
+    result = run_train_net(
+        ["--config-file", FASTER, "--register-coco", f"mine={tmp_path}/absent.json:{image_dir}"],
+        check=False, timeout=120,
+    )
+    _assert_one_line_error(result, "absent.json")
+
+
+def test_missing_image_folder_is_named(tmp_path, tiny_shapes):
+    json_file = tiny_shapes["train"]["json_file"]
+    result = run_train_net(
+        ["--config-file", FASTER, "--register-coco", f"mine={json_file}:{tmp_path}/no_images"],
+        check=False, timeout=120,
+    )
+    _assert_one_line_error(result, "no_images")
+
+
+def test_class_count_mismatch_between_train_and_test_sets(tmp_path, tiny_shapes):
+    with open(tiny_shapes["val"]["json_file"]) as f:
+        data = json.load(f)
+    data["categories"].append({"id": 4, "name": "star", "supercategory": "shape"})
+    json_file = tmp_path / "val_4_classes.json"
+    json_file.write_text(json.dumps(data))
+    result = run_train_net(
+        [
+            "--config-file", FASTER,
+            *dataset_args(tiny_shapes)[:2],
+            "--register-coco", f"val4={json_file}:{tiny_shapes['val']['image_root']}",
+            "dataloader.train.dataset.names=tiny_train",
+            "dataloader.test.dataset.names=val4",
+        ],
+        check=False, timeout=120,
+    )
+    _assert_one_line_error(result, "class mismatch", "tiny_train", "val4")
+
+
+def test_unregistered_dataset_is_named():
+    result = run_train_net(
+        ["--config-file", FASTER, "dataloader.train.dataset.names=my_missing_set"], check=False, timeout=120
+    )
+    _assert_one_line_error(result, "my_missing_set", "--register-coco")
+
+
+def test_eval_only_without_checkpoint_says_what_to_pass(tiny_shapes, tmp_path):
+    result = run_train_net(
+        ["--config-file", FASTER, "--eval-only", *dataset_args(tiny_shapes), f"train.output_dir={tmp_path}"],
+        check=False, timeout=300,
+    )
+    _assert_one_line_error(result, "train.init_checkpoint")

@@ -1,0 +1,67 @@
+"""Runs train_net.py as a user would (a subprocess) on small generated data."""
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Sequence
+
+from conftest import REPO_ROOT
+
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
+
+# CPU-sized settings for every test run: tiny images, 2 images per batch, no loader workers.
+FAST_OVERRIDES = (
+    "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+    "dataloader.train.mapper.augmentations.0.max_size=192",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+    "dataloader.test.mapper.augmentations.0.max_size=192",
+    "train.log_period=1",
+)
+
+
+def shapes_config(detector: str) -> str:
+    return os.path.join(REPO_ROOT, "configs", "shapes", f"{detector}_rsb_r50_fpn_shapes.py")
+
+
+def dataset_args(dataset: Dict[str, Dict[str, str]]) -> List[str]:
+    """--register-coco arguments and overrides pointing a config at a generated data set."""
+    return [
+        "--register-coco", f"tiny_train={dataset['train']['json_file']}:{dataset['train']['image_root']}",
+        "--register-coco", f"tiny_val={dataset['val']['json_file']}:{dataset['val']['image_root']}",
+        "dataloader.train.dataset.names=tiny_train",
+        "dataloader.test.dataset.names=tiny_val",
+    ]
+
+
+def run_train_net(args: Sequence[str], *, timeout: float = 900, env=None, check: bool = True):
+    """Run ``python3 train_net.py ARGS``; return the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, TRAIN_NET, *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"train_net.py exited {result.returncode}\n--- stderr (end) ---\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def read_metrics(output_dir: str) -> List[dict]:
+    """The records of ``metrics.json`` (one JSON object per line)."""
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_eval_results(output_dir: str) -> dict:
+    with open(os.path.join(output_dir, "eval_results.json")) as f:
+        return json.load(f)
