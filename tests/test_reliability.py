@@ -38,7 +38,7 @@ def _wait_for(path, process, timeout=600):
     while not os.path.exists(path):
         if process.poll() is not None:
             raise AssertionError(f"training ended (rc={process.returncode}) before {path} appeared:\n"
-                                 + process.stderr.read()[-3000:])
+                                 + _stderr_of(process)[-3000:])
         if time.time() > deadline:
             process.kill()
             raise AssertionError(f"{path} did not appear in {timeout}s")
@@ -46,8 +46,19 @@ def _wait_for(path, process, timeout=600):
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, TRAIN_NET, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    """Start train_net.py; its stderr goes to a temporary file (a pipe could fill up and block it)."""
+    import tempfile
+
+    stderr = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen([sys.executable, TRAIN_NET, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=stderr, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    process.stderr_file = stderr
+    return process
+
+
+def _stderr_of(process):
+    process.stderr_file.seek(0)
+    return process.stderr_file.read()
 
 
 def _last_checkpoint(out):
@@ -104,9 +115,9 @@ KILL_DURING_SAVE = textwrap.dedent(
 
     checkpoint_module.torch.save = save_then_die_halfway
     sys.argv = ["train_net.py"] + sys.argv[1:]
-    sys.path.insert(0, {repo!r})
+    sys.path.insert(0, REPO_ROOT)
     import runpy
-    runpy.run_path({train_net!r}, run_name="__main__")
+    runpy.run_path(TRAIN_NET, run_name="__main__")
     """
 )
 
@@ -115,7 +126,7 @@ KILL_DURING_SAVE = textwrap.dedent(
 def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(tiny_shapes, tmp_path):
     out = str(tmp_path / "killed_in_save")
     args = _train_args(tiny_shapes, out, max_iter=4)
-    script = KILL_DURING_SAVE.format(repo=REPO_ROOT, train_net=TRAIN_NET)
+    script = KILL_DURING_SAVE.replace("REPO_ROOT", repr(REPO_ROOT)).replace("TRAIN_NET", repr(TRAIN_NET))
     result = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
@@ -140,14 +151,15 @@ def test_stop_signal_saves_a_checkpoint_then_exits(signum, tiny_shapes, tmp_path
     process = _start(args)
     _wait_for(os.path.join(out, "model_0000000.pth"), process)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=300)
+    process.wait(timeout=300)
+    stderr = _stderr_of(process)
     assert process.returncode == 128 + signum, stderr[-3000:]
     assert "checkpoint saved" in stderr and "--resume" in stderr
     stopped_at = _assert_complete_checkpoint(_last_checkpoint(out))["iteration"]
     assert 0 <= stopped_at < 49
     assert os.path.basename(_last_checkpoint(out)) == f"model_{stopped_at:07d}.pth"
 
-    run_train_net(["--resume", *args[:-6], "train.max_iter=" + str(stopped_at + 2), *args[-5:]])
+    run_train_net(["--resume", *_train_args(tiny_shapes, out, max_iter=stopped_at + 2)])
     iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
     assert iterations[-1] == stopped_at + 1
 
@@ -160,7 +172,7 @@ def test_corrupted_checkpoint_is_named_on_resume(tiny_shapes, tmp_path):
     last = _last_checkpoint(out)
     with open(last, "r+b") as f:
         f.truncate(os.path.getsize(last) // 3)
-    result = run_train_net(["--resume", *args[:-6], "train.max_iter=3", *args[-5:]], check=False)
+    result = run_train_net(["--resume", *_train_args(tiny_shapes, out, max_iter=3)], check=False)
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("train_net.py: error:") and os.path.basename(last) in last_line

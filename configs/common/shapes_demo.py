@@ -13,11 +13,11 @@ NUM_CLASSES = 3  # train_net.py sets it from the training set's classes anyway
 
 dataloader.train.dataset.names = "rsb_shapes_train"
 dataloader.test.dataset.names = "rsb_shapes_val"
-# Generated images are 160-256 px: train and test at a short side of 192 (mmdet: 800 on COCO).
-dataloader.train.mapper.augmentations[0].short_edge_length = (192,)
-dataloader.train.mapper.augmentations[0].max_size = 320
-dataloader.test.mapper.augmentations[0].short_edge_length = 192
-dataloader.test.mapper.augmentations[0].max_size = 320
+# Generated images are 160-256 px: train and test at a short side of 160 (mmdet: 800 on COCO).
+dataloader.train.mapper.augmentations[0].short_edge_length = (160,)
+dataloader.train.mapper.augmentations[0].max_size = 256
+dataloader.test.mapper.augmentations[0].short_edge_length = 160
+dataloader.test.mapper.augmentations[0].max_size = 256
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 2
 dataloader.test.num_workers = 1
