@@ -6,7 +6,7 @@ from .lazy_config import load_config_with_overrides
 from .hooks import CheckpointOnSignalHook, GradientClipHook, TrainingInterrupted
 from .launch import launch_workers, started_by_torchrun
 from .trainers import NonFiniteLossError, build_trainer
-from .training import build_model, do_test, do_train, write_eval_results
+from .training import build_model, do_test, do_train, wrap_ddp, write_eval_results
 
 __all__ = [
     "AtomicCheckpointer",
@@ -25,5 +25,6 @@ __all__ = [
     "build_model",
     "do_test",
     "do_train",
+    "wrap_ddp",
     "write_eval_results",
 ]

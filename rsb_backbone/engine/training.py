@@ -17,7 +17,27 @@ from .trainers import NonFiniteLossError, build_trainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["do_test", "do_train", "build_model", "write_eval_results"]
+__all__ = ["do_test", "do_train", "build_model", "wrap_ddp", "write_eval_results"]
+
+
+def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
+    """Wrap ``model`` in DistributedDataParallel when several workers run.
+
+    Detectron2's ``create_ddp_model`` always passes ``device_ids``, which DDP rejects for CPU
+    modules; CPU workers (gloo) are wrapped without them.
+
+    Args:
+        model: the model, already on its device.
+        fp16_compression: compress gradients to fp16 for the all-reduce (CUDA only).
+        kwargs: other DistributedDataParallel arguments (``broadcast_buffers``, ...).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).device.type == "cuda":
+        return create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, **kwargs)
 
 
 def build_model(cfg):
@@ -64,7 +84,7 @@ def do_train(cfg, *, resume: bool) -> None:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = wrap_ddp(model, **cfg.train.ddp)
     trainer = build_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     clip = cfg.train.get("clip_grad", {}) or {}
