@@ -26,7 +26,6 @@ import logging
 import sys
 
 from detectron2.engine import default_argument_parser, default_setup
-from detectron2.engine.defaults import create_ddp_model
 
 from rsb_backbone.data import register_coco_from_arg
 from rsb_backbone.engine import (
@@ -40,6 +39,7 @@ from rsb_backbone.engine import (
     load_config_with_overrides,
     resolve_device,
     sync_num_classes,
+    wrap_ddp,
     write_eval_results,
 )
 from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_yacs_config
@@ -77,7 +77,7 @@ def setup_config(args):
 
 
 def evaluate(cfg, args):
-    model = create_ddp_model(build_model(cfg))
+    model = wrap_ddp(build_model(cfg))
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
     if args.resume and checkpointer.has_checkpoint():
         checkpointer.resume_or_load("", resume=True)

@@ -46,9 +46,10 @@ def _key_exists(cfg, key: str) -> bool:
 def load_config_with_overrides(config_file: str, overrides: Sequence[str]):
     """Load ``config_file`` and apply ``KEY=VALUE`` overrides.
 
-    Values are Python literals where they parse as one (``None``, ``2``, ``[1, 2]``), else strings.
-    A key that is not in the config is an error (a typo would otherwise be silently added);
-    prefix it with ``+`` to add a new key on purpose.
+    Values follow Hydra's override grammar (``2``, ``1e-4``, ``[1,2]``, ``null``, ``true``, else a
+    string); ``None`` is accepted as Python users write it and means ``null``. A key that is not in
+    the config is an error (a typo would otherwise be silently added); prefix it with ``+`` to add
+    a new key on purpose.
 
     Args:
         config_file: path of a LazyConfig ``.py`` (or ``.yaml``) file.
@@ -66,6 +67,9 @@ def load_config_with_overrides(config_file: str, overrides: Sequence[str]):
         if "=" not in override:
             raise ValueError(f"override {override!r}: expected KEY=VALUE")
         key, value = override.split("=", 1)
+        if value == "None":
+            value = "null"
+            override = f"{key}={value}"
         if key.startswith("+"):
             checked.append(f"{key[1:]}={value}")
             continue

@@ -1,0 +1,40 @@
+"""Inference: Detectron2's ``DefaultPredictor`` on yacs configs of the four RSB detectors, and a
+predictor with the same interface for LazyConfigs.
+
+yacs (``configs/yacs``)::
+
+    cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/model_final.pth")
+    predictor = detectron2.engine.DefaultPredictor(cfg)
+
+LazyConfig::
+
+    predictor = LazyConfigPredictor("configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py", "output/model_final.pth")
+
+Both take BGR (H, W, 3) uint8 images, as ``cv2.imread`` returns them.
+"""
+
+from .checkpoint import load_detector_checkpoint
+from .coco_results import contiguous_to_dataset_ids, instances_to_coco_results
+from .config_files import LAZY, YACS, config_file_kind
+from .devices import resolve_device_name
+from .lazy_predictor import LazyConfigPredictor, set_score_threshold
+from .predictors import build_predictor
+from .yacs_configs import ARCHITECTURES, YACS_CONFIG_DIR, get_rsb_cfg, load_yacs_config, yacs_config_file
+
+__all__ = [
+    "ARCHITECTURES",
+    "YACS_CONFIG_DIR",
+    "LAZY",
+    "YACS",
+    "LazyConfigPredictor",
+    "build_predictor",
+    "config_file_kind",
+    "contiguous_to_dataset_ids",
+    "get_rsb_cfg",
+    "instances_to_coco_results",
+    "load_detector_checkpoint",
+    "load_yacs_config",
+    "resolve_device_name",
+    "set_score_threshold",
+    "yacs_config_file",
+]

@@ -1,0 +1,77 @@
+"""Loading a whole detector checkpoint for inference: tensors only, every key accounted for."""
+
+import logging
+import os
+
+from torch import nn
+
+from ..engine.checkpoint import AtomicCheckpointer
+from ..weight_files import WeightFileError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_detector_checkpoint"]
+
+_KEYS_SHOWN = 5  # keys named in the error message, per kind of mismatch
+
+
+class _CheckedCheckpointer(AtomicCheckpointer):
+    """Refuses a checkpoint that leaves model weights missing, has extra ones, or other shapes.
+
+    Detectron2's checkpointer only logs these, which is right for fine-tuning from a backbone
+    but would make a predictor silently run with randomly initialized layers.
+    """
+
+    def load(self, path, checkpointables=None):
+        self._source = path
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        problems = []
+        if incompatible.missing_keys:
+            problems.append(f"missing {_first(incompatible.missing_keys)}")
+        if incompatible.unexpected_keys:
+            problems.append(f"not in the model {_first(incompatible.unexpected_keys)}")
+        if incompatible.incorrect_shapes:
+            shapes = [f"{k}: {tuple(c)} vs {tuple(m)}" for k, c, m in incompatible.incorrect_shapes]
+            problems.append(
+                f"other shapes (checkpoint vs model) {_first(shapes)}; if these are the class "
+                f"layers, set the config's number of classes to the checkpoint's"
+            )
+        if problems:
+            raise WeightFileError(
+                f"{self._source}: does not fit the model built from the config: " + "; ".join(problems)
+            )
+        return incompatible
+
+
+def _first(items) -> str:
+    shown = ", ".join(str(i) for i in items[:_KEYS_SHOWN])
+    more = f", ... ({len(items)} in all)" if len(items) > _KEYS_SHOWN else ""
+    return f"[{shown}{more}]"
+
+
+def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> None:
+    """Load a detector checkpoint (e.g. ``model_final.pth`` from ``train_net.py``) into ``model``.
+
+    Files are read with :class:`~rsb_backbone.engine.AtomicCheckpointer`: ``.safetensors`` or
+    ``torch.load(weights_only=True)``, never arbitrary pickles.
+
+    Args:
+        model: the detector, built from the config the checkpoint was trained with.
+        checkpoint: path of the checkpoint file.
+
+    Raises:
+        ValueError: ``checkpoint`` is empty.
+        FileNotFoundError: the file does not exist.
+        WeightFileError: unreadable file, or its weights do not fit ``model`` (missing or extra
+            keys, other shapes); the message names the file and the keys.
+    """
+    if not checkpoint:
+        raise ValueError("checkpoint='': a detector checkpoint file is needed for inference")
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist")
+    _CheckedCheckpointer(model).load(checkpoint, checkpointables=[])
+    logger.info("Loaded the detector weights from %s", checkpoint)

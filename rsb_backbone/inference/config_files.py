@@ -1,0 +1,64 @@
+"""Telling a yacs config file from a LazyConfig file."""
+
+import os
+
+import yaml
+
+__all__ = ["YACS", "LAZY", "config_file_kind"]
+
+YACS = "yacs"
+LAZY = "lazy"
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class _KeysOnlyLoader(yaml.SafeLoader):
+    """Reads a config's structure without building the Python objects its tags name."""
+
+
+# Both kinds may hold python tags (Detectron2's Base-RetinaNet.yaml; ShapeSpecs in a saved
+# LazyConfig); only the top-level keys matter here, so tagged values are read as None.
+_KeysOnlyLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def config_file_kind(config_file: str) -> str:
+    """Whether ``config_file`` is a yacs config or a LazyConfig.
+
+    ``.py`` files are LazyConfigs. A YAML file is a LazyConfig when it has a top-level ``model``
+    key (the ``config.yaml`` that ``train_net.py`` saves in its output folder), and a yacs config
+    when it has ``_BASE_`` or upper-case sections such as ``MODEL``/``INPUT`` (the files in
+    ``configs/yacs``).
+
+    Args:
+        config_file: path of the config file.
+
+    Returns:
+        :data:`YACS` or :data:`LAZY`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is neither kind.
+    """
+    config_file = os.fspath(config_file)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    if config_file.endswith(".py"):
+        return LAZY
+    if not config_file.endswith(_YAML_SUFFIXES):
+        raise ValueError(
+            f"config file {config_file!r}: expected a LazyConfig (.py, or the config.yaml that "
+            f"train_net.py saves) or a yacs config (.yaml)"
+        )
+    with open(config_file) as f:
+        try:
+            content = yaml.load(f, Loader=_KeysOnlyLoader)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {config_file!r} is not valid YAML ({e})") from e
+    if isinstance(content, dict):
+        if "model" in content:
+            return LAZY
+        if "_BASE_" in content or any(isinstance(k, str) and k.isupper() for k in content):
+            return YACS
+    raise ValueError(
+        f"config file {config_file!r}: neither a yacs config (top-level MODEL, INPUT, ... or "
+        f"_BASE_) nor a saved LazyConfig (top-level model)"
+    )

@@ -1,0 +1,197 @@
+"""``DefaultPredictor``'s interface for a detector described by a LazyConfig."""
+
+import copy
+import logging
+import os
+from typing import Any, Dict, Sequence, Union
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.utils.registry import locate
+
+from ..engine.config_checks import dataset_names
+from ..engine.lazy_config import load_config_with_overrides
+from ..timm_resnet import TimmResNet
+from .checkpoint import load_detector_checkpoint
+from .devices import resolve_device_name
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LazyConfigPredictor", "set_score_threshold"]
+
+_INPUT_FORMATS = ("RGB", "BGR")
+
+
+def set_score_threshold(model: torch.nn.Module, score_threshold: float) -> int:
+    """Set the test score threshold of every detection output layer of ``model``.
+
+    The layers are those with a ``test_score_thresh`` attribute: ``FastRCNNOutputLayers``
+    (one per cascade stage) and the dense detectors (``RetinaNet``).
+
+    Args:
+        model: a Detectron2 detector.
+        score_threshold: in [0, 1].
+
+    Returns:
+        how many layers were changed.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold={score_threshold}: expected a value in [0, 1]")
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "test_score_thresh"):
+            module.test_score_thresh = float(score_threshold)
+            changed += 1
+    if not changed:
+        raise ValueError(
+            f"{type(model).__name__} has no layer with a test_score_thresh attribute to set "
+            f"score_threshold={score_threshold} on"
+        )
+    return changed
+
+
+def _load_cfg(config_file_or_cfg: Union[str, DictConfig], overrides: Sequence[str]) -> DictConfig:
+    if isinstance(config_file_or_cfg, (str, os.PathLike)):
+        return load_config_with_overrides(os.fspath(config_file_or_cfg), overrides)
+    if not isinstance(config_file_or_cfg, DictConfig):
+        raise ValueError(
+            f"config_file_or_cfg is a {type(config_file_or_cfg).__name__}; expected a LazyConfig "
+            f"file path or the DictConfig that LazyConfig.load returns"
+        )
+    cfg = copy.deepcopy(config_file_or_cfg)  # the caller's config stays as it is
+    return LazyConfig.apply_overrides(cfg, list(overrides)) if overrides else cfg
+
+
+def _skip_backbone_pretraining(node) -> int:
+    """Set ``weights=None`` on every :class:`TimmResNet` in a LazyConfig tree; return how many.
+
+    The detector checkpoint holds the backbone too, so loading ImageNet weights first would only
+    cost time, and a download that fails offline.
+    """
+    changed = 0
+    if isinstance(node, DictConfig):
+        target = node.get("_target_", None)
+        if isinstance(target, str):
+            target = locate(target)
+        if target is TimmResNet and node.get("weights", None):
+            node.weights = None
+            changed += 1
+        for key in node.keys():
+            changed += _skip_backbone_pretraining(node.get(key))
+    elif isinstance(node, ListConfig):
+        for item in node:
+            changed += _skip_backbone_pretraining(item)
+    return changed
+
+
+def _test_mapper(cfg: DictConfig) -> DictConfig:
+    mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
+    if mapper is None or "augmentations" not in mapper:
+        raise ValueError(
+            "the LazyConfig has no dataloader.test.mapper.augmentations; the predictor resizes "
+            "images with the test augmentations of the config the model was evaluated with"
+        )
+    return mapper
+
+
+def _test_metadata(cfg: DictConfig) -> Metadata:
+    """Metadata of the config's first test data set; empty Metadata when it names none."""
+    dataset = cfg.dataloader.test.get("dataset", None)
+    names = dataset_names(dataset.names) if dataset is not None and dataset.get("names") else []
+    return MetadataCatalog.get(names[0]) if names else Metadata()
+
+
+class LazyConfigPredictor:
+    """A detector from a LazyConfig and a checkpoint, called like ``DefaultPredictor``.
+
+    For each image it converts the BGR input to the model's input format, resizes it with the
+    config's test augmentations (``dataloader.test.mapper.augmentations``, as evaluation does),
+    runs the model and returns the detections in the coordinates of the original image.
+
+    Attributes:
+        cfg: the LazyConfig (with overrides applied).
+        model: the detector, in eval mode on ``device``.
+        metadata: metadata of the config's first test data set (class names, category ids);
+            empty when the config names none.
+        input_format: "RGB" or "BGR", what the model takes.
+        augmentations: the test-time resizing.
+
+    Example::
+
+        predictor = LazyConfigPredictor("configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py",
+                                        "output/shapes/mask_rcnn/model_final.pth")
+        instances = predictor(cv2.imread("image.jpg"))["instances"]
+    """
+
+    def __init__(
+        self,
+        config_file_or_cfg: Union[str, DictConfig],
+        checkpoint: str,
+        *,
+        device: str = "cpu",
+        score_threshold: float = 0.5,
+        overrides: Sequence[str] = (),
+    ):
+        """
+        Args:
+            config_file_or_cfg: a LazyConfig ``.py`` file, the ``config.yaml`` that
+                ``train_net.py`` saves in its output folder, or a loaded LazyConfig.
+            checkpoint: detector checkpoint trained with this config (e.g. ``model_final.pth``);
+                read tensors-only, and every weight of the model must be in it. The backbone's
+                own pretrained weights (``weights=`` of the TimmResNet) are not loaded.
+            device: "cpu", "cuda", "cuda:N", or "auto" for CUDA when present.
+            score_threshold: smallest score of a returned detection, in [0, 1].
+            overrides: ``KEY=VALUE`` config overrides, as on ``train_net.py``'s command line.
+        """
+        self.cfg = _load_cfg(config_file_or_cfg, overrides)
+        mapper = _test_mapper(self.cfg)
+        self.device = resolve_device_name(device)
+        if _skip_backbone_pretraining(self.cfg.model):
+            logger.info("Backbone pretrained weights not loaded: the detector checkpoint holds them")
+        self.model = instantiate(self.cfg.model)
+        set_score_threshold(self.model, score_threshold)
+        load_detector_checkpoint(self.model, checkpoint)
+        self.model.to(self.device).eval()
+
+        self.augmentations = T.AugmentationList([instantiate(a) for a in mapper.augmentations])
+        # What the evaluation loader feeds the model; the model's own input_format otherwise.
+        self.input_format = mapper.get("image_format", None) or getattr(self.model, "input_format", None)
+        if self.input_format not in _INPUT_FORMATS:
+            raise ValueError(
+                f"input format {self.input_format!r} (dataloader.test.mapper.image_format): "
+                f"expected one of {_INPUT_FORMATS}"
+            )
+        self.metadata = _test_metadata(self.cfg)
+
+    def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
+        """
+        Args:
+            original_image: one image, shape (H, W, 3), dtype uint8, **BGR** channel order (as
+                ``cv2.imread`` returns it), like ``DefaultPredictor``. It is converted to the
+                model's input format here: pass ``image[:, :, ::-1]`` for an RGB array.
+
+        Returns:
+            ``{"instances": Instances}`` with ``pred_boxes``, ``scores``, ``pred_classes`` (and
+            ``pred_masks`` for mask models), all in original image coordinates, on ``device``.
+        """
+        if not (
+            isinstance(original_image, np.ndarray)
+            and original_image.ndim == 3
+            and original_image.shape[2] == 3
+        ):
+            shape = getattr(original_image, "shape", None)
+            raise ValueError(f"original_image has shape {shape}; expected a (H, W, 3) BGR numpy array")
+        with torch.no_grad():
+            image = original_image[:, :, ::-1] if self.input_format == "RGB" else original_image
+            height, width = image.shape[:2]
+            aug_input = T.AugInput(np.ascontiguousarray(image))
+            self.augmentations(aug_input)
+            tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
+            inputs = {"image": tensor.to(self.device), "height": height, "width": width}
+            return self.model([inputs])[0]

@@ -1,0 +1,164 @@
+"""yacs configs of the four RSB detectors, ready for ``detectron2.engine.DefaultPredictor``.
+
+Usage::
+
+    from detectron2.engine import DefaultPredictor
+    from rsb_backbone.inference import get_rsb_cfg
+
+    cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/model_final.pth", score_threshold=0.5)
+    predictor = DefaultPredictor(cfg)
+    outputs = predictor(cv2.imread("image.jpg"))  # BGR, as DefaultPredictor expects
+
+The YAML files live in ``configs/yacs`` of the repository; they mirror the LazyConfigs in
+``configs/COCO`` (module for module, so ``train_net.py`` checkpoints load without missing keys).
+"""
+
+import os
+from typing import Optional, Sequence
+
+from detectron2.config import CfgNode, get_cfg
+
+from ..yacs_builders import add_rsb_config
+from .devices import resolve_device_name
+
+__all__ = ["ARCHITECTURES", "YACS_CONFIG_DIR", "yacs_config_file", "load_yacs_config", "get_rsb_cfg"]
+
+# configs/yacs of the repository (the package is installed in editable mode from it).
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+YACS_CONFIG_DIR = os.path.join(_REPO_ROOT, "configs", "yacs")
+
+# Architecture name -> its COCO 1x yacs config in YACS_CONFIG_DIR.
+ARCHITECTURES = {
+    "faster_rcnn": "faster_rcnn_rsb_r50_fpn_1x.yaml",
+    "mask_rcnn": "mask_rcnn_rsb_r50_fpn_1x.yaml",
+    "cascade_mask_rcnn": "cascade_mask_rcnn_rsb_r50_fpn_1x.yaml",
+    "retinanet": "retinanet_rsb_r50_fpn_1x.yaml",
+}
+
+
+def yacs_config_file(arch: str) -> str:
+    """Path of the COCO 1x yacs config of ``arch`` (one of :data:`ARCHITECTURES`)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    path = os.path.join(YACS_CONFIG_DIR, ARCHITECTURES[arch])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: the yacs config of {arch!r} is missing; rsb_backbone must be installed "
+            f"from a repository checkout (pip install -e .)"
+        )
+    return path
+
+
+def _pairs(opts: Sequence[str]) -> list:
+    """``["A", "1", "B=2"]`` -> ``["A", "1", "B", "2"]``: yacs pairs, ``KEY=VALUE`` also allowed."""
+    flat, pending_key = [], None
+    for token in opts:
+        if pending_key is not None:
+            flat += [pending_key, token]
+            pending_key = None
+        elif "=" in token:
+            flat += token.split("=", 1)
+        else:
+            pending_key = token
+    if pending_key is not None:
+        raise ValueError(f"config override {pending_key!r} has no value; expected KEY VALUE or KEY=VALUE")
+    return flat
+
+
+def _head_key(cfg: CfgNode) -> CfgNode:
+    """The config node holding NUM_CLASSES and SCORE_THRESH_TEST for this meta-architecture."""
+    return cfg.MODEL.RETINANET if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS
+
+
+def load_yacs_config(
+    config_file: str,
+    *,
+    opts: Sequence[str] = (),
+    checkpoint: Optional[str] = None,
+    device: Optional[str] = None,
+    score_threshold: Optional[float] = None,
+) -> CfgNode:
+    """Read a yacs config with the ``MODEL.RSB`` keys, apply overrides and inference settings.
+
+    Args:
+        config_file: a yacs YAML file, e.g. one in ``configs/yacs``.
+        opts: overrides as ``KEY VALUE`` pairs or ``KEY=VALUE`` strings (yacs rejects unknown keys).
+        checkpoint: detector checkpoint for ``MODEL.WEIGHTS``; None keeps the config's.
+        device: ``MODEL.DEVICE`` ("cpu", "cuda", "cuda:1", or "auto" for CUDA when present);
+            None keeps the config's.
+        score_threshold: smallest score of a returned detection, in [0, 1]; None keeps the
+            config's (0.05, the COCO evaluation setting).
+
+    Returns:
+        an unfrozen CfgNode.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    cfg = get_cfg()
+    add_rsb_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(_pairs(opts))
+    if checkpoint is not None:
+        cfg.MODEL.WEIGHTS = os.fspath(checkpoint)
+    if device is not None:
+        cfg.MODEL.DEVICE = resolve_device_name(device)
+    if score_threshold is not None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold={score_threshold}: expected a value in [0, 1]")
+        _head_key(cfg).SCORE_THRESH_TEST = float(score_threshold)
+    return cfg
+
+
+def get_rsb_cfg(
+    arch: str,
+    *,
+    checkpoint: Optional[str] = None,
+    device: str = "cpu",
+    score_threshold: float = 0.5,
+    num_classes: Optional[int] = None,
+    min_size_test: Optional[int] = None,
+    max_size_test: Optional[int] = None,
+    test_dataset: Optional[str] = None,
+    opts: Sequence[str] = (),
+) -> CfgNode:
+    """A yacs config for ``DefaultPredictor(cfg)`` (or ``train_net.py --eval-only``).
+
+    Args:
+        arch: "faster_rcnn", "mask_rcnn", "cascade_mask_rcnn" or "retinanet".
+        checkpoint: detector checkpoint (``MODEL.WEIGHTS``), e.g. a ``train_net.py``
+            ``model_final.pth`` of the LazyConfig of the same architecture.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        score_threshold: smallest score of a returned detection.
+        num_classes: classes of the checkpoint; None keeps COCO's 80.
+        min_size_test: short side images are resized to (``INPUT.MIN_SIZE_TEST``); None keeps 800.
+        max_size_test: longest side after resizing (``INPUT.MAX_SIZE_TEST``); None keeps 1333.
+        test_dataset: registered data set whose metadata (class names) ``DefaultPredictor``
+            exposes as ``predictor.metadata`` (``DATASETS.TEST``); None keeps coco_2017_val.
+        opts: further overrides, as in :func:`load_yacs_config`.
+
+    Example, the shapes demo (3 classes, short side 160, at most 256; or use
+    ``load_yacs_config("configs/yacs/shapes/mask_rcnn_rsb_r50_fpn_shapes.yaml", ...)``)::
+
+        cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/shapes/mask_rcnn/model_final.pth",
+                          num_classes=3, min_size_test=160, max_size_test=256,
+                          test_dataset="rsb_shapes_val")
+    """
+    cfg = load_yacs_config(
+        yacs_config_file(arch),
+        opts=opts,
+        checkpoint=checkpoint,
+        device=device,
+        score_threshold=score_threshold,
+    )
+    if num_classes is not None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: expected at least 1")
+        _head_key(cfg).NUM_CLASSES = int(num_classes)
+    for key, value in (("MIN_SIZE_TEST", min_size_test), ("MAX_SIZE_TEST", max_size_test)):
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"{key.lower()}={value}: expected a positive number of pixels")
+            cfg.INPUT[key] = int(value)
+    if test_dataset is not None:
+        cfg.DATASETS.TEST = (test_dataset,)
+    return cfg
