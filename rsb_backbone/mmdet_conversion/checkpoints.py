@@ -1,0 +1,115 @@
+"""Reading an mmdetection v2.x checkpoint and telling which detector it holds."""
+
+import os
+from typing import Any, Dict, Mapping, Tuple
+
+import torch
+
+from ..weight_files import WeightFileError, load_tensor_file
+from .key_maps import DETECTORS
+
+__all__ = ["MMDetConversionError", "detect_detector", "load_mmdet_checkpoint"]
+
+
+class MMDetConversionError(WeightFileError):
+    """A checkpoint that cannot be converted; the message names the file and the keys."""
+
+
+def _key_list(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_mmdet_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read an mmdetection checkpoint tensors-only.
+
+    mmdetection saves ``{"meta": {...}, "state_dict": {...}}`` (``mmcv.runner.save_checkpoint``;
+    ``publish_model.py`` drops ``optimizer``); ``meta`` holds plain values (class names, config
+    text, versions), which ``weights_only`` loading accepts. A bare ``{name: tensor}`` dict is
+    accepted too.
+
+    Args:
+        path: the ``.pth`` file.
+
+    Returns:
+        (state_dict, meta); meta is ``{}`` when the file has none.
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightFileError: unreadable, truncated, or would need arbitrary unpickling.
+        MMDetConversionError: readable, but not an mmdetection checkpoint.
+    """
+    path = os.fspath(path)
+    loaded = load_tensor_file(path)
+    if not isinstance(loaded, Mapping):
+        raise MMDetConversionError(f"{path}: expected a dict checkpoint, got a {type(loaded).__name__}")
+    if "state_dict" in loaded:
+        state_dict, meta = loaded["state_dict"], loaded.get("meta") or {}
+    elif "model" in loaded:
+        raise MMDetConversionError(
+            f"{path}: has a 'model' entry, the layout of a Detectron2 checkpoint, not mmdetection's "
+            f"'state_dict'; it needs no conversion (load it with train.init_checkpoint=...)"
+        )
+    else:
+        state_dict, meta = loaded, {}
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise MMDetConversionError(f"{path}: 'state_dict' is empty or not a dict of tensors")
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise MMDetConversionError(
+            f"{path}: not an mmdetection checkpoint, {len(not_tensors)} entries are not tensors: "
+            f"{_key_list(map(str, not_tensors))}"
+        )
+    if not isinstance(meta, Mapping):
+        meta = {}
+    return dict(state_dict), dict(meta)
+
+
+# Keys that identify each detector, most specific first; all must be present (faster_rcnn: and
+# no mask head).
+_SIGNATURES = {
+    "retinanet": ("backbone.conv1.weight", "bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight"),
+    "cascade_mask_rcnn": (
+        "backbone.conv1.weight",
+        "rpn_head.rpn_cls.weight",
+        "roi_head.bbox_head.0.fc_cls.weight",
+        "roi_head.mask_head.0.conv_logits.weight",
+    ),
+    "mask_rcnn": (
+        "backbone.conv1.weight",
+        "rpn_head.rpn_cls.weight",
+        "roi_head.bbox_head.fc_cls.weight",
+        "roi_head.mask_head.conv_logits.weight",
+    ),
+    "faster_rcnn": ("backbone.conv1.weight", "rpn_head.rpn_cls.weight", "roi_head.bbox_head.fc_cls.weight"),
+}
+
+
+def detect_detector(state_dict: Mapping[str, Any], source: str = "<state_dict>") -> str:
+    """Which of :data:`DETECTORS` an mmdetection state dict belongs to.
+
+    Only the detector family is told here; whether every tensor fits (depth, classes, heads) is
+    checked by the conversion.
+
+    Args:
+        state_dict: mmdetection parameter names to tensors.
+        source: the file name, for error messages.
+
+    Raises:
+        MMDetConversionError: the keys match none of the four detectors.
+    """
+    keys = set(state_dict)
+    has_mask_head = any(k.startswith("roi_head.mask_head.") for k in keys)
+    for detector, signature in _SIGNATURES.items():  # most specific first
+        if all(k in keys for k in signature) and not (detector == "faster_rcnn" and has_mask_head):
+            return detector
+    if "roi_head.bbox_head.0.fc_cls.weight" in keys and not has_mask_head:
+        hint = "a Cascade R-CNN without mask heads, which has no config here"
+    else:
+        prefixes = sorted({k.split(".")[0] for k in keys})
+        hint = f"its top-level modules are {', '.join(prefixes)}"
+    raise MMDetConversionError(
+        f"{source}: not a checkpoint of one of the supported mmdetection v2 detectors "
+        f"({', '.join(DETECTORS)}, ResNet-FPN); {hint}"
+    )
