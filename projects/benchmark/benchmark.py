@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""Speed and memory of the RSB detectors next to the same detectors on Detectron2's own ResNet-50.
+
+For each detector the RSB model (timm ResNet-50 trunk) and its baseline (Detectron2's
+torchvision-style ResNet-50 in the same FPN model, holding the same weights; see
+``detectron2_baseline.py``) are built side by side, checked to give the same outputs, and
+measured alternately, so that load from other processes touches both alike:
+
+* inference latency at batch 1 and time per image at ``--batch-size`` (median of ``--iters``
+  runs after ``--warmup``);
+* training step time and peak training memory at ``--train-batch-size`` (2) images, AdamW as in
+  the configs.
+
+Every figure is "lower is better" and comes with the ratio RSB / built-in (target: at most 1.00).
+Peak memory is the model's weights plus everything a training step allocates at its peak: on
+CUDA from the caching allocator (``torch.cuda.max_memory_allocated``, the other model's weights
+left out), on the CPU the growth of the resident set during the steps (``VmHWM`` after resetting
+it through ``/proc/self/clear_refs``) plus the weights.
+
+Examples::
+
+    # CPU (RESULTS.md; about an hour on 2 busy cores), and one detector at a small size:
+    python3 projects/benchmark/benchmark.py --device cpu --image-size 320 --iters 3 --warmup 1
+    python3 projects/benchmark/benchmark.py --device cpu --detectors faster_rcnn --image-size 128
+
+    # CUDA at the COCO training scale, mixed precision and channels_last too:
+    python3 projects/benchmark/benchmark.py --device cuda --image-size 800x1333 --json out.json
+    python3 projects/benchmark/benchmark.py --device cuda --amp --channels-last
+"""
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
+
+logger = logging.getLogger("rsb_detectron2.benchmark")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DETECTORS = {
+    "faster_rcnn": "configs/COCO/faster_rcnn_rsb_r50_fpn_1x.py",
+    "mask_rcnn": "configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py",
+    "cascade_mask_rcnn": "configs/COCO/cascade_mask_rcnn_rsb_r50_fpn_1x.py",
+    "retinanet": "configs/COCO/retinanet_rsb_r50_fpn_1x.py",
+}
+# mmdetection's "Mem (GB)" for these RSB-A1 detectors (2 images per GPU, fp32, 1333x800):
+# torch.cuda.max_memory_allocated() in MiB / 1024, i.e. GiB.
+MMDET_MEMORY_GIB = {"faster_rcnn": 3.9, "mask_rcnn": 4.5, "cascade_mask_rcnn": 6.2, "retinanet": 3.8}
+# COCO train2017: 860,001 instances / 118,287 images = 7.3 per image.
+INSTANCES_PER_IMAGE = 7
+# Random weights score every class about 1/81, under the configs' 0.05: with threshold 0 every
+# image keeps the full 100 detections, so NMS and the mask head do their largest share of work.
+DEFAULT_SCORE_THRESH = 0.0
+# The first step creates AdamW's state; the second runs with it, like every later step.
+MEMORY_STEPS = 2
+VARIANTS = ("rsb", "builtin")
+# (JSON key, table heading, unit) of each figure; all are lower-is-better.
+METRICS = (
+    ("latency_b1_ms", "latency b1", "ms"),
+    ("time_per_image_bN_ms", "time/img bN", "ms"),
+    ("train_step_ms", "train step", "ms"),
+    ("train_peak_mem_mib", "train peak mem", "MiB"),
+)
+MIB = 2**20
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+def parse_image_size(text: str) -> Tuple[int, int]:
+    """``"320"`` -> (320, 320); ``"800x1333"`` -> (800, 1333) as (height, width)."""
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 320 or 800x1333")
+    height = int(match.group(1))
+    width = int(match.group(2) or height)
+    if min(height, width) < 32:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: both sides must be at least 32 pixels")
+    return height, width
+
+
+def make_batch(
+    num_images: int,
+    size: Tuple[int, int],
+    device: torch.device,
+    *,
+    seed: int,
+    num_classes: int = 0,
+    with_masks: bool = False,
+) -> List[Dict]:
+    """Detectron2 model inputs: random uint8 images, and ground truth when ``num_classes`` > 0.
+
+    Ground truth is ``INSTANCES_PER_IMAGE`` boxes of 5-50% of the image side per image, with
+    filled-box bit masks if ``with_masks``. Everything is created on ``device`` so that the
+    measurements cover the model, not host-to-device copies.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    height, width = size
+    batch = []
+    for _ in range(num_images):
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+        item = {"image": image.to(device), "height": height, "width": width}
+        if num_classes:
+            n = INSTANCES_PER_IMAGE
+            wh = (0.05 + 0.45 * torch.rand(n, 2, generator=generator)) * torch.tensor([width, height])
+            xy = torch.rand(n, 2, generator=generator) * (torch.tensor([width, height]) - wh)
+            boxes = torch.cat([xy, xy + wh], dim=1)
+            instances = Instances((height, width))
+            instances.gt_boxes = Boxes(boxes)
+            instances.gt_classes = torch.randint(0, num_classes, (n,), generator=generator)
+            if with_masks:
+                masks = torch.zeros(n, height, width, dtype=torch.bool)
+                for mask, (x0, y0, x1, y1) in zip(masks, boxes.round().int().tolist()):
+                    mask[y0:y1, x0:x1] = True
+                instances.gt_masks = BitMasks(masks)
+            item["instances"] = instances.to(device)
+        batch.append(item)
+    return batch
+
+
+# ---- models ------------------------------------------------------------------------------------
+def load_detector_config(detector: str):
+    """The RSB LazyConfig of ``detector``, with a randomly initialized trunk (no download)."""
+    cfg = LazyConfig.load(str(REPO_ROOT / DETECTORS[detector]))
+    cfg.model.backbone.bottom_up.weights = None
+    return cfg
+
+
+def set_score_threshold(model: torch.nn.Module, threshold: float) -> None:
+    """Set the test-time score threshold of every box predictor (and of RetinaNet) in ``model``."""
+    if hasattr(model, "test_score_thresh"):  # RetinaNet
+        model.test_score_thresh = threshold
+    for module in model.modules():
+        if isinstance(module, FastRCNNOutputLayers):
+            module.test_score_thresh = threshold
+
+
+def build_pair(cfg, device: torch.device, *, channels_last: bool, score_thresh: float) -> Dict[str, torch.nn.Module]:
+    """The RSB detector of ``cfg`` and its Detectron2-ResNet baseline with the same weights."""
+    models = {"rsb": instantiate(cfg.model)}
+    models["builtin"] = instantiate(baseline_model_config(cfg.model))
+    copy_rsb_weights(models["rsb"], models["builtin"])
+    for model in models.values():
+        set_score_threshold(model, score_thresh)
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    return models
+
+
+def tensor_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by the parameters and buffers of ``model``."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ---- running -----------------------------------------------------------------------------------
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision: float16 on CUDA (as Detectron2's AMPTrainer), bfloat16 on the CPU."""
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TrainStep:
+    """One Detectron2 training iteration (SimpleTrainer/AMPTrainer order) with the config's optimizer."""
+
+    def __init__(self, cfg, model: torch.nn.Module, device: torch.device, *, amp: bool):
+        cfg.optimizer.params.model = model
+        self.optimizer = instantiate(cfg.optimizer)
+        cfg.optimizer.params.model = None
+        self.model = model
+        self.device = device
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+    def __call__(self, batch: List[Dict]) -> None:
+        with EventStorage(), autocast(self.device, self.amp):  # the models log to an EventStorage
+            loss_dict = self.model(batch)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        self.scaler.scale(losses).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def time_alternately(
+    functions: Dict[str, Callable[[], None]], *, warmup: int, iters: int, device: torch.device
+) -> Dict[str, List[float]]:
+    """Run each function ``warmup`` times, then ``iters`` timed times, alternating between them.
+
+    The order flips every round (A B, B A, ...) so that neither side is always first.
+
+    Returns:
+        seconds of each timed run, per function name.
+    """
+    names = list(functions)
+    samples = {name: [] for name in names}
+    for round_index in range(warmup + iters):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            synchronize(device)
+            start = time.perf_counter()
+            functions[name]()
+            synchronize(device)
+            if round_index >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def _read_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def _release_cpu_memory() -> None:
+    """Give memory that Python and glibc hold but no longer use back to the system."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def cpu_peak_memory_supported() -> bool:
+    """Whether the resident-set high-water mark can be read and reset (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _read_kib("VmHWM")
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_training_memory(
+    step: Callable[[], None], model: torch.nn.Module, others: Sequence[torch.nn.Module], device: torch.device
+) -> Optional[float]:
+    """Peak memory in MiB of ``MEMORY_STEPS`` calls of ``step``: ``model``'s weights included.
+
+    CUDA: the caching allocator's peak minus the weights of ``others`` (the other model, also on
+    the device). CPU: the resident set's growth during the steps plus ``model``'s weights; None
+    where the high-water mark cannot be reset.
+    """
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(MEMORY_STEPS):
+            step()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - sum(tensor_bytes(m) for m in others)
+        return peak / MIB
+    if not cpu_peak_memory_supported():
+        return None
+    _release_cpu_memory()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before_kib = _read_kib("VmRSS")
+    for _ in range(MEMORY_STEPS):
+        step()
+    growth_kib = _read_kib("VmHWM") - before_kib
+    return (growth_kib * 1024 + tensor_bytes(model)) / MIB
+
+
+def _metric(values: Dict[str, Optional[float]]) -> Dict:
+    """One figure of both models and their ratio RSB / built-in (None where one is missing)."""
+    rsb, builtin = values["rsb"], values["builtin"]
+    ratio = rsb / builtin if rsb is not None and builtin else None
+    return {"rsb": rsb, "builtin": builtin, "ratio": ratio}
+
+
+def check_same_outputs(models: Dict[str, torch.nn.Module], images: List[Dict], *, amp: bool, device) -> Dict:
+    """Run both models on ``images`` in eval mode; same weights must give the same detections."""
+    with torch.no_grad(), autocast(device, amp):
+        outputs = {name: model.eval()(images) for name, model in models.items()}
+    difference = max_output_difference(outputs["rsb"], outputs["builtin"])
+    return {
+        "outputs_identical": difference == 0.0,
+        # JSON has no infinity: None stands for "different numbers of detections or fields".
+        "max_output_difference": difference if math.isfinite(difference) else None,
+        "detections_per_image": len(outputs["rsb"][0]["instances"]),
+    }
+
+
+def time_inference(models: Dict[str, torch.nn.Module], images: List[Dict], args, device) -> Dict[str, List[float]]:
+    """Milliseconds per image of each timed inference run on ``images``, per model."""
+
+    def inference(model):
+        def run():
+            with torch.no_grad(), autocast(device, args.amp):
+                model(images)
+
+        return run
+
+    for model in models.values():
+        model.eval()
+    samples = time_alternately(
+        {name: inference(model) for name, model in models.items()},
+        warmup=args.warmup, iters=args.iters, device=device,
+    )
+    return {name: [1000 * s / len(images) for s in values] for name, values in samples.items()}
+
+
+def measure_training(cfg, models: Dict[str, torch.nn.Module], args, device) -> Tuple[Dict, Dict]:
+    """Training step times (ms, per model) and peak training memory (MiB, per model)."""
+    mask_on = any(getattr(m, "mask_on", False) for m in models["rsb"].modules())
+    batch = make_batch(
+        args.train_batch_size, args.image_size, device, seed=args.seed + 2,
+        num_classes=_num_classes(cfg), with_masks=mask_on,
+    )
+
+    def training(step):
+        def run():
+            torch.manual_seed(args.seed)  # the same RPN/RoI sampling for both models
+            step(batch)
+
+        return run
+
+    for model in models.values():
+        model.train()
+    steps = {name: TrainStep(cfg, model, device, amp=args.amp) for name, model in models.items()}
+    samples = time_alternately(
+        {name: training(step) for name, step in steps.items()},
+        warmup=args.warmup, iters=args.iters, device=device,
+    )
+    step_ms = {name: [1000 * s for s in values] for name, values in samples.items()}
+
+    # Memory: one model at a time, a fresh optimizer, no gradients left from the timing runs.
+    del steps
+    peaks = {}
+    for name, model in models.items():
+        for m in models.values():
+            m.zero_grad(set_to_none=True)
+        others = [m for other, m in models.items() if other != name]
+        peaks[name] = peak_training_memory(
+            training(TrainStep(cfg, model, device, amp=args.amp)), model, others, device
+        )
+    return step_ms, peaks
+
+
+def benchmark_detector(detector: str, args, device: torch.device) -> Dict:
+    """All measurements of one detector, RSB and built-in; returns its JSON record."""
+    cfg = load_detector_config(detector)
+    models = build_pair(cfg, device, channels_last=args.channels_last, score_thresh=args.score_thresh)
+    record = {"detector": detector, "config": DETECTORS[detector]}
+    record.update(
+        check_same_outputs(models, make_batch(1, args.image_size, device, seed=args.seed), amp=args.amp, device=device)
+    )
+    samples_ms = {
+        "latency_b1_ms": time_inference(models, make_batch(1, args.image_size, device, seed=args.seed), args, device),
+        "time_per_image_bN_ms": time_inference(
+            models, make_batch(args.batch_size, args.image_size, device, seed=args.seed + 1), args, device
+        ),
+    }
+    peaks = None
+    if args.train:
+        samples_ms["train_step_ms"], peaks = measure_training(cfg, models, args, device)
+
+    metrics = {
+        key: _metric({name: statistics.median(values) for name, values in per_model.items()})
+        for key, per_model in samples_ms.items()
+    }
+    for key, source in (("images_per_s_b1", "latency_b1_ms"), ("images_per_s_bN", "time_per_image_bN_ms")):
+        metrics[key] = _metric({name: 1000 / metrics[source][name] for name in VARIANTS})
+    if peaks is not None:
+        metrics["train_peak_mem_mib"] = _metric(peaks)
+    record["metrics"] = metrics
+    record["samples_ms"] = samples_ms
+    return record
+
+
+def _num_classes(cfg) -> int:
+    if "roi_heads" in cfg.model:
+        return cfg.model.roi_heads.num_classes
+    return cfg.model.num_classes  # RetinaNet
+
+
+# ---- reporting ---------------------------------------------------------------------------------
+def machine_description(device: torch.device) -> Dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            cpu = match.group(1).strip() if match else cpu
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(report: Dict) -> str:
+    """The side-by-side markdown table (and, on CUDA, the figures to compare with mmdetection)."""
+    settings = report["settings"]
+    machine = report["machine"]
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
+    height, width = settings["image_size"]
+    lines = [
+        f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {height}x{width}; "
+        f"batch 1 and {settings['batch_size']} for inference, {settings['train_batch_size']} for training; "
+        f"amp={settings['amp']}, channels_last={settings['channels_last']}; "
+        f"median of {settings['iters']} runs after {settings['warmup']} warm-up.",
+        "Built-in = Detectron2's ResNet-50 (BasicStem + BottleneckBlock, stride in 3x3) in the same "
+        "model with the same weights; its res3-res5 BatchNorm kept in eval mode with trainable "
+        "affine and stem + res2 frozen (FrozenBN), as in the RSB trunk. Ratio = RSB / built-in, "
+        "lower is better (target <= 1.00).",
+        "",
+    ]
+    header = ["detector"]
+    for _, title, unit in METRICS:
+        title = title.replace("bN", f"b{settings['batch_size']}")
+        header += [f"{title} RSB ({unit})", f"{title} built-in ({unit})", f"{title} ratio"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for record in report["results"]:
+        row = [record["detector"]]
+        for key, _, _ in METRICS:
+            metric = record["metrics"].get(key)
+            if metric is None:
+                row += ["-", "-", "-"]
+            else:
+                row += [_fmt(metric["rsb"]), _fmt(metric["builtin"]), _fmt(metric["ratio"], 2)]
+        lines.append("| " + " | ".join(row) + " |")
+
+    if settings["device"] == "cuda":
+        lines += [
+            "",
+            "| detector | inference img/s b1 RSB | built-in | inference img/s "
+            f"b{settings['batch_size']} RSB | built-in | train mem RSB (GiB) | built-in | mmdet Mem (GB) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for record in report["results"]:
+            m = record["metrics"]
+            memory = m.get("train_peak_mem_mib") or {"rsb": None, "builtin": None}
+            gib = {name: None if memory[name] is None else memory[name] / 1024 for name in VARIANTS}
+            lines.append(
+                f"| {record['detector']} | {_fmt(m['images_per_s_b1']['rsb'])} | "
+                f"{_fmt(m['images_per_s_b1']['builtin'])} | {_fmt(m['images_per_s_bN']['rsb'])} | "
+                f"{_fmt(m['images_per_s_bN']['builtin'])} | {_fmt(gib['rsb'], 2)} | "
+                f"{_fmt(gib['builtin'], 2)} | {MMDET_MEMORY_GIB[record['detector']]} |"
+            )
+    return "\n".join(lines)
+
+
+# ---- command line ------------------------------------------------------------------------------
+def build_argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--detectors", nargs="+", choices=list(DETECTORS), default=list(DETECTORS), metavar="NAME",
+        help=f"which detectors to measure (default: all of {', '.join(DETECTORS)})",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None,
+        help="default: cuda when available, else cpu",
+    )
+    parser.add_argument(
+        "--image-size", type=parse_image_size, default=None, metavar="N|HxW",
+        help="image size, square N or HxW (default: 800x1333 on CUDA, the COCO training scale; "
+        "320 on the CPU)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="images per inference batch for throughput")
+    parser.add_argument("--train-batch-size", type=int, default=2, help="images per training step (the seed: 2 per GPU)")
+    parser.add_argument("--iters", type=int, default=10, help="timed runs per figure (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before them")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    parser.add_argument("--channels-last", action="store_true", help="models in channels_last memory format")
+    parser.add_argument(
+        "--train", action=argparse.BooleanOptionalAction, default=True,
+        help="measure training step time and peak memory (default: yes)",
+    )
+    parser.add_argument(
+        "--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
+        help="test-time score threshold; 0 keeps 100 detections per image with random weights",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+    for name in ("batch_size", "train_batch_size", "iters"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected at least 1")
+    if args.warmup < 0:
+        parser.error(f"--warmup={args.warmup}: expected 0 or more")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+
+
+def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
+    """Measure every detector in ``args.detectors``; returns the report (settings, machine, results).
+
+    Args:
+        args: the parsed command line.
+        on_result: called with the report so far after each detector (to save partial results).
+    """
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {
+        "settings": {
+            "device": args.device,
+            "image_size": list(args.image_size),
+            "batch_size": args.batch_size,
+            "train_batch_size": args.train_batch_size,
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "amp": args.amp,
+            "channels_last": args.channels_last,
+            "train": args.train,
+            "score_thresh": args.score_thresh,
+            "instances_per_image": INSTANCES_PER_IMAGE,
+            "memory": "CUDA: torch.cuda.max_memory_allocated during the training steps minus the "
+            "other model's weights" if args.device == "cuda" else
+            "CPU: growth of VmHWM (reset via /proc/self/clear_refs) during the training steps "
+            "plus the model's parameter and buffer bytes",
+            "builtin_norm": "Detectron2 ResNet norm='BN' kept in eval mode (trainable affine), "
+            "freeze_at=2: stem + res2 FrozenBN",
+        },
+        "machine": machine_description(device),
+        "results": [],
+    }
+    for detector in args.detectors:
+        logger.info("Measuring %s on %s", detector, device)
+        start = time.perf_counter()
+        record = benchmark_detector(detector, args, device)
+        logger.info("%s done in %.0f s", detector, time.perf_counter() - start)
+        report["results"].append(record)
+        if on_result is not None:
+            on_result(report)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_argument_parser()
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.image_size is None:
+        args.image_size = (800, 1333) if args.device == "cuda" else (320, 320)
+    _check_args(parser, args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def write_json(report: Dict) -> None:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+    report = run(args, on_result=write_json if args.json else None)
+    for record in report["results"]:
+        if not record["outputs_identical"]:
+            logger.warning(
+                "%s: RSB and built-in outputs differ by up to %g", record["detector"], record["max_output_difference"]
+            )
+    print(format_table(report))
+    if args.json:
+        write_json(report)
+        logger.info("Results written to %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

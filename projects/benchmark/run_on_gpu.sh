@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The benchmark on a CUDA machine without internet, in under 10 minutes:
+#   1. installs the packages that prepare_offline.sh put in .whl/ (into a temporary folder);
+#   2. benchmark.py at the seed's scale (800x1333, 2 training images, fp32: the figure to compare
+#      with mmdetection's "Mem (GB)"), then again with --amp --channels-last;
+#   3. 300 AMP training iterations of Mask R-CNN on the generated shapes data (train_net.py),
+#      with the evaluation at the end;
+#   4. prints the tables. Results go to $OUT (default output/gpu_benchmark).
+#
+# Usage, from a checkout with .whl/ filled by prepare_offline.sh on a machine with internet:
+#     bash projects/benchmark/run_on_gpu.sh
+# Needs: python3 with CUDA PyTorch, torchvision, numpy and OpenCV (PYTHON=... for another one).
+# A quick rehearsal of the whole script on a CPU:
+#     DEVICE=cpu TRAIN_ITERS=2 BENCH_ARGS="--image-size 64 --batch-size 2 --iters 1 --warmup 1 \
+#         --detectors faster_rcnn" bash projects/benchmark/run_on_gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+wheels=${WHEELS:-.whl}
+out=${OUT:-output/gpu_benchmark}
+device=${DEVICE:-cuda}
+# Seed scale: 1333x800 images (COCO's training scale), 2 per training step, 8 per inference batch.
+read -r -a bench_args <<<"${BENCH_ARGS:---image-size 800x1333 --batch-size 8 --iters 20 --warmup 5}"
+train_iters=${TRAIN_ITERS:-300}
+train_amp=$([ "$device" = cuda ] && echo True || echo False)  # Detectron2's AMPTrainer needs CUDA
+work=$(mktemp -d /tmp/rsb_gpu_benchmark.XXXXXX)
+mkdir -p "$out"
+started=$SECONDS
+step() { echo; echo "=== [$((SECONDS - started)) s] $*"; }
+
+step "install from $wheels"
+"$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$work/site" "$wheels"/*.whl || exit 1
+tar -xzf "$wheels"/detectron2-*-python.tar.gz -C "$work/site" || exit 1
+export PYTHONPATH="$work/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DEVICE=$device "$python" - <<'EOF' || exit 1
+import os
+import detectron2, timm, torch, torchvision, rsb_backbone
+if os.environ["DEVICE"] == "cuda":
+    assert torch.cuda.is_available(), "torch sees no CUDA device"
+    print(torch.cuda.get_device_name())
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}) | "
+      f"torchvision {torchvision.__version__} | detectron2 {detectron2.__version__} | timm {timm.__version__}")
+EOF
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+
+bench=("$python" projects/benchmark/benchmark.py --device "$device" "${bench_args[@]}")
+step "benchmark, fp32"
+timeout -k 20 200 "${bench[@]}" --json "$out/benchmark_fp32.json" >"$out/benchmark_fp32.md"
+echo "exit code $?"
+step "benchmark, AMP + channels_last"
+timeout -k 20 150 "${bench[@]}" --amp --channels-last --json "$out/benchmark_amp_channels_last.json" \
+    >"$out/benchmark_amp_channels_last.md"
+echo "exit code $?"
+
+step "$train_iters AMP training iterations: Mask R-CNN on the generated shapes data"
+RSB_DATASETS="$work/datasets" timeout -k 20 150 "$python" train_net.py \
+    --config-file configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py \
+    train.device="$device" train.amp.enabled="$train_amp" train.max_iter="$train_iters" \
+    train.eval_period="$train_iters" train.checkpointer.period=100000 train.log_period=50 train.output_dir="$work/shapes" \
+    >"$out/train_shapes_amp.log" 2>&1
+echo "exit code $?"
+"$python" - "$work/shapes/metrics.json" <<'EOF' | tee "$out/train_shapes_amp.md"
+import json, statistics, sys
+try:
+    records = [json.loads(line) for line in open(sys.argv[1])]
+except OSError as e:
+    sys.exit(f"no training metrics: {e}")
+steps = [r for r in records if "total_loss" in r]
+times = [r["time"] for r in steps if "time" in r]
+last = steps[-1] if steps else {}
+ap = next((r for r in reversed(records) if "bbox/AP" in r), {})
+median_ms = 1000 * statistics.median(times) if times else float("nan")
+print(f"shapes Mask R-CNN: last logged iteration {last.get('iteration')}; total_loss {last.get('total_loss', float('nan')):.3f}; "
+      f"median {median_ms:.0f} ms/iteration (4 images); "
+      f"bbox AP {ap.get('bbox/AP', float('nan')):.1f}, segm AP {ap.get('segm/AP', float('nan')):.1f}")
+EOF
+
+step "results"
+cat "$out/benchmark_fp32.md" "$out/benchmark_amp_channels_last.md"
+rm -rf "$work"
+echo "total $((SECONDS - started)) s"

@@ -1,0 +1,193 @@
+"""projects/benchmark: the baseline is the RSB model's function, and the command runs end to end."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling.backbone import ResNet
+
+from conftest import REPO_ROOT, randomize_batchnorm
+from rsb_backbone import TimmResNet
+
+BENCHMARK_DIR = os.path.join(REPO_ROOT, "projects", "benchmark")
+SCRIPT = os.path.join(BENCHMARK_DIR, "benchmark.py")
+if BENCHMARK_DIR not in sys.path:
+    sys.path.insert(0, BENCHMARK_DIR)
+
+import detectron2_baseline  # noqa: E402  (lives in projects/benchmark)
+
+_spec = importlib.util.spec_from_file_location("rsb_benchmark", SCRIPT)
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+
+CPU = torch.device("cpu")
+SIZE = (64, 96)
+
+
+def _norm_layout(trunk):
+    """Sorted (type, channels, training) of the trunk's norm layers (the two order them differently)."""
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    return sorted((type(m).__name__, m.num_features, m.training) for m in trunk.modules() if isinstance(m, norms))
+
+
+def test_baseline_trunk_matches_the_rsb_trunk_in_kind_and_cost():
+    cfg = benchmark.load_detector_config("faster_rcnn")
+    models = benchmark.build_pair(cfg, CPU, channels_last=False, score_thresh=0.0)
+    ours, theirs = models["rsb"].backbone.bottom_up, models["builtin"].backbone.bottom_up
+    assert isinstance(ours, TimmResNet)
+    assert isinstance(theirs, ResNet)
+    for model in models.values():
+        model.train()
+    # Same norm layer types in the same order, all BatchNorm in eval mode (FrozenStatsBN).
+    assert _norm_layout(ours) == _norm_layout(theirs)
+    assert {training for kind, _, training in _norm_layout(theirs) if kind == "BatchNorm2d"} == {False}
+    frozen = [kind for kind, _, _ in _norm_layout(theirs)].count("FrozenBatchNorm2d")
+    assert frozen == 1 + 3 * 3 + 1  # stem, res2's three blocks (3 convs each) and its shortcut
+    # Same trainable parameters, in number and size.
+    trainable = {
+        name: sorted(p.numel() for p in model.parameters() if p.requires_grad) for name, model in models.items()
+    }
+    assert trainable["rsb"] == trainable["builtin"]
+    assert ours.output_shape() == theirs.output_shape()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["mask_rcnn", "retinanet"])
+def test_baseline_gives_the_same_detections_and_losses(detector):
+    cfg = benchmark.load_detector_config(detector)
+    # The same check with less CPU time: ResNet-18 trunk, fewer proposals, RoIs and detections.
+    cfg.model.backbone.bottom_up.model_name = "resnet18"
+    if detector == "retinanet":
+        cfg.model.test_topk_candidates = 100
+        cfg.model.max_detections_per_image = 10
+    else:
+        cfg.model.proposal_generator.post_nms_topk = (100, 50)
+        cfg.model.roi_heads.batch_size_per_image = 32
+        cfg.model.roi_heads.box_predictor.test_topk_per_image = 10
+    torch.manual_seed(0)
+    models = {"rsb": benchmark.instantiate(cfg.model)}
+    randomize_batchnorm(models["rsb"].backbone.bottom_up)  # non-trivial statistics to copy
+    models["builtin"] = benchmark.instantiate(detectron2_baseline.baseline_model_config(cfg.model))
+    detectron2_baseline.copy_rsb_weights(models["rsb"], models["builtin"])
+
+    images = benchmark.make_batch(1, SIZE, CPU, seed=1)
+    outputs = {}
+    for name, model in models.items():
+        benchmark.set_score_threshold(model, 0.0)
+        with torch.no_grad():
+            outputs[name] = model.eval()(images)
+    assert len(outputs["rsb"][0]["instances"]) > 0
+    assert detectron2_baseline.max_output_difference(outputs["rsb"], outputs["builtin"]) == 0.0
+
+    train_batch = benchmark.make_batch(
+        2, SIZE, CPU, seed=2, num_classes=benchmark._num_classes(cfg), with_masks=detector == "mask_rcnn"
+    )
+    losses = {}
+    for name, model in models.items():
+        torch.manual_seed(0)  # the same proposal sampling
+        with benchmark.EventStorage():
+            losses[name] = model.train()(train_batch)
+    assert losses["rsb"].keys() == losses["builtin"].keys()
+    for key, value in losses["rsb"].items():
+        torch.testing.assert_close(value, losses["builtin"][key], rtol=0, atol=0)
+
+
+def test_max_output_difference_sees_a_changed_box():
+    from detectron2.structures import Boxes, Instances
+
+    instances = Instances((10, 10), pred_boxes=Boxes(torch.tensor([[1.0, 1.0, 5.0, 5.0]])), scores=torch.ones(1))
+    moved = Instances((10, 10), pred_boxes=Boxes(torch.tensor([[1.0, 1.5, 5.0, 5.0]])), scores=torch.ones(1))
+    assert detectron2_baseline.max_output_difference([{"instances": instances}], [{"instances": moved}]) == 0.5
+    assert detectron2_baseline.max_output_difference([{"instances": instances}], []) == float("inf")
+
+
+def test_baseline_rejects_what_it_cannot_mirror():
+    with pytest.raises(ValueError, match="resnet50d"):
+        detectron2_baseline.build_detectron2_resnet(model_name="resnet50d")
+    with pytest.raises(ValueError, match="norm='GN'"):
+        detectron2_baseline.build_detectron2_resnet(norm="GN")
+    cfg = benchmark.load_detector_config("faster_rcnn")
+    cfg.model.backbone.bottom_up = detectron2_baseline.baseline_model_config(cfg.model).backbone.bottom_up
+    with pytest.raises(ValueError, match="expected TimmResNet"):
+        detectron2_baseline.baseline_model_config(cfg.model)
+
+
+def test_timm_keys_map_to_detectron2_keys():
+    rename = detectron2_baseline.timm_to_detectron2_key
+    assert rename("conv1.weight") == "stem.conv1.weight"
+    assert rename("bn1.running_var") == "stem.conv1.norm.running_var"
+    assert rename("layer1.0.bn3.bias") == "res2.0.conv3.norm.bias"
+    assert rename("layer4.0.downsample.0.weight") == "res5.0.shortcut.weight"
+    assert rename("layer4.0.downsample.1.weight") == "res5.0.shortcut.norm.weight"
+
+
+def test_image_size_argument():
+    assert benchmark.parse_image_size("320") == (320, 320)
+    assert benchmark.parse_image_size("800x1333") == (800, 1333)
+    for bad in ("big", "16", "800x"):
+        with pytest.raises(Exception, match="image size"):
+            benchmark.parse_image_size(bad)
+
+
+def _fake_report(device):
+    metrics = {key: {"rsb": 2.0, "builtin": 4.0, "ratio": 0.5} for key, _, _ in benchmark.METRICS}
+    metrics["images_per_s_b1"] = {"rsb": 500.0, "builtin": 250.0, "ratio": 2.0}
+    metrics["images_per_s_bN"] = {"rsb": 1000.0, "builtin": 500.0, "ratio": 2.0}
+    metrics["train_peak_mem_mib"] = {"rsb": 4096.0, "builtin": 2048.0, "ratio": 2.0}
+    return {
+        "settings": {
+            "device": device, "image_size": [800, 1333], "batch_size": 8, "train_batch_size": 2,
+            "iters": 5, "warmup": 1, "amp": False, "channels_last": False,
+        },
+        "machine": {"cpu": "Some CPU", "torch_threads": 2, "torch": "2.x", "gpu": "Some GPU"},
+        "results": [{"detector": "cascade_mask_rcnn", "metrics": metrics}],
+    }
+
+
+def test_cuda_table_compares_memory_with_mmdetection():
+    table = benchmark.format_table(_fake_report("cuda"))
+    assert "Some GPU" in table and "b8" in table
+    row = [line for line in table.splitlines() if line.startswith("| cascade_mask_rcnn")]
+    assert len(row) == 2, table  # the side-by-side table and the mmdetection comparison
+    assert "| 4.00 | 2.00 | 6.2 |" in row[1]  # MiB -> GiB, and mmdet's 6.2 GB
+    assert "| 2.0 | 4.0 | 0.50 |" in row[0]
+
+
+@pytest.mark.slow
+def test_benchmark_command_prints_the_side_by_side_table(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, SCRIPT, "--device", "cpu", "--detectors", "faster_rcnn",
+        "--image-size", "64", "--batch-size", "2", "--iters", "1", "--warmup", "0",
+        "--threads", "1", "--json", str(out),  # one thread: the figures do not matter, only the run
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    table = result.stdout
+    header = next(line for line in table.splitlines() if line.startswith("| detector"))
+    for _, title, unit in benchmark.METRICS:
+        title = title.replace("bN", "b2")
+        for column in (f"{title} RSB ({unit})", f"{title} built-in ({unit})", f"{title} ratio"):
+            assert column in header, header
+    assert any(line.startswith("| faster_rcnn |") for line in table.splitlines()), table
+    assert "Device: cpu" in table
+
+    report = json.loads(out.read_text())
+    assert report["settings"]["image_size"] == [64, 64]
+    assert report["machine"]["cpu_count"] >= 1
+    (record,) = report["results"]
+    assert record["detector"] == "faster_rcnn"
+    assert record["outputs_identical"] is True
+    assert record["detections_per_image"] == 100
+    for key, _, _ in benchmark.METRICS:
+        metric = record["metrics"][key]
+        assert metric["rsb"] > 0 and metric["builtin"] > 0, (key, metric)
+        assert metric["ratio"] == pytest.approx(metric["rsb"] / metric["builtin"])
+    assert len(record["samples_ms"]["train_step_ms"]["rsb"]) == 1
