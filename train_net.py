@@ -77,6 +77,10 @@ def setup_config(args):
 
 
 def evaluate(cfg, args):
+    # The detector checkpoint holds the backbone too: don't fetch ImageNet weights to overwrite.
+    bottom_up = cfg.model.get("backbone", {}).get("bottom_up", {})
+    if bottom_up.get("weights"):
+        bottom_up.weights = None
     model = wrap_ddp(build_model(cfg))
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
     if args.resume and checkpointer.has_checkpoint():
