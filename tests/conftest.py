@@ -24,6 +24,16 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
+class CreatesFileWhenUnpickled:
+    """Pickles to a call of ``open(marker, "w")``: loading it unsafely creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.fixture(scope="session")
 def timm_resnet50_state_dict():
     """A randomly initialized timm resnet50 state dict with non-trivial BatchNorm values."""

@@ -18,7 +18,7 @@ from fvcore.common.param_scheduler import ConstantParamScheduler
 
 from rsb_backbone.engine import AtomicCheckpointer, NonFiniteLossError, do_train
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, CreatesFileWhenUnpickled
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
 
 FASTER = shapes_config("faster_rcnn")
@@ -179,18 +179,10 @@ def test_corrupted_checkpoint_is_named_on_resume(tiny_shapes, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-class _CreatesFileWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_checkpoint_whose_unpickling_runs_code_is_refused(tmp_path):
     marker = tmp_path / "created-by-pickle"
     path = tmp_path / "model_final.pth"
-    torch.save({"model": {}, "iteration": 1, "evil": _CreatesFileWhenUnpickled(str(marker))}, path)
+    torch.save({"model": {}, "iteration": 1, "evil": CreatesFileWhenUnpickled(str(marker))}, path)
     (tmp_path / "last_checkpoint").write_text("model_final.pth")
     checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
     with pytest.raises(ValueError, match="model_final.pth.*refused"):

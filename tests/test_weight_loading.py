@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from rsb_backbone import TimmResNet, WeightFileError
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, CreatesFileWhenUnpickled
 
 
 def assert_loaded_exactly(model, reference):
@@ -157,18 +157,10 @@ def test_incomplete_checkpoint_names_a_missing_key(timm_resnet50_state_dict, tmp
         TimmResNet(weights=str(path))
 
 
-class _CreatesFileWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": _CreatesFileWhenUnpickled(str(marker))}, path)
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": CreatesFileWhenUnpickled(str(marker))}, path)
     assert not marker.exists()
     with pytest.raises(WeightFileError, match="evil.pth.*refused"):
         TimmResNet(weights=str(path))
