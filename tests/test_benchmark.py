@@ -57,7 +57,6 @@ def test_baseline_trunk_matches_the_rsb_trunk_in_kind_and_cost():
     assert ours.output_shape() == theirs.output_shape()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("detector", ["mask_rcnn", "retinanet"])
 def test_baseline_gives_the_same_detections_and_losses(detector):
     cfg = benchmark.load_detector_config(detector)
