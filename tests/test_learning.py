@@ -28,7 +28,7 @@ def test_quick_demo_learns_the_shapes(tmp_path):
     )
     evaluations = [r for r in read_metrics(out) if "bbox/AP" in r]
     assert evaluations, "no evaluation was recorded"
-    assert evaluations[-1]["iteration"] == 199
+    assert evaluations[-1]["iteration"] >= 199  # the evaluation after the last iteration
     box_ap = evaluations[-1]["bbox/AP"]
     print(f"box AP after 200 iterations: {box_ap:.1f}")
     assert box_ap > MIN_BOX_AP, box_ap

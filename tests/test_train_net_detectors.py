@@ -35,6 +35,7 @@ def test_trains_then_evaluates_checkpoint(detector, tiny_shapes, tmp_path):
             "train.max_iter=3",
             "train.eval_period=0",
             "train.checkpointer.period=1",
+            "train.checkpointer.max_to_keep=10",  # keep model_0000000.pth for the comparison below
             f"train.output_dir={out}",
         ]
     )
