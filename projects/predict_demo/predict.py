@@ -16,8 +16,10 @@ Examples::
         --input "photos/*.jpg" clip.mp4 --device auto --confidence-threshold 0.7
 
 ``--config-file`` takes a LazyConfig (``.py``, or the ``config.yaml`` that train_net.py saves)
-or a yacs config (``configs/yacs``); its test data set's metadata gives class names and
-category ids.
+or a yacs config (``configs/yacs``). ``--checkpoint`` takes a train_net.py checkpoint or a
+published file (``.pth`` or ``.safetensors``, see projects/publish_model). Class names and
+category ids are those stored with the model (train_net.py stores the training set's), else
+those of the config's test data set: no data set needs registering to predict.
 """
 
 import argparse
@@ -51,7 +53,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, help="LazyConfig (.py, config.yaml) or yacs (.yaml)")
-    parser.add_argument("--checkpoint", required=True, help="detector checkpoint, e.g. model_final.pth")
+    parser.add_argument(
+        "--checkpoint", required=True, help="detector checkpoint (model_final.pth) or published .pth/.safetensors"
+    )
     parser.add_argument(
         "--input", required=True, nargs="+",
         help="images, folders (their images, not recursive), quoted globs or videos",

@@ -5,6 +5,7 @@ yacs (``configs/yacs``)::
 
     cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/model_final.pth")
     predictor = detectron2.engine.DefaultPredictor(cfg)
+    predictor = build_default_predictor(cfg)  # the same, with the checkpoint's class names
 
 LazyConfig::
 
@@ -18,7 +19,7 @@ from .coco_results import contiguous_to_dataset_ids, instances_to_coco_results
 from .config_files import LAZY, YACS, config_file_kind
 from .devices import resolve_device_name
 from .lazy_predictor import LazyConfigPredictor, set_score_threshold
-from .predictors import build_predictor
+from .predictors import build_default_predictor, build_predictor
 from .yacs_configs import ARCHITECTURES, YACS_CONFIG_DIR, get_rsb_cfg, load_yacs_config, yacs_config_file
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LAZY",
     "YACS",
     "LazyConfigPredictor",
+    "build_default_predictor",
     "build_predictor",
     "config_file_kind",
     "contiguous_to_dataset_ids",

@@ -2,10 +2,12 @@
 
 import logging
 import os
+from typing import Any, Dict, Optional
 
 from torch import nn
 
 from ..engine.checkpoint import AtomicCheckpointer
+from ..model_metadata import METADATA_KEY, parse_model_metadata, read_model_metadata
 from ..weight_files import WeightFileError
 
 logger = logging.getLogger(__name__)
@@ -52,11 +54,13 @@ def _first(items) -> str:
     return f"[{shown}{more}]"
 
 
-def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> None:
+def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict[str, Any]]:
     """Load a detector checkpoint (e.g. ``model_final.pth`` from ``train_net.py``) into ``model``.
 
     Files are read with :class:`~rsb_backbone.engine.AtomicCheckpointer`: ``.safetensors`` or
-    ``torch.load(weights_only=True)``, never arbitrary pickles.
+    ``torch.load(weights_only=True)``, never arbitrary pickles. Training checkpoints, published
+    files (``.pth`` in any precision, ``.safetensors``) and converted mmdetection checkpoints
+    are all accepted.
 
     Args:
         model: the detector, built from the config the checkpoint was trained with.
@@ -67,11 +71,19 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> None:
         FileNotFoundError: the file does not exist.
         WeightFileError: unreadable file, or its weights do not fit ``model`` (missing or extra
             keys, other shapes); the message names the file and the keys.
+        ValueError: the file's model metadata is malformed.
+
+    Returns:
+        the model metadata stored with the weights (class names, category ids; see
+        :mod:`rsb_backbone.model_metadata`), or None when the file holds none.
     """
     if not checkpoint:
         raise ValueError("checkpoint='': a detector checkpoint file is needed for inference")
     checkpoint = os.fspath(checkpoint)
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist")
-    _CheckedCheckpointer(model).load(checkpoint, checkpointables=[])
+    extra = _CheckedCheckpointer(model).load(checkpoint, checkpointables=[])
     logger.info("Loaded the detector weights from %s", checkpoint)
+    if checkpoint.endswith(".safetensors"):
+        return read_model_metadata(checkpoint)  # the header's string metadata
+    return parse_model_metadata(extra.get(METADATA_KEY), f"{checkpoint}: {METADATA_KEY}")

@@ -17,6 +17,7 @@ from detectron2.utils.registry import locate
 
 from ..engine.config_checks import dataset_names
 from ..engine.lazy_config import load_config_with_overrides
+from ..model_metadata import config_model_metadata, detectron2_metadata
 from ..timm_resnet import TimmResNet
 from .checkpoint import load_detector_checkpoint
 from .devices import resolve_device_name
@@ -117,8 +118,9 @@ class LazyConfigPredictor:
     Attributes:
         cfg: the LazyConfig (with overrides applied).
         model: the detector, in eval mode on ``device``.
-        metadata: metadata of the config's first test data set (class names, category ids);
-            empty when the config names none.
+        metadata: class names and category ids of the model: those stored in the checkpoint,
+            else those the config records (the ``metadata`` node of a saved ``config.yaml``),
+            else those of the config's first test data set; empty when there are none.
         input_format: "RGB" or "BGR", what the model takes.
         augmentations: the test-time resizing.
 
@@ -142,8 +144,9 @@ class LazyConfigPredictor:
         Args:
             config_file_or_cfg: a LazyConfig ``.py`` file, the ``config.yaml`` that
                 ``train_net.py`` saves in its output folder, or a loaded LazyConfig.
-            checkpoint: detector checkpoint trained with this config (e.g. ``model_final.pth``);
-                read tensors-only, and every weight of the model must be in it. The backbone's
+            checkpoint: detector checkpoint trained with this config (e.g. ``model_final.pth``,
+                or its published ``.pth``/``.safetensors``); read tensors-only, and every
+                weight of the model must be in it. The backbone's
                 own pretrained weights (``weights=`` of the TimmResNet) are not loaded.
             device: "cpu", "cuda", "cuda:N", or "auto" for CUDA when present.
             score_threshold: smallest score of a returned detection, in [0, 1].
@@ -156,7 +159,7 @@ class LazyConfigPredictor:
             logger.info("Backbone pretrained weights not loaded: the detector checkpoint holds them")
         self.model = instantiate(self.cfg.model)
         set_score_threshold(self.model, score_threshold)
-        load_detector_checkpoint(self.model, checkpoint)
+        stored = load_detector_checkpoint(self.model, checkpoint)
         self.model.to(self.device).eval()
 
         self.augmentations = T.AugmentationList([instantiate(a) for a in mapper.augmentations])
@@ -167,7 +170,11 @@ class LazyConfigPredictor:
                 f"input format {self.input_format!r} (dataloader.test.mapper.image_format): "
                 f"expected one of {_INPUT_FORMATS}"
             )
-        self.metadata = _test_metadata(self.cfg)
+        source = checkpoint
+        if stored is None:
+            source = config_file_or_cfg if isinstance(config_file_or_cfg, (str, os.PathLike)) else "config"
+            stored = config_model_metadata(self.cfg, os.fspath(source))
+        self.metadata = detectron2_metadata(stored, _test_metadata(self.cfg), name=os.fspath(source))
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """

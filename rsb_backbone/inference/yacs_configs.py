@@ -134,6 +134,8 @@ def get_rsb_cfg(
         max_size_test: longest side after resizing (``INPUT.MAX_SIZE_TEST``); None keeps 1333.
         test_dataset: registered data set whose metadata (class names) ``DefaultPredictor``
             exposes as ``predictor.metadata`` (``DATASETS.TEST``); None keeps coco_2017_val.
+            :func:`~rsb_backbone.inference.build_default_predictor` prefers the class names
+            stored in the checkpoint.
         opts: further overrides, as in :func:`load_yacs_config`.
 
     Example, the shapes demo (3 classes, short side 160, at most 256; or use

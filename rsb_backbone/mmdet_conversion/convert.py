@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..engine.checkpoint import atomic_torch_save
+from ..model_metadata import METADATA_KEY, storable_model_metadata
 from .checkpoints import MMDetConversionError, _key_list, detect_detector, load_mmdet_checkpoint
 from .key_maps import DETECTORS, TENSOR_TRANSFORMS, map_key
 
@@ -206,6 +207,23 @@ def _plain_meta(meta: Mapping) -> Dict[str, object]:
     return info
 
 
+def _model_metadata(classes) -> Optional[Dict[str, object]]:
+    """Model metadata from mmdetection's class names; COCO's category ids when they are COCO's 80.
+
+    mmdetection orders its COCO classes by category id, as Detectron2 does, so index i of its
+    ``CLASSES`` is Detectron2's contiguous id i.
+    """
+    if not classes:
+        return None
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    coco = [c for c in COCO_CATEGORIES if c["isthing"]]
+    metadata: Dict[str, object] = {"thing_classes": list(classes)}
+    if list(classes) == [c["name"] for c in coco]:
+        metadata["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(coco)}
+    return storable_model_metadata(metadata)
+
+
 def convert_mmdet_checkpoint(
     input_path: str,
     output_path: str,
@@ -218,7 +236,10 @@ def convert_mmdet_checkpoint(
     Reads ``input_path`` tensors-only, detects the detector (or checks ``detector``), builds the
     model of ``config_file`` (default :data:`DEFAULT_CONFIGS`), converts, loads the result into
     that model with ``strict=True``, and writes ``{"model": state_dict, "__author__": ...,
-    "mmdet_conversion": {...}}`` to ``output_path`` atomically.
+    "mmdet_conversion": {...}, "metadata": {...}}`` to ``output_path`` atomically. ``metadata``
+    holds the checkpoint's class names (``meta["CLASSES"]``), with COCO's category ids when they
+    are COCO's 80 classes (see :mod:`rsb_backbone.model_metadata`); it is left out when the
+    checkpoint names no classes.
 
     Args:
         input_path: mmdetection ``.pth`` file.
@@ -247,9 +268,10 @@ def convert_mmdet_checkpoint(
     report.config = config_file
     info = {"source": os.path.basename(input_path), "detector": found, "config": config_file}
     info.update(_plain_meta(meta))
-    atomic_torch_save(
-        {"model": converted, "__author__": _AUTHOR, "matching_heuristics": False, "mmdet_conversion": info},
-        os.fspath(output_path),
-    )
+    content = {"model": converted, "__author__": _AUTHOR, "matching_heuristics": False, "mmdet_conversion": info}
+    metadata = _model_metadata(info.get("classes"))
+    if metadata:
+        content[METADATA_KEY] = metadata  # class names for the predictors (see model_metadata)
+    atomic_torch_save(content, os.fspath(output_path))
     logger.info("%s; written to %s", report.summary(), output_path)
     return report
