@@ -23,6 +23,7 @@ Examples:
 """
 
 import logging
+import signal
 import sys
 
 from detectron2.engine import default_argument_parser, default_setup
@@ -30,26 +31,25 @@ from detectron2.engine import default_argument_parser, default_setup
 from rsb_backbone.data import register_coco_from_arg
 from rsb_backbone.engine import (
     AtomicCheckpointer,
-    NonFiniteLossError,
-    TrainingInterrupted,
+    UserInputError,
     build_model,
     do_test,
     do_train,
     launch_workers,
     load_config_with_overrides,
+    outcome_of,
     resolve_device,
     sync_num_classes,
+    user_input_stage,
     wrap_ddp,
     write_eval_results,
 )
+from rsb_backbone.engine.outcomes import RunOutcome
 from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_yacs_config
-from rsb_backbone.weight_files import WeightFileError
+from rsb_backbone.model_metadata import training_model_metadata
+from rsb_backbone.inference import load_detector_checkpoint
 
 logger = logging.getLogger("rsb_detectron2.train_net")
-
-# Errors caused by what the user passed: reported as one line, exit code 2.
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, WeightFileError)
-
 
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
@@ -73,23 +73,30 @@ def setup_config(args):
     cfg = load_config_with_overrides(args.config_file, args.opts)
     resolve_device(cfg)
     sync_num_classes(cfg, training=not args.eval_only)
+    if not args.eval_only:  # class names and category ids, saved with config.yaml
+        cfg.metadata = training_model_metadata(cfg)
     return cfg
 
 
 def evaluate(cfg, args):
-    # The detector checkpoint holds the backbone too: don't fetch ImageNet weights to overwrite.
-    bottom_up = cfg.model.get("backbone", {}).get("bottom_up", {})
-    if bottom_up.get("weights"):
-        bottom_up.weights = None
-    model = wrap_ddp(build_model(cfg))
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
-    if args.resume and checkpointer.has_checkpoint():
-        checkpointer.resume_or_load("", resume=True)
-    elif cfg.train.init_checkpoint:
-        checkpointer.load(cfg.train.init_checkpoint)
-    else:
-        raise ValueError("--eval-only needs a checkpoint: train.init_checkpoint=PATH (or --resume)")
-    results = do_test(cfg, model)
+    """COCO evaluation of a whole-detector checkpoint; every tensor of the model must be in it."""
+    with user_input_stage():
+        # The detector checkpoint holds the backbone too: don't fetch ImageNet weights to overwrite.
+        bottom_up = cfg.model.get("backbone", {}).get("bottom_up", {})
+        if bottom_up.get("weights"):
+            bottom_up.weights = None
+        model = build_model(cfg)
+        last = AtomicCheckpointer(model, cfg.train.output_dir)
+        if args.resume and last.has_checkpoint():
+            checkpoint = last.get_checkpoint_file()
+        elif cfg.train.init_checkpoint:
+            checkpoint = cfg.train.init_checkpoint
+        else:
+            raise ValueError("--eval-only needs a checkpoint: train.init_checkpoint=PATH (or --resume)")
+        # Strict: a checkpoint of another detector (or with other classes) is an error naming the
+        # keys, not an evaluation of randomly initialized heads.
+        load_detector_checkpoint(model, checkpoint)
+    results = do_test(cfg, wrap_ddp(model))
     path = write_eval_results(results, cfg.train.output_dir)
     if path:
         logger.info("Evaluation results written to %s", path)
@@ -97,8 +104,10 @@ def evaluate(cfg, args):
 
 
 def main(args):
-    cfg = setup_config(args)
-    default_setup(cfg, args)
+    """What each training process runs."""
+    with user_input_stage():
+        cfg = setup_config(args)
+        default_setup(cfg, args)
     if is_yacs_config(args.config_file):
         return evaluate_yacs(cfg, resume=args.resume)
     if args.eval_only:
@@ -109,8 +118,9 @@ def main(args):
 def invoke_main() -> None:
     args = build_argument_parser().parse_args()
     try:
-        setup_config(args)  # fail fast, before any worker starts
-        launch_workers(
+        with user_input_stage():
+            setup_config(args)  # fail fast, before any worker starts
+        outcome = launch_workers(
             main,
             num_gpus_per_machine=args.num_gpus,
             num_machines=args.num_machines,
@@ -118,16 +128,13 @@ def invoke_main() -> None:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except USER_ERRORS as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"train_net.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLossError as e:
-        print(f"train_net.py: error: {e}; the last complete checkpoint is kept", file=sys.stderr)
-        sys.exit(1)
-    except TrainingInterrupted as e:
-        print(f"train_net.py: {e}; continue with --resume", file=sys.stderr)
-        sys.exit(128 + e.signum)
+    except UserInputError as e:
+        outcome = outcome_of(e)
+    except KeyboardInterrupt:  # Ctrl-C before the training loop took over SIGINT
+        outcome = RunOutcome(128 + signal.SIGINT, "train_net.py: interrupted before training started")
+    if outcome is not None:
+        print(outcome.message, file=sys.stderr)
+        sys.exit(outcome.exit_code)
 
 
 if __name__ == "__main__":

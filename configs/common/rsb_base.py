@@ -10,7 +10,7 @@ from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 
 from rsb_backbone import FROZEN_STATS_BN, TimmResNet, pixel_normalization
-from rsb_backbone.data import SkippingDatasetMapper
+from rsb_backbone.data import EvaluationDatasetMapper, SkippingDatasetMapper
 
 # ---- backbone: timm ResNet-50 with the RSB A1 ImageNet weights --------------------------------
 RSB_WEIGHTS = "resnet50.a1_in1k"
@@ -31,6 +31,8 @@ dataloader.train.mapper.augmentations[0].short_edge_length = (800,)  # mmdet (13
 dataloader.train.mapper.image_format = PIXEL["input_format"]  # the test mapper interpolates this
 # Unreadable training images are skipped with a warning (and counted) instead of ending the run.
 dataloader.train.mapper._target_ = SkippingDatasetMapper
+# An unreadable evaluation image stops evaluation with one line naming it (AP needs every image).
+dataloader.test.mapper._target_ = EvaluationDatasetMapper
 
 # ---- optimizer: AdamW, lr 2e-4 (RetinaNet 1e-4), wd 0.05, no decay on norm parameters ---------
 optimizer = L(torch.optim.AdamW)(

@@ -19,7 +19,7 @@ from .coco_registration import (
     register_coco_from_arg,
     register_coco_instances_checked,
 )
-from .mapper import SkippingDatasetMapper
+from .mapper import EvaluationDatasetMapper, SkippingDatasetMapper, UnreadableImageError
 from .shapes import (
     SHAPES_CATEGORIES,
     ensure_shapes_dataset,
@@ -31,6 +31,8 @@ __all__ = [
     "SHAPES_CATEGORIES",
     "SHAPES_DATASETS",
     "SkippingDatasetMapper",
+    "EvaluationDatasetMapper",
+    "UnreadableImageError",
     "datasets_root",
     "ensure_shapes_dataset",
     "generate_shapes_dataset",

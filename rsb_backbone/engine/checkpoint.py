@@ -8,8 +8,9 @@ naming a complete file. Files are read with ``weights_only=True`` (or as safeten
 
 import logging
 import os
+import re
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
@@ -19,7 +20,7 @@ from ..weight_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointer", "atomic_write_bytes", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointer", "atomic_write_bytes", "atomic_torch_save", "remove_stale_temporary_files"]
 
 
 def _fsync_dir(directory: str) -> None:
@@ -35,10 +36,17 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+_TEMPORARY_SUFFIX = ".tmp"
+# What tempfile.mkstemp names the temporary file of a save of TARGET: ".TARGET.<random>.tmp".
+_TEMPORARY_NAME = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+
+
 def _atomic_write(path: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp_path = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=_TEMPORARY_SUFFIX, dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -94,3 +102,33 @@ class AtomicCheckpointer(DetectionCheckpointer):
             loaded = {"model": loaded}
         loaded.setdefault("matching_heuristics", False)
         return loaded
+
+
+def remove_stale_temporary_files(directory: str) -> List[str]:
+    """Delete the temporary files that saves killed midway left in ``directory``.
+
+    A save writes ``.NAME.XXXXXXXX.tmp`` next to its target and renames it when complete, so such
+    a file is never a usable checkpoint; with the optimizer state one can be half a gigabyte.
+    Call it when training starts or resumes, before any save of this run.
+
+    Args:
+        directory: a training output folder.
+
+    Returns:
+        the paths removed.
+    """
+    if not directory or not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _TEMPORARY_NAME.match(name)
+        if match and (match.group(1).endswith(".pth") or match.group(1) == "last_checkpoint"):
+            path = os.path.join(directory, name)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    if removed:
+        logger.warning("Removed %d temporary files of interrupted checkpoint saves in %s", len(removed), directory)
+    return removed

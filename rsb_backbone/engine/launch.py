@@ -1,14 +1,23 @@
-"""Start training processes with Detectron2's ``launch`` or under ``torchrun``."""
+"""Start training processes with Detectron2's ``launch`` or under ``torchrun``, and turn the way
+they end into one exit code and one-line message (see :mod:`.outcomes`) in every launch mode."""
 
 import logging
+import multiprocessing
 import os
-from typing import Callable, Sequence
+import signal
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+from torch.multiprocessing import ProcessExitedException
 
 from detectron2.engine import launch
+from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
+
+from .outcomes import RunOutcome, outcome_of
+from .stop_signals import STOP_SIGNALS, forward_stop_signals, stop_data_loader_workers
 
 logger = logging.getLogger(__name__)
 
@@ -20,19 +29,104 @@ def started_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
 
 
-def _run_under_torchrun(main_func: Callable, args: Sequence) -> None:
+def _run_under_torchrun(main_func: Callable, args: Sequence) -> Optional[RunOutcome]:
     local_rank = int(os.environ["LOCAL_RANK"])
     has_gpu = torch.cuda.is_available()
     if has_gpu:
         torch.cuda.set_device(local_rank)
-    # torchrun exports MASTER_ADDR/MASTER_PORT, so the env:// rendezvous needs no URL.
-    dist.init_process_group(backend="nccl" if has_gpu else "gloo", init_method="env://")
+    # torchrun exports MASTER_ADDR/MASTER_PORT, so the env:// rendezvous needs no URL. The same
+    # collective timeout as --num-gpus (Detectron2's), not torch's default.
+    dist.init_process_group(backend="nccl" if has_gpu else "gloo", init_method="env://", timeout=DEFAULT_TIMEOUT)
     comm.create_local_process_group(int(os.environ["LOCAL_WORLD_SIZE"]))
     comm.synchronize()
     try:
-        main_func(*args)
+        return _run_expecting_outcomes(main_func, args)
     finally:
         dist.destroy_process_group()
+
+
+def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[RunOutcome]:
+    """Run ``main_func(*args)``; the outcome of an expected end, None on success; anything
+    unexpected propagates with its traceback."""
+    try:
+        main_func(*args)
+    except Exception as e:
+        outcome = outcome_of(e)
+        if outcome is None:
+            raise
+        return outcome
+    finally:
+        stop_data_loader_workers()
+    return None
+
+
+# What a spawned training process puts on the launcher's queue when it ends.
+_SUCCESS = RunOutcome(0, "")
+
+
+def _report_to_launcher(main_func: Callable, outcomes, args: Sequence) -> None:
+    """Body of a spawned training process: run, tell the launcher how it ended, exit with it.
+
+    A process that ends with an expected outcome exits with its code (not 0), so that the
+    launcher stops the other processes at once if they are still waiting for this one.
+    """
+    outcome = _run_expecting_outcomes(main_func, args) or _SUCCESS
+    outcomes.put((comm.get_rank(), tuple(outcome)))
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
+
+
+def _drain(outcomes) -> List[Tuple[int, RunOutcome]]:
+    reported = []
+    while not outcomes.empty():
+        rank, outcome = outcomes.get()
+        reported.append((rank, RunOutcome(*outcome)))
+    return sorted(reported)
+
+
+def _launch_and_collect(
+    main_func: Callable, num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str,
+    args: Sequence,
+) -> Optional[RunOutcome]:
+    outcomes = multiprocessing.get_context("spawn").SimpleQueue()
+    received = []
+
+    def remember(signum):
+        received.append(signum)
+
+    failure: Optional[ProcessExitedException] = None
+    # When one process ends, torch logs that it terminates the others; with an expected end they
+    # are ending too, and the run's own one-line message says what happened.
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_level = spawn_logger.level
+    spawn_logger.setLevel(logging.ERROR)
+    with forward_stop_signals(on_signal=remember):
+        try:
+            launch(
+                _report_to_launcher,
+                num_gpus_per_machine,
+                num_machines=num_machines,
+                machine_rank=machine_rank,
+                dist_url=dist_url,
+                args=(main_func, outcomes, tuple(args)),
+            )
+        except ProcessExitedException as e:  # a process exited with a code or a signal
+            failure = e
+        finally:
+            spawn_logger.setLevel(spawn_level)
+    failures = [(rank, o) for rank, o in _drain(outcomes) if o.exit_code]
+    if failures:
+        return failures[0][1]  # the lowest rank's: all processes agree on stops and divergence
+    stop = received[0] if received else None
+    if failure is not None:
+        if failure.exit_code < 0 and stop is None and -failure.exit_code in STOP_SIGNALS:
+            stop = -failure.exit_code
+        if stop is None:
+            raise failure
+    if stop is not None:  # stopped before training had started (no checkpoint to write yet)
+        name = signal.Signals(stop).name
+        return RunOutcome(128 + stop, f"train_net.py: stopped by {name} before training started")
+    return None
 
 
 def launch_workers(
@@ -43,36 +137,39 @@ def launch_workers(
     machine_rank: int = 0,
     dist_url: str = "auto",
     args: Sequence = (),
-) -> None:
-    """Run ``main_func(*args)`` in every worker.
+) -> Optional[RunOutcome]:
+    """Run ``main_func(*args)`` in every training process; return how the run ended.
 
     Under ``torchrun`` the process group is formed from its environment and the flags below are
-    ignored; otherwise Detectron2's ``launch`` spawns ``num_gpus_per_machine`` workers on this
-    machine (NCCL on CUDA, gloo on CPU).
+    ignored; otherwise Detectron2's ``launch`` spawns ``num_gpus_per_machine`` processes on this
+    machine (NCCL on CUDA, gloo on CPU), or runs ``main_func`` in this process when there is one.
+    The launcher passes SIGTERM/SIGINT on to the processes it spawned.
 
     Args:
-        main_func: the per-worker entry point.
-        num_gpus_per_machine: workers on this machine (on CPU: processes).
+        main_func: the per-process entry point.
+        num_gpus_per_machine: processes on this machine (one per GPU; on CPU any number).
         num_machines: machines taking part.
         machine_rank: this machine's rank, 0 for the one at ``dist_url``.
         dist_url: rendezvous URL, e.g. ``tcp://10.0.0.1:29500``; "auto" for one machine.
         args: arguments passed to ``main_func``.
+
+    Returns:
+        None when every process finished normally; otherwise the :class:`RunOutcome` (exit code
+        and one-line message) of an expected end: bad input, a non-finite loss, a stop signal.
+
+    Raises:
+        anything unexpected, with its traceback (from a spawned process:
+        ``torch.multiprocessing.ProcessRaisedException``).
     """
     if started_by_torchrun():
         logger.info("Started by torchrun: rank %s of %s", os.environ["RANK"], os.environ["WORLD_SIZE"])
-        _run_under_torchrun(main_func, args)
-        return
+        return _run_under_torchrun(main_func, args)
     if num_gpus_per_machine < 1:
         raise ValueError(f"--num-gpus {num_gpus_per_machine}: expected at least 1")
     if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():
         raise ValueError(
             f"--num-gpus {num_gpus_per_machine}: this machine has {torch.cuda.device_count()} GPUs"
         )
-    launch(
-        main_func,
-        num_gpus_per_machine,
-        num_machines=num_machines,
-        machine_rank=machine_rank,
-        dist_url=dist_url,
-        args=tuple(args),
-    )
+    if num_machines * num_gpus_per_machine == 1:
+        return _run_expecting_outcomes(main_func, args)
+    return _launch_and_collect(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args)

@@ -5,27 +5,41 @@ import logging
 import torch
 
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils import comm
+
+from .outcomes import NonFiniteLossError
+from .stop_signals import max_over_processes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteLossError", "build_trainer"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training loss became NaN or infinite; raised before the optimizer step."""
+__all__ = ["build_trainer"]
 
 
 class _FiniteLossCheck:
     """Checks every loss before metrics are written, which happens before ``optimizer.step``,
-    so the weights of the failing iteration are never updated."""
+    so the weights of the failing iteration are never updated.
+
+    The processes agree on the result: when a loss is not finite on one of them, every process
+    raises :class:`NonFiniteLossError` at the same iteration, instead of the others waiting for it
+    in the next collective until the timeout.
+    """
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
         bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
-        if bad:
+        if max_over_processes(int(bool(bad))):
             iteration = self.iter if iter is None else iter
-            values = ", ".join(f"{k}={v}" for k, v in bad.items())
-            raise NonFiniteLossError(f"loss became non-finite at iteration {iteration}: {values}")
+            raise NonFiniteLossError(f"loss became non-finite at iteration {iteration}: {_describe(bad)}")
         super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+
+
+def _describe(local_bad) -> str:
+    if comm.get_world_size() == 1:
+        return ", ".join(f"{k}={v}" for k, v in local_bad.items())
+    parts = []
+    for rank, bad in enumerate(comm.all_gather(local_bad)):
+        if bad:
+            parts.append(", ".join(f"{k}={v}" for k, v in bad.items()) + f" (process {rank})")
+    return "; ".join(parts)
 
 
 class CheckedSimpleTrainer(_FiniteLossCheck, SimpleTrainer):

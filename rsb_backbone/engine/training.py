@@ -11,9 +11,12 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from .checkpoint import AtomicCheckpointer
-from .hooks import CheckpointOnSignalHook, GradientClipHook
-from .trainers import NonFiniteLossError, build_trainer
+from ..model_metadata import ModelMetadataState, training_model_metadata
+from .checkpoint import AtomicCheckpointer, remove_stale_temporary_files
+from .hooks import GradientClipHook
+from .outcomes import NonFiniteLossError, user_input_stage
+from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers
+from .trainers import build_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,8 @@ def do_test(cfg, model) -> Dict[str, Any]:
     evaluator_cfg = cfg.dataloader.evaluator
     if "output_dir" not in evaluator_cfg or not evaluator_cfg.output_dir:
         evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(evaluator_cfg))
+    test_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.test))
+    results = inference_on_dataset(model, test_loader, instantiate(evaluator_cfg))
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -78,32 +82,36 @@ def do_train(cfg, *, resume: bool) -> None:
         cfg: a LazyConfig with model, dataloader, optimizer, lr_multiplier and train.
         resume: continue from ``last_checkpoint`` in ``train.output_dir`` when there is one.
     """
-    model = build_model(cfg)
-    logger.info("Model:\n%s", model)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    with user_input_stage():  # bad config values, data sets or checkpoints: one line, exit 2
+        model = build_model(cfg)
+        logger.info("Model:\n%s", model)
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
+        train_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.train))
 
-    model = wrap_ddp(model, **cfg.train.ddp)
-    trainer = build_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    clip = cfg.train.get("clip_grad", {}) or {}
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            GradientClipHook(clip["max_norm"], clip.get("norm_type", 2.0)) if clip.get("enabled") else None,
-            CheckpointOnSignalHook(checkpointer),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-            )
-            if comm.is_main_process()
-            else None,
-        ]
-    )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+        model = wrap_ddp(model, **cfg.train.ddp)
+        trainer = build_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
+        metadata = ModelMetadataState(training_model_metadata(cfg))  # class names, saved with the weights
+        checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer, metadata=metadata)
+        clip = cfg.train.get("clip_grad", {}) or {}
+        trainer.register_hooks(
+            [
+                hooks.IterationTimer(),
+                hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+                GradientClipHook(clip["max_norm"], clip.get("norm_type", 2.0)) if clip.get("enabled") else None,
+                CheckpointOnSignalHook(checkpointer),
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+                hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+                )
+                if comm.is_main_process()
+                else None,
+            ]
+        )
+        if comm.is_main_process():
+            remove_stale_temporary_files(cfg.train.output_dir)
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that just finished: start at the next one.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if start_iter >= cfg.train.max_iter:

@@ -24,6 +24,7 @@ from ..inference.config_files import YACS, config_file_kind
 from ..inference.devices import resolve_device_name
 from ..inference.yacs_configs import load_yacs_config
 from .checkpoint import AtomicCheckpointer
+from .outcomes import user_input_stage
 from .training import write_eval_results
 
 logger = logging.getLogger(__name__)
@@ -87,15 +88,16 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
         the results of the data set, or a dict of them by data set name when there are several;
         also written to ``OUTPUT_DIR/eval_results.json``.
     """
-    model = build_model(cfg)
-    model.eval()
-    checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR)
-    if resume and checkpointer.has_checkpoint():
-        load_detector_checkpoint(model, checkpointer.get_checkpoint_file())
-    elif cfg.MODEL.WEIGHTS:
-        load_detector_checkpoint(model, cfg.MODEL.WEIGHTS)
-    else:
-        raise ValueError("--eval-only needs a checkpoint: MODEL.WEIGHTS PATH (or --resume)")
+    with user_input_stage():
+        model = build_model(cfg)
+        model.eval()
+        checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR)
+        if resume and checkpointer.has_checkpoint():
+            load_detector_checkpoint(model, checkpointer.get_checkpoint_file())
+        elif cfg.MODEL.WEIGHTS:
+            load_detector_checkpoint(model, cfg.MODEL.WEIGHTS)
+        else:
+            raise ValueError("--eval-only needs a checkpoint: MODEL.WEIGHTS PATH (or --resume)")
     results = OrderedDict()
     for name in cfg.DATASETS.TEST:
         evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
