@@ -15,6 +15,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.utils.registry import locate
 
+from ..deploy import to_deployment_form
 from ..engine.config_checks import dataset_names
 from ..engine.lazy_config import load_config_with_overrides
 from ..model_metadata import config_model_metadata, detectron2_metadata
@@ -139,6 +140,7 @@ class LazyConfigPredictor:
         device: str = "cpu",
         score_threshold: float = 0.5,
         overrides: Sequence[str] = (),
+        fuse: bool = False,
     ):
         """
         Args:
@@ -151,6 +153,8 @@ class LazyConfigPredictor:
             device: "cpu", "cuda", "cuda:N", or "auto" for CUDA when present.
             score_threshold: smallest score of a returned detection, in [0, 1].
             overrides: ``KEY=VALUE`` config overrides, as on ``train_net.py``'s command line.
+            fuse: run the deployment form of the model: norm layers folded into the
+                convolutions before them (:func:`rsb_backbone.deploy.to_deployment_form`).
         """
         self.cfg = _load_cfg(config_file_or_cfg, overrides)
         mapper = _test_mapper(self.cfg)
@@ -161,6 +165,8 @@ class LazyConfigPredictor:
         set_score_threshold(self.model, score_threshold)
         stored = load_detector_checkpoint(self.model, checkpoint)
         self.model.to(self.device).eval()
+        if fuse:
+            to_deployment_form(self.model)
 
         self.augmentations = T.AugmentationList([instantiate(a) for a in mapper.augmentations])
         # What the evaluation loader feeds the model; the model's own input_format otherwise.

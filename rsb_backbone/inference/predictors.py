@@ -6,6 +6,7 @@ from typing import Sequence
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 
+from ..deploy import to_deployment_form
 from ..model_metadata import detectron2_metadata
 from .checkpoint import load_detector_checkpoint
 from .config_files import YACS, config_file_kind
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_default_predictor", "build_predictor"]
 
 
-def build_default_predictor(cfg: CfgNode) -> DefaultPredictor:
+def build_default_predictor(cfg: CfgNode, *, fuse: bool = False) -> DefaultPredictor:
     """Detectron2's ``DefaultPredictor`` for ``cfg``, with the checkpoint's own class names.
 
     Unlike ``DefaultPredictor(cfg)``, the checkpoint ``MODEL.WEIGHTS`` is read with
@@ -28,6 +29,8 @@ def build_default_predictor(cfg: CfgNode) -> DefaultPredictor:
     Args:
         cfg: a yacs config, e.g. from :func:`~rsb_backbone.inference.get_rsb_cfg` or
             :func:`~rsb_backbone.inference.load_yacs_config`; ``MODEL.WEIGHTS`` must be set.
+        fuse: run the deployment form of the model: norm layers folded into the convolutions
+            before them (:func:`rsb_backbone.deploy.to_deployment_form`).
     """
     checkpoint = cfg.MODEL.WEIGHTS
     if not checkpoint:
@@ -39,6 +42,8 @@ def build_default_predictor(cfg: CfgNode) -> DefaultPredictor:
     predictor.cfg.MODEL.WEIGHTS = checkpoint
     stored = load_detector_checkpoint(predictor.model, checkpoint)
     predictor.metadata = detectron2_metadata(stored, getattr(predictor, "metadata", None), name=checkpoint)
+    if fuse:
+        to_deployment_form(predictor.model)
     return predictor
 
 
@@ -49,6 +54,7 @@ def build_predictor(
     device: str = "cpu",
     score_threshold: float = 0.5,
     opts: Sequence[str] = (),
+    fuse: bool = False,
 ):
     """A ``DefaultPredictor`` for a yacs config, a :class:`LazyConfigPredictor` for a LazyConfig.
 
@@ -64,12 +70,13 @@ def build_predictor(
         score_threshold: smallest score of a returned detection.
         opts: config overrides: ``KEY VALUE`` pairs or ``KEY=VALUE`` for yacs, ``KEY=VALUE``
             for LazyConfigs.
+        fuse: fold the norm layers into the convolutions (the deployment form of the model).
     """
     if config_file_kind(config_file) == YACS:
         cfg = load_yacs_config(
             config_file, opts=opts, checkpoint=checkpoint, device=device, score_threshold=score_threshold
         )
-        return build_default_predictor(cfg)
+        return build_default_predictor(cfg, fuse=fuse)
     return LazyConfigPredictor(
-        config_file, checkpoint, device=device, score_threshold=score_threshold, overrides=opts
+        config_file, checkpoint, device=device, score_threshold=score_threshold, overrides=opts, fuse=fuse
     )
