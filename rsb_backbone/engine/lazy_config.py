@@ -118,8 +118,9 @@ def _type_name(value) -> str:
 def _check_type(cfg, key: str, old, config_file: str) -> None:
     """Refuse an override whose value cannot stand where the config has a bool, int or float.
 
-    Integral floats are accepted for integers (``1e3``), integers for floats; ``null`` is
-    accepted anywhere. Strings, lists and nested nodes are not checked.
+    Integral floats are accepted for integers (``1e3`` becomes 1000), integers for floats (and
+    become floats); ``null`` is accepted anywhere. Strings, lists and nested nodes are not
+    checked.
     """
     new = _value_at(cfg, key)
     if new is None or old is None or isinstance(old, str) or not isinstance(old, (bool, int, float)):
@@ -132,6 +133,8 @@ def _check_type(cfg, key: str, old, config_file: str) -> None:
             _set(cfg, key, int(new))
     else:
         ok = not isinstance(new, bool) and isinstance(new, (int, float))
+        if ok and isinstance(new, int):
+            _set(cfg, key, float(new))
     if not ok:
         raise ValueError(
             f"override {key}={new!r}: {config_file} has {_type_name(old)} there ({old!r}), "

@@ -1,0 +1,316 @@
+"""How train_net.py runs end, with one process and with two (gloo on CPU), as users start it:
+stop signals to any subset of the job's processes, a loss that turns non-finite on one process,
+bad input found in the workers, strict evaluation loading, unreadable images, typed overrides."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+
+from detectron2.config import instantiate
+
+from rsb_backbone.engine import load_config_with_overrides
+
+from conftest import REPO_ROOT
+from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
+
+FASTER = shapes_config("faster_rcnn")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+INSTRUMENTED = "model._target_=fault_injection.InstrumentedRCNN"
+WITH_TEST_MODULES = {"PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+
+
+def _args(dataset, out, *, max_iter, processes=1, workers=0, config=FASTER):
+    """Cheapest real training: ResNet-18 trunk, 128 px, one image per process and iteration."""
+    return [
+        "--num-gpus", str(processes), "--config-file", config, *dataset_args(dataset), *FAST_OVERRIDES,
+        "model.backbone.bottom_up.model_name=resnet18", f"dataloader.train.total_batch_size={processes}",
+        f"dataloader.train.num_workers={workers}", f"train.max_iter={max_iter}", "train.eval_period=0",
+        "train.checkpointer.period=1", "train.checkpointer.max_to_keep=100", f"train.output_dir={out}",
+    ]
+
+
+class _Job:
+    """train_net.py in a process group of its own, as a batch scheduler starts it."""
+
+    def __init__(self, args, env=None):
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [sys.executable, TRAIN_NET, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self.stderr,
+            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), start_new_session=True,
+        )
+
+    def wait_for(self, path, timeout=600):
+        deadline = time.time() + timeout
+        while not os.path.exists(path):
+            if self.process.poll() is not None:
+                raise AssertionError(f"exited {self.process.returncode} before {path} appeared:\n{self.err()[-3000:]}")
+            if time.time() > deadline:
+                self.kill_group()
+                raise AssertionError(f"{path} did not appear in {timeout}s")
+            time.sleep(0.2)
+
+    def err(self):
+        self.stderr.seek(0)
+        return self.stderr.read()
+
+    def group_members(self):
+        listed = subprocess.run(["ps", "-o", "pid=", "-g", str(self.process.pid)], capture_output=True, text=True)
+        return [int(p) for p in listed.stdout.split()]
+
+    def kill_group(self):
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout=600):
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            raise AssertionError(f"train_net.py did not end within {timeout}s:\n{self.err()[-3000:]}")
+
+    def assert_no_process_left(self, timeout=30):
+        deadline = time.time() + timeout
+        while self.group_members() and time.time() < deadline:
+            time.sleep(0.5)
+        left = self.group_members()
+        self.kill_group()
+        assert not left, f"processes left after the run: {left}"
+
+
+def _last_checkpoint(out):
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        return os.path.join(out, f.read().strip())
+
+
+def _last_line(stderr):
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _assert_one_line(stderr, prefix, *needles):
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = _last_line(stderr)
+    assert last.startswith(prefix), last
+    for needle in needles:
+        assert needle in last, (needle, last)
+
+
+def _stop_with_sigterm(dataset, out, *, processes, target):
+    """Start training with 2 DataLoader workers per process, send SIGTERM once a checkpoint is
+    written, check the agreed stop; returns the iteration it stopped after."""
+    job = _Job(_args(dataset, out, max_iter=200, processes=processes, workers=2))
+    job.wait_for(os.path.join(out, "model_0000001.pth"))
+    if target == "group":
+        os.killpg(job.process.pid, signal.SIGTERM)  # what SLURM and `kill -TERM -- -PGID` do
+    else:
+        job.process.send_signal(signal.SIGTERM)  # the launching process only
+    returncode = job.wait()
+    stderr = job.err()
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    _assert_one_line(stderr, "train_net.py: stopped by SIGTERM after iteration", "checkpoint saved", "--resume")
+    assert "DataLoader worker" not in stderr
+    job.assert_no_process_left()
+    checkpoint = _last_checkpoint(out)
+    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=True)["iteration"]
+    assert os.path.basename(checkpoint) == f"model_{stopped_at:07d}.pth"
+    assert f"after iteration {stopped_at};" in _last_line(stderr)
+    return stopped_at
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_one_process_then_resume(tiny_shapes, tmp_path):
+    out = str(tmp_path / "group1")
+    stopped_at = _stop_with_sigterm(tiny_shapes, out, processes=1, target="group")
+    run_train_net(["--resume", *_args(tiny_shapes, out, max_iter=stopped_at + 2, workers=2)])
+    iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
+    assert iterations[-1] == stopped_at + 1
+    assert _last_checkpoint(out).endswith("model_final.pth")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_two_processes_then_resume_with_identical_replicas(tiny_shapes, tmp_path):
+    out = str(tmp_path / "group2")
+    stopped_at = _stop_with_sigterm(tiny_shapes, out, processes=2, target="group")
+    # The resumed run is a normal 2-process run: afterwards both processes hold the same weights
+    # (saved by each process when the final evaluation switches the model to eval mode).
+    weights_dir = tmp_path / "replicas"
+    resume = ["--resume", *_args(tiny_shapes, out, max_iter=stopped_at + 2, processes=2),
+              INSTRUMENTED, f"+model.weights_dir={weights_dir}"]
+    run_train_net(resume, env=WITH_TEST_MODULES)
+    iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
+    assert iterations[-1] == stopped_at + 1
+    first = torch.load(weights_dir / "process0.pth", weights_only=True)
+    second = torch.load(weights_dir / "process1.pth", weights_only=True)
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, different[:5]
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
+    assert all(torch.equal(final[k], first[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_only_stops_both_processes(tiny_shapes, tmp_path):
+    _stop_with_sigterm(tiny_shapes, str(tmp_path / "launcher"), processes=2, target="launcher")
+
+
+@pytest.mark.slow
+def test_non_finite_loss_on_one_process_stops_both_promptly(tiny_shapes, tmp_path):
+    out = str(tmp_path / "nan_rank1")
+    args = [*_args(tiny_shapes, out, max_iter=50, processes=2), INSTRUMENTED,
+            "+model.nan_process=1", "+model.nan_from_iteration=2"]
+    started = time.time()
+    result = run_train_net(args, check=False, timeout=600, env=WITH_TEST_MODULES)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert time.time() - started < 300  # no wait for a collective's 30-minute timeout
+    _assert_one_line(result.stderr, "train_net.py: error: loss became non-finite at iteration 2:",
+                     "loss_cls=nan (process 1)", "the last complete checkpoint is kept")
+    assert "(process 0)" not in _last_line(result.stderr)
+    assert _last_checkpoint(out).endswith("model_0000001.pth")
+
+
+@pytest.mark.slow
+def test_bad_config_value_found_inside_the_workers_is_one_line(tiny_shapes, tmp_path):
+    args = [*_args(tiny_shapes, str(tmp_path / "bad_norm"), max_iter=2, processes=2),
+            "model.backbone.bottom_up.norm=NoSuchNorm"]
+    result = run_train_net(args, check=False, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    _assert_one_line(result.stderr, "train_net.py: error:", "NoSuchNorm")
+    assert result.stderr.count("train_net.py: error:") == 1
+
+
+@pytest.fixture(scope="module")
+def faster_checkpoint(tiny_shapes, tmp_path_factory):
+    """A briefly trained Faster R-CNN (ResNet-18 trunk) on the tiny shapes set."""
+    out = str(tmp_path_factory.mktemp("faster_r18"))
+    run_train_net(_args(tiny_shapes, out, max_iter=1))
+    return os.path.join(out, "model_final.pth")
+
+
+@pytest.mark.slow
+def test_eval_only_with_another_detectors_checkpoint_names_the_missing_keys(tiny_shapes, faster_checkpoint, tmp_path):
+    mask_config = shapes_config("mask_rcnn")
+    result = run_train_net(
+        ["--eval-only", *_args(tiny_shapes, str(tmp_path / "eval"), max_iter=1, config=mask_config),
+         f"train.init_checkpoint={faster_checkpoint}"],
+        check=False, timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    _assert_one_line(result.stderr, "train_net.py: error:", os.path.basename(faster_checkpoint),
+                     "missing", "roi_heads.mask_head.")
+    assert not os.path.exists(tmp_path / "eval" / "eval_results.json")
+
+
+@pytest.mark.slow
+def test_eval_only_with_its_own_checkpoint_still_evaluates(tiny_shapes, faster_checkpoint, tmp_path):
+    out = tmp_path / "eval_same"
+    run_train_net(["--eval-only", *_args(tiny_shapes, str(out), max_iter=1),
+                   f"train.init_checkpoint={faster_checkpoint}"])
+    assert "bbox" in json.loads((out / "eval_results.json").read_text())
+
+
+def _truncate(path, keep_fraction=0.5):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep_fraction))
+
+
+def _with_truncated_image(dataset, root, split):
+    """A copy of ``dataset`` whose first image of ``split`` is cut in half (a partial download)."""
+    import shutil
+
+    copied = {}
+    for name in ("train", "val"):
+        image_root = root / name
+        shutil.copytree(dataset[name]["image_root"], image_root)
+        json_file = root / f"{name}.json"
+        shutil.copy(dataset[name]["json_file"], json_file)
+        copied[name] = {"json_file": str(json_file), "image_root": str(image_root)}
+    first = json.loads((root / f"{split}.json").read_text())["images"][0]["file_name"]
+    _truncate(root / split / first)
+    return copied, str(root / split / first)
+
+
+@pytest.mark.slow
+def test_truncated_training_jpeg_is_skipped_and_stale_temporary_files_removed(tiny_shapes, tmp_path):
+    dataset, cut = _with_truncated_image(tiny_shapes, tmp_path / "cut", "train")
+    out = tmp_path / "cut_train"
+    out.mkdir()
+    stale = [out / ".model_0000003.pth.k2j4h5g6.tmp", out / ".last_checkpoint.a1b2c3d4.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    unrelated = out / "notes.tmp"
+    unrelated.write_text("mine")
+    # 8 iterations of 1 image read every image of the 8 (the sampler shuffles each pass).
+    result = run_train_net(_args(dataset, str(out), max_iter=8, workers=1))
+    log = result.stdout + result.stderr
+    assert f"Skipping unreadable image {cut} (OSError: image file is truncated" in log
+    assert os.path.isfile(out / "model_final.pth")
+    assert not any(path.exists() for path in stale)
+    assert unrelated.exists()
+
+
+@pytest.mark.slow
+def test_truncated_evaluation_jpeg_is_named_in_one_line(tiny_shapes, faster_checkpoint, tmp_path):
+    dataset, cut = _with_truncated_image(tiny_shapes, tmp_path / "cut", "val")
+    result = run_train_net(
+        ["--eval-only", *_args(dataset, str(tmp_path / "cut_eval"), max_iter=1),
+         f"train.init_checkpoint={faster_checkpoint}", "dataloader.test.num_workers=1"],
+        check=False, timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    _assert_one_line(result.stderr, "train_net.py: error: evaluation image", cut, "truncated")
+
+
+def test_override_of_the_wrong_type_is_one_line():
+    result = run_train_net(["--config-file", FASTER, "train.max_iter=abc"], check=False, timeout=120)
+    assert result.returncode == 2
+    _assert_one_line(result.stderr, "train_net.py: error:", "train.max_iter", "'abc'", "integer")
+
+
+def test_config_file_with_a_syntax_error_is_one_line(tmp_path):
+    broken = tmp_path / "broken_config.py"
+    broken.write_text("from configs.shapes import x\nmodel = dict(\n")
+    result = run_train_net(["--config-file", str(broken)], check=False, timeout=120)
+    assert result.returncode == 2
+    _assert_one_line(result.stderr, "train_net.py: error:", str(broken), "line 2")
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [("train.max_iter=1e3", 1000), ("optimizer.lr=1", 1.0), ("model.backbone.bottom_up.weights=None", None),
+     ("train.amp.enabled=true", True)],
+)
+def test_overrides_of_a_compatible_type_are_accepted(override, value):
+    cfg = load_config_with_overrides(FASTER, [override])
+    node = cfg
+    for part in override.split("=")[0].split("."):
+        node = node[part]
+    assert node == value and type(node) is type(value)
+
+
+@pytest.mark.parametrize("override", ["train.amp.enabled=1", "train.max_iter=2.5", "optimizer.lr=fast"])
+def test_overrides_of_an_incompatible_type_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ValueError, match=f"override {key}="):
+        load_config_with_overrides(FASTER, [override])
+
+
+def test_instrumented_model_builds_from_the_shapes_config():
+    # The fault-injection model above must stay a drop-in for the config's GeneralizedRCNN.
+    sys.path.insert(0, TESTS_DIR)
+    try:
+        cfg = load_config_with_overrides(FASTER, [INSTRUMENTED, "model.backbone.bottom_up.model_name=resnet18",
+                                                  "+model.nan_process=0"])
+        model = instantiate(cfg.model)
+    finally:
+        sys.path.remove(TESTS_DIR)
+    assert type(model).__name__ == "InstrumentedRCNN" and model.nan_process == 0
