@@ -2,6 +2,7 @@
 
     model._target_=fault_injection.InstrumentedRCNN +model.nan_process=1 +model.nan_from_iteration=2
     model._target_=fault_injection.InstrumentedRCNN +model.weights_dir=DIR
+    model._target_=fault_injection.InstrumentedRCNN +model.fail_at_iteration=1
 
 (with this folder on PYTHONPATH, which the spawned training processes inherit).
 """
@@ -22,11 +23,17 @@ class InstrumentedRCNN(GeneralizedRCNN):
         nan_process: the rank whose ``loss_cls`` becomes NaN (-1: none).
         nan_from_iteration: the first training iteration (0-based) with the NaN loss.
         weights_dir: where to save ``process{rank}.pth`` (the state dict) on each ``eval()``.
+        fail_at_iteration: the training iteration that raises a ValueError, as a bug deep in
+            training would (-1: none).
         kwargs: :class:`GeneralizedRCNN`'s arguments.
     """
 
-    def __init__(self, *, nan_process: int = -1, nan_from_iteration: int = 0, weights_dir: str = "", **kwargs):
+    def __init__(
+        self, *, nan_process: int = -1, nan_from_iteration: int = 0, weights_dir: str = "",
+        fail_at_iteration: int = -1, **kwargs
+    ):
         super().__init__(**kwargs)
+        self.fail_at_iteration = fail_at_iteration
         self.nan_process = nan_process
         self.nan_from_iteration = nan_from_iteration
         self.weights_dir = weights_dir
@@ -37,6 +44,8 @@ class InstrumentedRCNN(GeneralizedRCNN):
         if self.training:
             iteration = self.training_calls
             self.training_calls += 1
+            if iteration == self.fail_at_iteration:
+                raise ValueError(f"instrumented failure at iteration {iteration}")
             if comm.get_rank() == self.nan_process and iteration >= self.nan_from_iteration:
                 outputs["loss_cls"] = outputs["loss_cls"] * float("nan")
         return outputs

@@ -187,6 +187,17 @@ def test_bad_config_value_found_inside_the_workers_is_one_line(tiny_shapes, tmp_
     assert result.stderr.count("train_net.py: error:") == 1
 
 
+@pytest.mark.slow
+def test_an_error_deep_in_training_keeps_its_traceback(tiny_shapes, tmp_path):
+    # A ValueError is bad input only while the run is set up; during training it is a bug.
+    args = [*_args(tiny_shapes, str(tmp_path / "bug"), max_iter=5), INSTRUMENTED, "+model.fail_at_iteration=1"]
+    result = run_train_net(args, check=False, timeout=600, env=WITH_TEST_MODULES)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" in result.stderr
+    assert _last_line(result.stderr) == "ValueError: instrumented failure at iteration 1"
+    assert "train_net.py: error:" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def faster_checkpoint(tiny_shapes, tmp_path_factory):
     """A briefly trained Faster R-CNN (ResNet-18 trunk) on the tiny shapes set."""

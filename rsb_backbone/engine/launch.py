@@ -123,9 +123,10 @@ def _launch_and_collect(
             stop = -failure.exit_code
         if stop is None:
             raise failure
-    if stop is not None:  # stopped before training had started (no checkpoint to write yet)
+    if stop is not None:  # stopped outside the training loop: before it, or while evaluating
         name = signal.Signals(stop).name
-        return RunOutcome(128 + stop, f"train_net.py: stopped by {name} before training started")
+        return RunOutcome(128 + stop, f"train_net.py: stopped by {name} outside the training loop; "
+                                      f"checkpoints written before are kept")
     return None
 
 
