@@ -1,7 +1,8 @@
 # Cascade Mask R-CNN R-50-FPN, RSB-A1 backbone, 1x (mmdet: 44.8 box / 39.9 mask AP, 6.2 GB).
-# Settings file section 1D. Detectron2's CascadeROIHeads cannot express three of mmdetection's
-# behaviours (see README "Differences from mmdetection"): per-stage re-sampling of RoIs, stage loss
-# weights 1/0.5/0.25 without gradient scaling, and three mask heads averaged at test time
+# Settings: docs/mmdet_rsb_settings.md section 1D. Detectron2's CascadeROIHeads cannot express
+# three of mmdetection's behaviours (see README "Differences from mmdetection"): per-stage
+# re-sampling of RoIs, stage loss weights 1/0.5/0.25 without gradient scaling, and three mask
+# heads averaged at test time
 # (cascade_mask_rcnn_rsb_r50_fpn_1x_mmdet.py reproduces them with MMDetCascadeROIHeads).
 from detectron2 import model_zoo
 

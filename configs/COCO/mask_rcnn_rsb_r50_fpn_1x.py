@@ -1,5 +1,6 @@
 # Mask R-CNN R-50-FPN, RSB-A1 backbone, 1x (mmdet: 41.2 box / 38.2 mask AP, 4.5 GB).
-# Detectron2's FPN/RPN/RoI head defaults already equal mmdetection v2's (settings file, 1B/1C).
+# Detectron2's FPN/RPN/RoI head defaults already equal mmdetection v2's
+# (docs/mmdet_rsb_settings.md sections 1B, 1C).
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 

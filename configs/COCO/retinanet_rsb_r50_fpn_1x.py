@@ -1,4 +1,5 @@
-# RetinaNet R-50-FPN, RSB-A1 backbone, 1x (mmdet: 39.0 box AP, 3.8 GB). Settings file section 1E.
+# RetinaNet R-50-FPN, RSB-A1 backbone, 1x (mmdet: 39.0 box AP, 3.8 GB).
+# Settings: docs/mmdet_rsb_settings.md section 1E.
 # P3-P7 with P6 from C5 and, like mmdetection, no ReLU between P6 and P7.
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L

@@ -1,6 +1,6 @@
 # Settings shared by the four RSB detectors: mmdetection's RSB recipe
 # (configs/resnet_strikes_back, mmdet v2.22) expressed in Detectron2.
-# Every value and its source: ../shared/reference/mmdet-rsb-settings.md (sections 1A, 2).
+# Every value and its source: docs/mmdet_rsb_settings.md (sections 1A, 2).
 import torch
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 

@@ -3,7 +3,11 @@
 One table of rules per detector. A rule matches a whole mmdetection key with a regular expression,
 names the Detectron2 key, and optionally names a transform for tensors whose layout differs (only
 RetinaNet's classification and box-regression outputs, see :data:`RETINANET_ANCHOR_ORDER`).
-Sources for every row: ``shared/reference/mmdet-to-detectron2-conversion.md`` section 1.
+Sources for every row: the parameter names of mmdetection v2.22's modules under ``mmdet/models/``
+(``backbones/resnet.py``, ``necks/fpn.py``, ``dense_heads/rpn_head.py``, ``dense_heads/retina_head.py``,
+``roi_heads/bbox_heads/convfc_bbox_head.py``, ``roi_heads/mask_heads/fcn_mask_head.py``) and those of
+the Detectron2 models built from ``configs/COCO``. The converter checks that every tensor of a
+checkpoint and every weight of the model is matched (``docs/mmdet_checkpoints.md``).
 """
 
 import re

@@ -1,9 +1,8 @@
 """Cascade R-CNN RoI heads that behave like mmdetection v2's ``CascadeRoIHead``.
 
 Detectron2's :class:`CascadeROIHeads` and mmdetection's differ in four ways that a config cannot
-change (``shared/reference/mmdet-rsb-settings.md`` section 1D, ``mmdet-to-detectron2-conversion.md``
-2.p/2.q); :class:`MMDetCascadeROIHeads` reproduces mmdetection's side of each, with switches back to
-Detectron2's:
+change (``docs/mmdet_rsb_settings.md`` section 1D); :class:`MMDetCascadeROIHeads` reproduces
+mmdetection's side of each, with switches back to Detectron2's:
 
 ============================  =====================================  ================================
 behaviour                     mmdetection (default here)             Detectron2 (switch)
