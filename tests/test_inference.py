@@ -356,7 +356,8 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_lazy_config_predictor_loads_no_backbone_pretraining(tmp_path):
     """The COCO configs name the RSB hub weights; the detector checkpoint replaces them, so the
-    predictor must not download them (this machine is offline: a download would raise)."""
+    predictor must not download them: its copy of the config has no backbone weights (without
+    network access a download would raise)."""
     cfg = load_config_with_overrides(coco_config("faster_rcnn"), LAZY_OVERRIDES[:1])
     untrained = copy.deepcopy(cfg)
     untrained.model.backbone.bottom_up.weights = None

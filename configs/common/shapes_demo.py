@@ -1,7 +1,7 @@
 # The generated shapes data set (rsb_backbone.data: circles, squares, triangles with masks) at
-# CPU-friendly sizes, for the four configs/shapes/* demos. Random init by default, since these
-# machines cannot download the RSB weights; pass model.backbone.bottom_up.weights=resnet50.a1_in1k
-# (or a file) to fine-tune from them. Any data set registered with --register-coco works too.
+# CPU-friendly sizes, for the four configs/shapes/* demos. Random init by default, so that they run
+# offline; pass model.backbone.bottom_up.weights=resnet50.a1_in1k (or a file) to fine-tune from
+# the RSB weights. Any data set registered with --register-coco works too.
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2.config import LazyCall as L

@@ -3,7 +3,7 @@
 
 Why: mmcv-full 1.x does not build against torch 2.14 as released (its setup.py passes
 ``-std=c++17``; torch 2.14's headers require C++20), and building all ~75 of its op sources on
-two shared cores takes far longer than the parity check needs. mmdetection's Faster/Mask/Cascade
+two CPU cores takes far longer than the parity check needs. mmdetection's Faster/Mask/Cascade
 Mask R-CNN and RetinaNet call only two compiled ops at test time: ``nms`` (through
 ``batched_nms``) and ``roi_align_forward``. This script compiles exactly mmcv's own sources for
 those two (``mmcv/ops/csrc/pytorch/{nms,roi_align}.cpp`` and ``cpu/{nms,roi_align}.cpp``, unmodified)
