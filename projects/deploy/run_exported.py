@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Run an exported RSB detector (ONNX Runtime or TorchScript, CPU): COCO results out, or COCO AP.
+
+Examples::
+
+    # images, a folder or a glob -> COCO results JSON (as projects/predict_demo writes it)
+    python3 projects/deploy/run_exported.py --model exported/mask_rcnn_onnx \\
+        --input datasets/shapes/val --coco-json datasets/shapes/val.json --output output/exported
+
+    # COCO AP on a registered data set (pycocotools, through Detectron2's COCOEvaluator)
+    python3 projects/deploy/run_exported.py --model exported/mask_rcnn_onnx --eval rsb_shapes_val \\
+        --output output/exported_eval
+
+``--model`` is a folder written by ``export_model.py``. Class indices become the category ids
+stored with the model when it has them.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Dict, List
+
+from tqdm import tqdm
+
+from detectron2.data.detection_utils import read_image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "predict_demo"))
+from predict import coco_image_ids, collect_inputs  # noqa: E402
+
+from rsb_backbone.data import register_coco_from_arg  # noqa: E402
+from rsb_backbone.deploy import ExportedDetector  # noqa: E402
+from rsb_backbone.inference import contiguous_to_dataset_ids, instances_to_coco_results  # noqa: E402
+
+logger = logging.getLogger("rsb_detectron2.run_exported")
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="export folder (model.json + model.onnx/model.ts)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", nargs="+", help="images, folders or glob patterns")
+    what.add_argument("--eval", metavar="DATASET", help="registered data set to evaluate on (COCO AP)")
+    parser.add_argument("--output", required=True, help="folder for the results")
+    parser.add_argument("--json", default="predictions.json", help="name of the COCO results file in --output")
+    parser.add_argument("--coco-json", help="COCO file whose image ids the --input images get (by file name)")
+    parser.add_argument(
+        "--register-coco", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+        help="register a COCO-format data set first (repeatable), as for train_net.py",
+    )  # fmt: skip
+    parser.add_argument("--num-threads", type=int, default=None, help="intra-op threads of the runtime")
+    return parser
+
+
+def predict_images(detector: ExportedDetector, images: List[str], image_ids: Dict[str, int]) -> List[dict]:
+    """COCO results of ``detector`` on image files; ``image_ids``: file name -> id (else 1, 2, ...)."""
+    category_ids = contiguous_to_dataset_ids(detector.metadata)
+    results: List[dict] = []
+    for number, path in enumerate(tqdm(images, desc="images", unit="image"), start=1):
+        image_id = image_ids.get(os.path.basename(path), number) if image_ids else number
+        instances = detector(read_image(path, format="BGR"))["instances"]
+        results += instances_to_coco_results(instances, image_id, category_ids=category_ids)
+    return results
+
+
+def evaluate(detector: ExportedDetector, dataset: str, output_dir: str) -> dict:
+    """COCO AP of ``detector`` on a registered data set: ``{"bbox": {...}[, "segm": {...}]}``."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.evaluation import COCOEvaluator, print_csv_format
+
+    if dataset not in DatasetCatalog.list():
+        raise ValueError(f"--eval {dataset}: not registered; add --register-coco {dataset}=JSON:IMAGE_DIR")
+    tasks = ("bbox", "segm") if "masks" in detector.output_names else ("bbox",)
+    evaluator = COCOEvaluator(dataset, tasks=tasks, distributed=False, output_dir=output_dir)
+    evaluator.reset()
+    for record in tqdm(DatasetCatalog.get(dataset), desc=dataset, unit="image"):
+        outputs = detector(read_image(record["file_name"], format="BGR"))
+        evaluator.process([record], [outputs])
+    results = dict(evaluator.evaluate())
+    print_csv_format(results)
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_argument_parser().parse_args(argv)
+    for spec in args.register_coco:
+        register_coco_from_arg(spec)
+    detector = ExportedDetector(args.model, num_threads=args.num_threads)
+    logger.info("%s model %s, outputs %s", detector.format, detector.model_path, ", ".join(detector.output_names))
+    os.makedirs(args.output, exist_ok=True)
+    if args.eval:
+        results = evaluate(detector, args.eval, args.output)
+        path = os.path.join(args.output, "eval_results.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        logger.info("COCO AP on %s: %s", args.eval, path)
+        return 0
+    images, videos = collect_inputs(args.input)
+    if videos:
+        raise ValueError(f"--input {videos[0]}: videos are not supported here; pass images")
+    ids = coco_image_ids(args.coco_json) if args.coco_json else {}
+    results = predict_images(detector, images, ids)
+    path = os.path.join(args.output, args.json)
+    with open(path, "w") as f:
+        json.dump(results, f)
+    logger.info("%d detections on %d images: %s", len(results), len(images), path)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError, OSError) as e:
+        logger.error("%s", e)
+        sys.exit(2)
