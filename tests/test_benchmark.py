@@ -149,6 +149,17 @@ def _fake_report(device):
     }
 
 
+def test_table_shows_the_deployment_forms():
+    report = _fake_report("cpu")
+    metrics = report["results"][0]["metrics"]
+    metrics["latency_b1_ms_folded"] = {"rsb_folded": 3.0, "builtin": 4.0, "ratio": 0.75}
+    metrics["latency_b1_ms_onnx"] = {"onnx": 2.0, "builtin": 4.0, "ratio": 0.5}
+    table = benchmark.format_table(report)
+    assert "latency b1 folded (ms) | latency b1 folded ratio" in table
+    row = [line for line in table.splitlines() if line.startswith("| cascade_mask_rcnn")][-1]
+    assert row == "| cascade_mask_rcnn | 3.0 | 0.75 | 2.0 | 0.50 | - | - |"
+
+
 def test_cuda_table_compares_memory_with_mmdetection():
     table = benchmark.format_table(_fake_report("cuda"))
     assert "Some GPU" in table and "b8" in table
@@ -190,3 +201,8 @@ def test_benchmark_command_prints_the_side_by_side_table(tmp_path):
         assert metric["rsb"] > 0 and metric["builtin"] > 0, (key, metric)
         assert metric["ratio"] == pytest.approx(metric["rsb"] / metric["builtin"])
     assert len(record["samples_ms"]["train_step_ms"]["rsb"]) == 1
+    # The deployment forms: the folded model and ONNX Runtime, timed in the same run.
+    for key, _, variant, _ in benchmark.DEPLOY_METRICS:
+        metric = record["metrics"][key]
+        assert metric[variant] > 0 and metric["ratio"] == pytest.approx(metric[variant] / metric["builtin"])
+    assert "latency b1 ONNX Runtime (ms)" in table

@@ -9,7 +9,12 @@ measured alternately, so that load from other processes touches both alike:
 * inference latency at batch 1 and time per image at ``--batch-size`` (median of ``--iters``
   runs after ``--warmup``);
 * training step time and peak training memory at ``--train-batch-size`` (2) images, AdamW as in
-  the configs.
+  the configs;
+* with ``--deploy`` (default): the deployment forms of the RSB model, measured in the same
+  alternation: the folded model (norm layers folded into the convolutions,
+  ``rsb_backbone.deploy.to_deployment_form``) at batch 1 and ``--batch-size``, and that model
+  exported to ONNX and run by ONNX Runtime (CPU; batch 1; as many threads as torch), both as
+  ratios against the built-in model.
 
 Every figure is "lower is better" and comes with the ratio RSB / built-in (target: at most 1.00).
 Peak memory is the model's weights plus everything a training step allocates at its peak: on
@@ -30,6 +35,7 @@ Examples::
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import gc
 import json
@@ -40,6 +46,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -73,6 +80,14 @@ DEFAULT_SCORE_THRESH = 0.0
 # The first step creates AdamW's state; the second runs with it, like every later step.
 MEMORY_STEPS = 2
 VARIANTS = ("rsb", "builtin")
+# Deployment forms of the RSB model (--deploy): each compared with the built-in model.
+DEPLOY_VARIANTS = ("rsb_folded", "onnx")
+# (JSON key, table heading, variant, measurement) of the deployment figures.
+DEPLOY_METRICS = (
+    ("latency_b1_ms_folded", "latency b1 folded", "rsb_folded", "latency_b1_ms"),
+    ("latency_b1_ms_onnx", "latency b1 ONNX Runtime", "onnx", "latency_b1_ms"),
+    ("time_per_image_bN_ms_folded", "time/img bN folded", "rsb_folded", "time_per_image_bN_ms"),
+)
 # (JSON key, table heading, unit) of each figure; all are lower-is-better.
 METRICS = (
     ("latency_b1_ms", "latency b1", "ms"),
@@ -163,6 +178,50 @@ def build_pair(cfg, device: torch.device, *, channels_last: bool, score_thresh: 
         if channels_last:
             model.to(memory_format=torch.channels_last)
     return models
+
+
+def build_deployment_forms(models: Dict[str, torch.nn.Module], image: Dict, device: torch.device, threads: int) -> Dict:
+    """The folded RSB model and, on the CPU, its ONNX Runtime session (traced on ``image``).
+
+    Returns:
+        name -> callable taking a list of model inputs (``rsb_folded`` a module, ``onnx`` a
+        function of one image).
+    """
+    from rsb_backbone.deploy import to_deployment_form
+    from rsb_backbone.deploy.tracing import INPUT_NAMES, ONNX_OPSET, output_names, tracing_adapter
+
+    folded = to_deployment_form(copy.deepcopy(models["rsb"]).to(device))
+    forms = {"rsb_folded": folded}
+    if device.type != "cpu":
+        return forms
+    import onnxruntime
+
+    sample = (image["image"].float(), torch.tensor(image["height"]), torch.tensor(image["width"]))
+    adapter = tracing_adapter(copy.deepcopy(folded), sample)
+    names = output_names(adapter)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        with torch.no_grad():
+            torch.onnx.export(
+                adapter, adapter.flattened_inputs, path, input_names=list(INPUT_NAMES), output_names=names,
+                dynamic_axes={"image": {1: "h", 2: "w"}, **{n: {0: "n"} for n in names}},
+                opset_version=ONNX_OPSET, dynamo=False,
+            )  # fmt: skip
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def run_onnx(images: List[Dict]) -> None:
+        for item in images:
+            feeds = {
+                "image": item["image"].float().numpy(),
+                "height": torch.tensor(item["height"]).numpy(),
+                "width": torch.tensor(item["width"]).numpy(),
+            }
+            session.run(None, feeds)
+
+    forms["onnx"] = run_onnx
+    return forms
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
@@ -304,8 +363,8 @@ def check_same_outputs(models: Dict[str, torch.nn.Module], images: List[Dict], *
     }
 
 
-def time_inference(models: Dict[str, torch.nn.Module], images: List[Dict], args, device) -> Dict[str, List[float]]:
-    """Milliseconds per image of each timed inference run on ``images``, per model."""
+def time_inference(models: Dict[str, Callable], images: List[Dict], args, device) -> Dict[str, List[float]]:
+    """Milliseconds per image of each timed inference run on ``images``, per model (or runner)."""
 
     def inference(model):
         def run():
@@ -315,7 +374,8 @@ def time_inference(models: Dict[str, torch.nn.Module], images: List[Dict], args,
         return run
 
     for model in models.values():
-        model.eval()
+        if isinstance(model, torch.nn.Module):
+            model.eval()
     samples = time_alternately(
         {name: inference(model) for name, model in models.items()},
         warmup=args.warmup, iters=args.iters, device=device,
@@ -368,20 +428,28 @@ def benchmark_detector(detector: str, args, device: torch.device) -> Dict:
     record.update(
         check_same_outputs(models, make_batch(1, args.image_size, device, seed=args.seed), amp=args.amp, device=device)
     )
+    single = make_batch(1, args.image_size, device, seed=args.seed)
+    forms = build_deployment_forms(models, single[0], device, torch.get_num_threads()) if args.deploy else {}
+    batched = {name: m for name, m in forms.items() if isinstance(m, torch.nn.Module)}  # ONNX: batch 1
     samples_ms = {
-        "latency_b1_ms": time_inference(models, make_batch(1, args.image_size, device, seed=args.seed), args, device),
+        "latency_b1_ms": time_inference({**models, **forms}, single, args, device),
         "time_per_image_bN_ms": time_inference(
-            models, make_batch(args.batch_size, args.image_size, device, seed=args.seed + 1), args, device
+            {**models, **batched}, make_batch(args.batch_size, args.image_size, device, seed=args.seed + 1), args, device
         ),
     }
     peaks = None
     if args.train:
         samples_ms["train_step_ms"], peaks = measure_training(cfg, models, args, device)
 
-    metrics = {
-        key: _metric({name: statistics.median(values) for name, values in per_model.items()})
+    medians = {
+        key: {name: statistics.median(values) for name, values in per_model.items()}
         for key, per_model in samples_ms.items()
     }
+    metrics = {key: _metric({name: values[name] for name in VARIANTS}) for key, values in medians.items()}
+    for key, _, variant, source in DEPLOY_METRICS:
+        if variant in medians[source]:
+            value, builtin = medians[source][variant], medians[source]["builtin"]
+            metrics[key] = {variant: value, "builtin": builtin, "ratio": value / builtin if builtin else None}
     for key, source in (("images_per_s_b1", "latency_b1_ms"), ("images_per_s_bN", "time_per_image_bN_ms")):
         metrics[key] = _metric({name: 1000 / metrics[source][name] for name in VARIANTS})
     if peaks is not None:
@@ -457,6 +525,27 @@ def format_table(report: Dict) -> str:
                 row += [_fmt(metric["rsb"]), _fmt(metric["builtin"]), _fmt(metric["ratio"], 2)]
         lines.append("| " + " | ".join(row) + " |")
 
+    if any(key in record["metrics"] for record in report["results"] for key, *_ in DEPLOY_METRICS):
+        lines += [
+            "",
+            "Deployment forms of the RSB model (ratio = form / built-in): folded = norm layers folded "
+            "into the convolutions; ONNX Runtime = the folded model exported to ONNX (CPU, batch 1).",
+            "",
+        ]
+        header = ["detector"] + [
+            f"{title.replace('bN', 'b' + str(settings['batch_size']))} {part}"
+            for _, title, _, _ in DEPLOY_METRICS
+            for part in ("(ms)", "ratio")
+        ]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        for record in report["results"]:
+            row = [record["detector"]]
+            for key, _, variant, _ in DEPLOY_METRICS:
+                metric = record["metrics"].get(key)
+                row += ["-", "-"] if metric is None else [_fmt(metric[variant]), _fmt(metric["ratio"], 2)]
+            lines.append("| " + " | ".join(row) + " |")
+
     if settings["device"] == "cuda":
         lines += [
             "",
@@ -506,6 +595,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="measure training step time and peak memory (default: yes)",
     )
     parser.add_argument(
+        "--deploy", action=argparse.BooleanOptionalAction, default=True,
+        help="also time the folded RSB model and (CPU) its ONNX Runtime export (default: yes)",
+    )
+    parser.add_argument(
         "--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
         help="test-time score threshold; 0 keeps 100 detections per image with random weights",
     )
@@ -546,6 +639,7 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
             "amp": args.amp,
             "channels_last": args.channels_last,
             "train": args.train,
+            "deploy": args.deploy,
             "score_thresh": args.score_thresh,
             "instances_per_image": INSTANCES_PER_IMAGE,
             "memory": "CUDA: torch.cuda.max_memory_allocated during the training steps minus the "
