@@ -24,7 +24,7 @@ it through ``/proc/self/clear_refs``) plus the weights.
 
 Examples::
 
-    # CPU (RESULTS.md; about an hour on 2 busy cores), and one detector at a small size:
+    # CPU (RESULTS.md; about an hour on 2 CPU cores), and one detector at a small size:
     python3 projects/benchmark/benchmark.py --device cpu --image-size 320 --iters 3 --warmup 1
     python3 projects/benchmark/benchmark.py --device cpu --detectors faster_rcnn --image-size 128
 
