@@ -21,11 +21,11 @@ test resize, the score threshold, class names). Run them with ``run_exported.py`
 import argparse
 import logging
 import os
-import sys
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
+from rsb_backbone.cli import run_command
 from rsb_backbone.data import register_coco_from_arg
 from rsb_backbone.deploy import FORMATS, export_predictor
 from rsb_backbone.inference import build_predictor
@@ -105,9 +105,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError, OSError) as e:
-        logger.error("%s", e)
-        sys.exit(2)
+    run_command(main)

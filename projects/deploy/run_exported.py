@@ -29,6 +29,7 @@ from detectron2.data.detection_utils import read_image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "predict_demo"))
 from predict import coco_image_ids, collect_inputs  # noqa: E402
 
+from rsb_backbone.cli import run_command  # noqa: E402
 from rsb_backbone.data import register_coco_from_arg  # noqa: E402
 from rsb_backbone.deploy import ExportedDetector  # noqa: E402
 from rsb_backbone.inference import contiguous_to_dataset_ids, instances_to_coco_results  # noqa: E402
@@ -109,9 +110,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError, OSError) as e:
-        logger.error("%s", e)
-        sys.exit(2)
+    run_command(main)

@@ -27,7 +27,6 @@ import glob
 import json
 import logging
 import os
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import cv2
@@ -37,6 +36,7 @@ from tqdm import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from rsb_backbone.cli import run_command
 from rsb_backbone.inference import build_predictor, contiguous_to_dataset_ids, instances_to_coco_results
 
 logger = logging.getLogger("rsb_detectron2.predict_demo")
@@ -260,9 +260,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError, OSError) as e:
-        logger.error("%s", e)
-        sys.exit(2)
+    run_command(main)
