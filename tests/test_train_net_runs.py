@@ -49,7 +49,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_shapes, tmp_path):
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert f.read().strip() == "model_final.pth"
     result = run_train_net(["--resume", *common, "train.max_iter=4"])
-    assert "Loading checkpoint" in result.stdout + result.stderr or "model_final.pth" in result.stdout + result.stderr
+    assert f"Loading from {os.path.join(out, 'model_final.pth')}" in result.stdout + result.stderr
     iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
     assert iterations == [0, 1, 2, 3], iterations  # 2 and 3 come from the resumed run
 
