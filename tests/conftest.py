@@ -24,6 +24,16 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
+def pytest_report_header(config):
+    """Name the temporary folder and its free space: trained checkpoints need a few GB there."""
+    import shutil
+    import tempfile
+
+    folder = str(config.option.basetemp or tempfile.gettempdir())
+    free_gb = shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free / 2**30
+    return f"temporary files under {folder}: {free_gb:.1f} GB free (the suite needs about 6 GB)"
+
+
 class CreatesFileWhenUnpickled:
     """Pickles to a call of ``open(marker, "w")``: loading it unsafely creates the marker file."""
 

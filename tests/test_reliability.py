@@ -29,7 +29,7 @@ def _train_args(tiny_shapes, out, max_iter):
         "--config-file", FASTER, *dataset_args(tiny_shapes), *FAST_OVERRIDES,
         "model.backbone.bottom_up.model_name=resnet18",  # cheapest trunk: these tests are about the loop
         f"train.max_iter={max_iter}", "train.eval_period=0", "train.checkpointer.period=1",
-        "train.checkpointer.max_to_keep=100", f"train.output_dir={out}",
+        "train.checkpointer.max_to_keep=3", f"train.output_dir={out}",
     ]
 
 

@@ -32,7 +32,7 @@ def _args(dataset, out, *, max_iter, processes=1, workers=0, config=FASTER):
         "--num-gpus", str(processes), "--config-file", config, *dataset_args(dataset), *FAST_OVERRIDES,
         "model.backbone.bottom_up.model_name=resnet18", f"dataloader.train.total_batch_size={processes}",
         f"dataloader.train.num_workers={workers}", f"train.max_iter={max_iter}", "train.eval_period=0",
-        "train.checkpointer.period=1", "train.checkpointer.max_to_keep=100", f"train.output_dir={out}",
+        "train.checkpointer.period=1", "train.checkpointer.max_to_keep=3", f"train.output_dir={out}",
     ]
 
 
