@@ -14,8 +14,8 @@ model.proposal_generator.smooth_l1_beta = 1.0 / 9
 model.proposal_generator.anchor_boundary_thresh = 0
 model.proposal_generator.post_nms_topk = (2000, 1000)
 # mmdet stage stds (0.1, 0.2), (0.05, 0.1), (0.033, 0.067): weights are their inverses.
-for predictor, (w_xy, w_wh) in zip(
+for _predictor, (_w_xy, _w_wh) in zip(
     model.roi_heads.box_predictors, [(10.0, 5.0), (20.0, 10.0), (1 / 0.033, 1 / 0.067)]
 ):
-    predictor.box2box_transform.weights = (w_xy, w_xy, w_wh, w_wh)
-    predictor.smooth_l1_beta = 1.0  # mmdet cascade RoI box loss: SmoothL1 beta 1.0
+    _predictor.box2box_transform.weights = (_w_xy, _w_xy, _w_wh, _w_wh)
+    _predictor.smooth_l1_beta = 1.0  # mmdet cascade RoI box loss: SmoothL1 beta 1.0

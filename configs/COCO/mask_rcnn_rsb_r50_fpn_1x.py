@@ -6,10 +6,10 @@ from detectron2.config import LazyCall as L
 
 from rsb_backbone import rcnn_fpn
 
-from ..common.rsb_base import PIXEL, dataloader, lr_multiplier, optimizer, rsb_trunk, train
+from ..common.rsb_base import _PIXEL, _rsb_trunk, dataloader, lr_multiplier, optimizer, train
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
-model.backbone = L(rcnn_fpn)(bottom_up=rsb_trunk, out_channels=256)
-model.pixel_mean = PIXEL["pixel_mean"]
-model.pixel_std = PIXEL["pixel_std"]
-model.input_format = PIXEL["input_format"]
+model.backbone = L(rcnn_fpn)(bottom_up=_rsb_trunk, out_channels=256)
+model.pixel_mean = _PIXEL["pixel_mean"]
+model.pixel_std = _PIXEL["pixel_std"]
+model.input_format = _PIXEL["input_format"]

@@ -15,9 +15,12 @@ from rsb_backbone.data import EvaluationDatasetMapper, SkippingDatasetMapper
 # ---- backbone: timm ResNet-50 with the RSB A1 ImageNet weights --------------------------------
 RSB_WEIGHTS = "resnet50.a1_in1k"
 # RGB, ImageNet mean/std x 255 = mmdetection's [123.675, 116.28, 103.53] / [58.395, 57.12, 57.375]
-PIXEL = pixel_normalization(RSB_WEIGHTS)
+# Names with a leading underscore are helpers for the detector configs: LazyConfig.load drops
+# them, so a loaded config holds only dataloader, lr_multiplier, model, optimizer and train, and
+# an override can only name a key that the model or training actually reads.
+_PIXEL = pixel_normalization(RSB_WEIGHTS)
 
-rsb_trunk = L(TimmResNet)(
+_rsb_trunk = L(TimmResNet)(
     model_name="resnet50",
     weights=RSB_WEIGHTS,
     out_features=["res2", "res3", "res4", "res5"],
@@ -28,7 +31,7 @@ rsb_trunk = L(TimmResNet)(
 # ---- data: COCO 2017, single scale 800/1333, horizontal flip, RGB -----------------------------
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 dataloader.train.mapper.augmentations[0].short_edge_length = (800,)  # mmdet (1333, 800), no multi-scale
-dataloader.train.mapper.image_format = PIXEL["input_format"]  # the test mapper interpolates this
+dataloader.train.mapper.image_format = _PIXEL["input_format"]  # the test mapper interpolates this
 # Unreadable training images are skipped with a warning (and counted) instead of ending the run.
 dataloader.train.mapper._target_ = SkippingDatasetMapper
 # An unreadable evaluation image stops evaluation with one line naming it (AP needs every image).
