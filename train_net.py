@@ -23,6 +23,7 @@ Examples:
 """
 
 import logging
+import os
 import signal
 import sys
 
@@ -49,6 +50,11 @@ from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_y
 from rsb_backbone.model_metadata import training_model_metadata
 from rsb_backbone.inference import load_detector_checkpoint
 
+# The shapes demo's data set names, for its yacs configs and the config.yaml of its runs (its
+# LazyConfigs register them when they load).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "shapes_demo"))
+from shapes_registration import register_shapes_demo_datasets  # noqa: E402
+
 logger = logging.getLogger("rsb_detectron2.train_net")
 
 def build_argument_parser():
@@ -66,6 +72,7 @@ def build_argument_parser():
 
 def setup_config(args):
     """Load the config, apply overrides, register data sets and fill in device and classes."""
+    register_shapes_demo_datasets()
     for spec in args.register_coco:
         register_coco_from_arg(spec)
     if is_yacs_config(args.config_file):

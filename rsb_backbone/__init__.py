@@ -1,10 +1,9 @@
 """RSB-Detectron2: timm's "ResNet strikes back" ResNet-50 as a Detectron2 backbone.
 
 Importing this package registers the yacs backbone builders in Detectron2's ``BACKBONE_REGISTRY``
-and the generated demo data sets ``rsb_shapes_train``/``rsb_shapes_val`` (see :mod:`rsb_backbone.data`).
+and nothing else: no data sets (the shapes demo's are registered by its configs, see
+``projects/shapes_demo``) and no OpenCV import.
 """
-
-from . import data  # noqa: F401  (registers the demo data sets, like detectron2.data's builtins)
 
 from .fpn import RetinaNetP6P7, rcnn_fpn, retinanet_fpn
 from .norm_modes import FROZEN_STATS_BN, NORM_MODES

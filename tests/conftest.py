@@ -7,8 +7,11 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+# The shapes demo's generator and data set registration (shapes_generator, shapes_registration).
+SHAPES_DEMO_DIR = os.path.join(REPO_ROOT, "projects", "shapes_demo")
+for _path in (SHAPES_DEMO_DIR, REPO_ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
@@ -58,7 +61,7 @@ def timm_resnet50_state_dict():
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory):
     """A small generated COCO-format data set with masks: 8 train and 4 val images."""
-    from rsb_backbone.data import generate_shapes_dataset
+    from shapes_generator import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
     return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)

@@ -108,7 +108,7 @@ def train_deploy_checkpoints(paths, out_dir: str, names=tuple(DEPLOY_CONFIGS)) -
 
 
 if __name__ == "__main__":  # python3 tests/deploy_training.py OUT_DIR: data and checkpoints for manual runs
-    from rsb_backbone.data import generate_shapes_dataset
+    from shapes_generator import generate_shapes_dataset
 
     out = sys.argv[1]
     root = os.path.join(out, "shapes")

@@ -18,21 +18,22 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.structures import Boxes, BoxMode, Instances
 
+import shapes_generator as shapes  # projects/shapes_demo, on sys.path through conftest.py
 from rsb_backbone.data import (
-    SHAPES_DATASETS,
     SkippingDatasetMapper,
-    datasets_root,
-    ensure_shapes_dataset,
-    generate_shapes_dataset,
     load_coco_instances_checked,
     num_classes_of,
     parse_register_coco_arg,
-    register_builtin_datasets,
     register_coco_from_arg,
     register_coco_instances_checked,
-    register_shapes_dataset,
 )
-from rsb_backbone.data import shapes
+from shapes_generator import ensure_shapes_dataset, generate_shapes_dataset
+from shapes_registration import (
+    SHAPES_DATASETS,
+    datasets_root,
+    register_shapes_dataset,
+    register_shapes_demo_datasets,
+)
 
 TINY = dict(num_train=3, num_val=2, min_size=64, max_size=96)
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
@@ -153,7 +154,7 @@ def test_generate_discards_its_copy_when_target_appears(tmp_path, monkeypatch, c
         return write_split(output_dir, **kwargs)
 
     monkeypatch.setattr(shapes, "_write_split", racing_write_split)
-    with caplog.at_level(logging.INFO, logger="rsb_backbone.data.shapes"):
+    with caplog.at_level(logging.INFO, logger=shapes.__name__):
         paths = generate_shapes_dataset(target, seed=0, **TINY)
     assert "discarding this copy" in caplog.text
     monkeypatch.setattr(shapes, "_write_split", write_split)
@@ -185,11 +186,12 @@ def test_ensure_from_two_processes_at_once(tmp_path):
     assert os.path.getmtime(os.path.join(root, "train.json")) == mtime
 
 
-# --- builtin registration ---------------------------------------------------------------------
+# --- demo data set registration (projects/shapes_demo) ---------------------------------------
 
 
-def test_builtin_names_are_registered_on_import():
-    register_builtin_datasets()  # again: no error
+def test_demo_names_are_registered():
+    register_shapes_demo_datasets()
+    register_shapes_demo_datasets()  # again: no error
     for name, split in SHAPES_DATASETS.items():
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)

@@ -37,7 +37,7 @@ TEST_SIZES = [(150, 220), (260, 140)]  # (height, width) of the compared images
 
 @pytest.fixture(scope="session")
 def deploy_data(tmp_path_factory):
-    from rsb_backbone.data import generate_shapes_dataset
+    from shapes_generator import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("deploy_data") / "shapes"
     return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)

@@ -29,7 +29,8 @@ from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT
 from rsb_backbone import pixel_normalization
-from rsb_backbone.data import generate_shapes_dataset, register_coco_instances_checked
+from rsb_backbone.data import register_coco_instances_checked
+from shapes_generator import generate_shapes_dataset
 from rsb_backbone.engine import load_config_with_overrides
 from rsb_backbone.inference import (
     ARCHITECTURES,

@@ -143,7 +143,7 @@ def _relabel(json_file, out_file):
 @pytest.fixture(scope="module")
 def relabelled(tmp_path_factory):
     """4 train and 2 val shapes images, with the re-labelled categories."""
-    from rsb_backbone.data import generate_shapes_dataset
+    from shapes_generator import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("relabelled")
     paths = generate_shapes_dataset(

@@ -9,6 +9,9 @@ Layout written under ``output_dir``::
 
     train/000001.jpg ...   train.json
     val/000001.jpg ...     val.json
+
+The module belongs to the shapes demo (``projects/shapes_demo``), not to the ``rsb_backbone``
+library: scripts and configs put this folder on ``sys.path`` and import it by name.
 """
 
 import json

@@ -1,11 +1,15 @@
-"""The project's demo data sets, ``rsb_shapes_train`` and ``rsb_shapes_val``, registered lazily.
+"""The demo data sets ``rsb_shapes_train`` and ``rsb_shapes_val``, registered lazily.
 
 The data sets live in ``$RSB_DATASETS/shapes`` (``RSB_DATASETS`` defaults to ``datasets``,
 relative to the working directory at registration). Registering writes nothing: the first
 ``DatasetCatalog.get`` of either name generates the set if it is missing (see
-:func:`~rsb_backbone.data.shapes.ensure_shapes_dataset`). Their ``json_file`` metadata names
-the file that this first load writes, so a ``COCOEvaluator`` built after the test loader, as
+:func:`shapes_generator.ensure_shapes_dataset`). Their ``json_file`` metadata names the file
+that this first load writes, so a ``COCOEvaluator`` built after the test loader, as
 Detectron2's trainers build it, finds it.
+
+Nothing registers them on ``import rsb_backbone``: ``configs/common/shapes_demo.py`` (run by
+every ``configs/shapes`` config) and the command-line tools of the repository call
+:func:`register_shapes_demo_datasets`.
 """
 
 import logging
@@ -14,8 +18,8 @@ from typing import Any, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_registration import load_coco_instances_checked
-from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dataset_paths
+from rsb_backbone.data import load_coco_instances_checked
+from shapes_generator import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dataset_paths
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +27,7 @@ __all__ = [
     "SHAPES_DATASETS",
     "datasets_root",
     "register_shapes_dataset",
-    "register_builtin_datasets",
+    "register_shapes_demo_datasets",
 ]
 
 # Registered name -> split of the shapes data set.
@@ -47,11 +51,14 @@ def register_shapes_dataset(name: str, split: str, *, root: str, **generate_kwar
     Registering the same name again with the same root does nothing.
 
     Args:
-        name: data set name for ``cfg.DATASETS.TRAIN``/``TEST``.
+        name: data set name for ``cfg.DATASETS.TRAIN``/``TEST`` or ``dataset.names``.
         split: ``"train"`` or ``"val"``.
         root: folder of the shapes data set (``train.json``, ``val.json``, ``train/``, ``val/``).
-        **generate_kwargs: passed to :func:`~rsb_backbone.data.shapes.generate_shapes_dataset`
-            if the set has to be generated (sizes, counts, seed).
+        **generate_kwargs: passed to :func:`shapes_generator.generate_shapes_dataset` if the set
+            has to be generated (sizes, counts, seed).
+
+    Raises:
+        ValueError: unknown split, or ``name`` already registered for another folder.
     """
     root = os.path.abspath(os.fspath(root))
     paths = shapes_dataset_paths(root)
@@ -77,7 +84,7 @@ def register_shapes_dataset(name: str, split: str, *, root: str, **generate_kwar
     )
 
 
-def register_builtin_datasets(root: Optional[str] = None) -> None:
+def register_shapes_demo_datasets(root: Optional[str] = None) -> None:
     """Register ``rsb_shapes_train`` and ``rsb_shapes_val``; calling it again does nothing.
 
     Args:
