@@ -56,6 +56,16 @@ def _check_in_features(bottom_up: Backbone, in_features: Sequence[str]) -> list:
     return list(in_features)
 
 
+def _mmdet_init_(fpn: FPN) -> FPN:
+    """Re-initialise every FPN convolution (top block included) Xavier-uniform, as mmdetection."""
+    from .modeling.mmdet_init import xavier_uniform_fill_
+
+    for name, module in fpn.named_modules():
+        if isinstance(module, nn.Conv2d) and not name.startswith("bottom_up."):
+            xavier_uniform_fill_(module)
+    return fpn
+
+
 def rcnn_fpn(
     bottom_up: Backbone,
     *,
@@ -63,6 +73,7 @@ def rcnn_fpn(
     out_channels: int = 256,
     norm: str = "",
     fuse_type: str = "sum",
+    mmdet_init: bool = False,
 ) -> FPN:
     """FPN with P2-P6 as used by the R-CNNs: P6 is a stride-2 max-pool of P5.
 
@@ -72,8 +83,10 @@ def rcnn_fpn(
         out_channels: FPN width.
         norm: norm of the FPN convs ("" for none, as in mmdetection and Detectron2).
         fuse_type: "sum" or "avg" for the top-down merge.
+        mmdet_init: True initialises the FPN convolutions as mmdetection does (Xavier-uniform);
+            False as Detectron2 does (``c2_xavier_fill``).
     """
-    return FPN(
+    fpn = FPN(
         bottom_up=bottom_up,
         in_features=_check_in_features(bottom_up, in_features),
         out_channels=out_channels,
@@ -81,6 +94,7 @@ def rcnn_fpn(
         top_block=LastLevelMaxPool(),
         fuse_type=fuse_type,
     )
+    return _mmdet_init_(fpn) if mmdet_init else fpn
 
 
 def retinanet_fpn(
@@ -91,6 +105,7 @@ def retinanet_fpn(
     norm: str = "",
     fuse_type: str = "sum",
     relu_before_p7: bool = False,
+    mmdet_init: bool = False,
 ) -> FPN:
     """FPN with P3-P7 as used by RetinaNet: P6 from C5, P7 from P6.
 
@@ -101,6 +116,8 @@ def retinanet_fpn(
         norm: norm of the FPN convs ("" for none).
         fuse_type: "sum" or "avg" for the top-down merge.
         relu_before_p7: False (default) follows mmdetection; True follows Detectron2.
+        mmdet_init: True initialises the FPN convolutions, P6 and P7 included, as mmdetection
+            does (Xavier-uniform); False as Detectron2 does (``c2_xavier_fill``).
     """
     in_features = _check_in_features(bottom_up, in_features)
     last = in_features[-1]
@@ -110,7 +127,7 @@ def retinanet_fpn(
         in_feature=last,
         relu_before_p7=relu_before_p7,
     )
-    return FPN(
+    fpn = FPN(
         bottom_up=bottom_up,
         in_features=in_features,
         out_channels=out_channels,
@@ -118,3 +135,4 @@ def retinanet_fpn(
         top_block=top_block,
         fuse_type=fuse_type,
     )
+    return _mmdet_init_(fpn) if mmdet_init else fpn

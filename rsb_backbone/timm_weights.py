@@ -1,18 +1,22 @@
 """Resolve the ``weights`` argument of :class:`TimmResNet` to a state dict in timm's key names.
 
-Three sources are understood:
+Four sources are understood:
 
 * a timm pretrained name such as ``"resnet50.a1_in1k"``: the file is fetched from the Hugging Face
   hub through ``huggingface_hub`` (offline, it is taken from the local hub cache);
 * a local file in timm's or torchvision's layout (``conv1.weight``, ``layer1.0.bn1.weight``, ...,
   optionally with a ``fc.*`` classifier and a ``module.`` prefix), ``.safetensors`` or ``.pth``;
 * a local mmpretrain/mmcls checkpoint: tensors under ``state_dict`` with a ``backbone.`` prefix and
-  a ``head.*`` classifier, as in mmpretrain's RSB release.
+  a ``head.*`` classifier, as in mmpretrain's RSB release;
+* an ``https://`` address of such a file (OpenMMLab's downloads, say): fetched once into
+  PyTorch's hub cache (``$TORCH_HOME/hub/checkpoints``), checked against the hash prefix its
+  name carries, and read from there afterwards.
 """
 
 import logging
 import os
 from typing import Dict, Mapping, Optional
+from urllib.parse import urlparse
 
 import torch
 
@@ -20,7 +24,13 @@ from .weight_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_weights_file", "read_backbone_state_dict", "check_state_dict_fits", "is_weight_file_path"]
+__all__ = [
+    "resolve_weights_file",
+    "read_backbone_state_dict",
+    "check_state_dict_fits",
+    "is_weight_file_path",
+    "is_weight_url",
+]
 
 _WEIGHT_FILE_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl")
 # Hub files tried in order; timm publishes safetensors for every RSB tag.
@@ -77,8 +87,34 @@ def _download_from_hub(pretrained_name: str) -> str:
     raise WeightFileError(f"weights={pretrained_name!r}: {repo_id} has no weight file ({last_error})")
 
 
+def is_weight_url(weights: str) -> bool:
+    """Whether ``weights`` is a web address of a weight file."""
+    return weights.startswith(("https://", "http://"))
+
+
+def _download_url(url: str) -> str:
+    """The hub-cache copy of ``url``, downloaded first if it is not there yet."""
+    filename = os.path.basename(urlparse(url).path)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    if os.path.isfile(cached):
+        logger.info("Using cached weights %s for %s", cached, url)
+        return cached
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    hash_match = torch.hub.HASH_REGEX.search(filename)  # name-<sha256 prefix>.pth, as OpenMMLab names files
+    try:
+        torch.hub.download_url_to_file(url, cached, hash_prefix=hash_match.group(1) if hash_match else None)
+    except Exception as e:  # no network, HTTP errors, hash mismatch
+        raise WeightFileError(
+            f"weights={url!r}: download failed ({type(e).__name__}: {e}); put the file at {cached} "
+            f"or pass a local file"
+        ) from e
+    return cached
+
+
 def resolve_weights_file(weights: str) -> str:
-    """Return a local file path for ``weights`` (a path, or a timm pretrained name to fetch)."""
+    """Return a local file path for ``weights`` (a path, an address or a timm pretrained name)."""
+    if is_weight_url(weights):
+        return _download_url(weights)
     if is_weight_file_path(weights):
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):

@@ -10,6 +10,7 @@ from detectron2.modeling.roi_heads import MaskRCNNConvUpsampleHead
 
 from rsb_backbone.modeling import MMDetCascadeROIHeads
 
+from ..common.mmdet_training import use_mmdet_training
 from .cascade_mask_rcnn_rsb_r50_fpn_1x import dataloader, lr_multiplier, model, optimizer, train
 
 model.roi_heads.pop("mask_head")
@@ -29,3 +30,7 @@ model.roi_heads.update(
     scale_stage_gradients=False,
     resample_each_stage=True,
 )
+
+# Training the mmdetection way: OpenMMLab's RSB-A1 weights, RPN matching and normaliser, padding
+# anchors, initialisation and small-image filter (configs/common/mmdet_training.py).
+use_mmdet_training(model, dataloader, roi_low_quality_matches=False)  # mmdet cascade: no low quality

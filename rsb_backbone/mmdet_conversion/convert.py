@@ -32,14 +32,13 @@ __all__ = [
     "convert_state_dict",
 ]
 
-# The LazyConfig each detector converts to, relative to the repository root. The cascade needs
-# the mmdetection-faithful RoI heads (three mask heads); RetinaNet's _mmdet config only changes
-# test-time post-processing, so its checkpoints also load into the base config.
+# The LazyConfig each detector converts to, relative to the repository root: the `_mmdet` configs,
+# which describe mmdetection-trained models (the cascade needs their three mask heads, RetinaNet
+# their clipping before NMS; Faster and Mask R-CNN differ from the plain configs only in
+# training). Every `_mmdet` model has its plain config's parameters, so the files load into either.
 DEFAULT_CONFIGS: Dict[str, str] = {
-    "faster_rcnn": "configs/COCO/faster_rcnn_rsb_r50_fpn_1x.py",
-    "mask_rcnn": "configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py",
-    "cascade_mask_rcnn": "configs/COCO/cascade_mask_rcnn_rsb_r50_fpn_1x_mmdet.py",
-    "retinanet": "configs/COCO/retinanet_rsb_r50_fpn_1x_mmdet.py",
+    detector: f"configs/COCO/{detector}_rsb_r50_fpn_1x_mmdet.py"
+    for detector in ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
 }
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]

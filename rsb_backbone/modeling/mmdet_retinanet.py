@@ -1,4 +1,4 @@
-"""RetinaNet whose test-time box post-processing follows mmdetection v2.
+"""RetinaNet whose box post-processing and training targets follow mmdetection v2.
 
 mmdetection decodes each level's top candidates **clipped to the image** (``delta2bbox`` with
 ``max_shape=img_shape`` in ``BaseDenseHead._get_bboxes_single``) and runs the class-wise NMS on
@@ -7,34 +7,97 @@ and clips afterwards (``detector_postprocess``). Boxes crossing the image border
 suppress each other differently. Everything else (score threshold, 1000 candidates per level,
 NMS 0.5, 100 detections) is equal and set by the config. The other RetinaNet difference, P7
 without a ReLU, lives in the backbone (:class:`rsb_backbone.RetinaNetP6P7`).
+
+Training (each an argument; mmdet ``dense_heads/anchor_head.py``):
+
+* ``ignore_padding_anchors``: anchors on the batch padding are left out of matching and the
+  losses (:mod:`.padding_anchors`); Detectron2 counts them as negatives.
+* ``normalize_by_batch_positives``: the losses are divided by this batch's positive anchors,
+  each image counting at least one (``get_targets``: ``sum(max(num_pos_i, 1))``); Detectron2
+  divides by a moving average of that count (momentum 0.9, starting at 100).
+
+mmdetection's low-quality matching (``min_pos_iou=0``, re-assignment to the claiming ground
+truth) is the matcher's job (:class:`~.mmdet_matcher.MMDetMatcher`).
 """
 
 from typing import List, Tuple
 
+import torch
 from torch import Tensor
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances
+
+from .mmdet_rpn import match_valid_anchors
+from .padding_anchors import anchors_on_image
 
 __all__ = ["MMDetRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
 class MMDetRetinaNet(RetinaNet):
-    """:class:`RetinaNet` with mmdetection's clip-before-NMS at test time (module docstring)."""
+    """:class:`RetinaNet` with mmdetection's test-time clipping and training targets (module docstring)."""
 
     @configurable
-    def __init__(self, *, clip_boxes_before_nms: bool = True, **kwargs):
+    def __init__(
+        self,
+        *,
+        clip_boxes_before_nms: bool = True,
+        ignore_padding_anchors: bool = True,
+        normalize_by_batch_positives: bool = True,
+        size_divisibility: int = 32,
+        **kwargs,
+    ):
         """
         Args:
             clip_boxes_before_nms: True (mmdetection) clips decoded boxes to the image before
                 NMS; False is Detectron2's RetinaNet.
+            ignore_padding_anchors: True (mmdetection) leaves anchors on the batch padding out of
+                training; False counts them as negatives (Detectron2).
+            normalize_by_batch_positives: True (mmdetection) divides the losses by this batch's
+                positive anchors; False by their moving average (Detectron2).
+            size_divisibility: each image's own padding in mmdetection (``Pad(size_divisor=32)``).
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
         self.clip_boxes_before_nms = clip_boxes_before_nms
+        self.ignore_padding_anchors = ignore_padding_anchors
+        self.normalize_by_batch_positives = normalize_by_batch_positives
+        self.size_divisibility = size_divisibility
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        if not self.ignore_padding_anchors:
+            return super().label_anchors(anchors, gt_instances)
+        generator = self.anchor_generator
+        all_anchors = Boxes.cat(anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for instances in gt_instances:
+            valid = anchors_on_image(
+                anchors, generator.strides, generator.offset, instances.image_size, self.size_divisibility
+            )
+            matches, match_labels = match_valid_anchors(self.anchor_matcher, instances.gt_boxes, all_anchors, valid)
+            if len(instances) > 0:
+                labels = instances.gt_classes[matches]
+                matched_gt_boxes.append(instances.gt_boxes.tensor[matches])
+            else:
+                labels = torch.full_like(matches, self.num_classes)
+                matched_gt_boxes.append(torch.zeros_like(all_anchors.tensor))
+            labels[match_labels == 0] = self.num_classes  # background
+            labels[match_labels == -1] = -1  # ignored, padding anchors included
+            gt_labels.append(labels)
+        return gt_labels, matched_gt_boxes
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if not self.normalize_by_batch_positives:
+            return losses
+        positives = [((labels >= 0) & (labels != self.num_classes)).sum().item() for labels in gt_labels]
+        normalizer = sum(max(count, 1) for count in positives)
+        rescale = self.loss_normalizer / normalizer  # undo the moving average the parent divided by
+        return {name: value * rescale for name, value in losses.items()}
 
     def inference_single_image(
         self,

@@ -1,0 +1,46 @@
+"""Drop training images with a side under a minimum, as mmdetection v2's COCO data set does.
+
+mmdetection's ``CocoDataset._filter_imgs`` keeps a training image only if
+``min(width, height) >= min_size`` (32 in its COCO configs, next to ``filter_empty_gt=True``);
+Detectron2's ``get_detection_dataset_dicts`` has the empty-image filter but no size filter.
+:func:`get_detection_dataset_dicts_min_size` is that function with the size filter added, so a
+LazyConfig switches it on by replacing ``dataloader.train.dataset._target_`` and setting
+``min_size``, and keeps every other key (``names``, ``filter_empty``) where it was.
+"""
+
+import logging
+from typing import Dict, List
+
+from detectron2.data import get_detection_dataset_dicts
+
+__all__ = ["drop_small_images", "get_detection_dataset_dicts_min_size"]
+
+logger = logging.getLogger(__name__)
+
+
+def drop_small_images(dataset_dicts: List[Dict], min_size: int = 32) -> List[Dict]:
+    """
+    Args:
+        dataset_dicts: Detectron2 dataset dicts with ``width`` and ``height`` (as
+            ``load_coco_json`` returns them).
+        min_size: the smallest side an image may have.
+
+    Returns:
+        The dicts whose shorter side is at least ``min_size``, in their order.
+    """
+    kept = [d for d in dataset_dicts if min(d["width"], d["height"]) >= min_size]
+    dropped = len(dataset_dicts) - len(kept)
+    if dropped:
+        logger.info("Removed %d images with a side under %d px; %d images left.", dropped, min_size, len(kept))
+    return kept
+
+
+def get_detection_dataset_dicts_min_size(names, *, min_size: int = 32, **kwargs) -> List[Dict]:
+    """Detectron2's ``get_detection_dataset_dicts`` followed by :func:`drop_small_images`.
+
+    Args:
+        names: registered data set name(s).
+        min_size: the smallest side a training image may have (mmdetection: 32).
+        kwargs: the other arguments of ``get_detection_dataset_dicts`` (``filter_empty``, ...).
+    """
+    return drop_small_images(get_detection_dataset_dicts(names, **kwargs), min_size)
