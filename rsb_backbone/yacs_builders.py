@@ -8,7 +8,7 @@ Usage::
     cfg.MODEL.RSB.WEIGHTS = "resnet50.a1_in1k"
 """
 
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
@@ -18,6 +18,7 @@ from .timm_resnet import STAGE_NAMES, TimmResNet
 
 __all__ = [
     "add_rsb_config",
+    "read_rsb_yacs_config",
     "build_rsb_resnet_backbone",
     "build_rsb_resnet_fpn_backbone",
     "build_rsb_resnet_retinanet_fpn_backbone",
@@ -42,6 +43,20 @@ def add_rsb_config(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.RSB.NORM = FROZEN_STATS_BN
     cfg.MODEL.RSB.OUT_FEATURES = list(STAGE_NAMES)
     cfg.MODEL.RSB.RELU_BEFORE_P7 = False
+    return cfg
+
+
+def read_rsb_yacs_config(config_file: str) -> CfgNode:
+    """Detectron2's defaults with the ``MODEL.RSB`` keys, merged with a yacs config file.
+
+    Args:
+        config_file: a yacs YAML file (its ``_BASE_`` is read relative to it).
+
+    Returns:
+        an unfrozen CfgNode.
+    """
+    cfg = add_rsb_config(get_cfg())
+    cfg.merge_from_file(config_file)
     return cfg
 
 

@@ -20,11 +20,10 @@ from .config_files import LAZY, YACS, config_file_kind
 from .devices import resolve_device_name
 from .lazy_predictor import LazyConfigPredictor, set_score_threshold
 from .predictors import build_default_predictor, build_predictor
-from .yacs_configs import ARCHITECTURES, YACS_CONFIG_DIR, get_rsb_cfg, load_yacs_config, yacs_config_file
+from .yacs_configs import ARCHITECTURES, get_rsb_cfg, load_yacs_config, yacs_config_file
 
 __all__ = [
     "ARCHITECTURES",
-    "YACS_CONFIG_DIR",
     "LAZY",
     "YACS",
     "LazyConfigPredictor",

@@ -9,25 +9,24 @@ Usage::
     predictor = DefaultPredictor(cfg)
     outputs = predictor(cv2.imread("image.jpg"))  # BGR, as DefaultPredictor expects
 
-The YAML files live in ``configs/yacs`` of the repository; they mirror the LazyConfigs in
-``configs/COCO`` (module for module, so ``train_net.py`` checkpoints load without missing keys).
+The YAML files are ``configs/yacs`` of the repository, found through
+:mod:`rsb_backbone.model_zoo` (package data of an installed copy, or the checkout's folder); they
+mirror the LazyConfigs in ``configs/COCO`` (module for module, so ``train_net.py`` checkpoints
+load without missing keys).
 """
 
 import os
 from typing import Optional, Sequence
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 
-from ..yacs_builders import add_rsb_config
+from ..model_zoo import get_config_file
+from ..yacs_builders import read_rsb_yacs_config
 from .devices import resolve_device_name
 
-__all__ = ["ARCHITECTURES", "YACS_CONFIG_DIR", "yacs_config_file", "load_yacs_config", "get_rsb_cfg"]
+__all__ = ["ARCHITECTURES", "yacs_config_file", "load_yacs_config", "get_rsb_cfg"]
 
-# configs/yacs of the repository (the package is installed in editable mode from it).
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-YACS_CONFIG_DIR = os.path.join(_REPO_ROOT, "configs", "yacs")
-
-# Architecture name -> its COCO 1x yacs config in YACS_CONFIG_DIR.
+# Architecture name -> its COCO 1x yacs config in configs/yacs.
 ARCHITECTURES = {
     "faster_rcnn": "faster_rcnn_rsb_r50_fpn_1x.yaml",
     "mask_rcnn": "mask_rcnn_rsb_r50_fpn_1x.yaml",
@@ -40,13 +39,7 @@ def yacs_config_file(arch: str) -> str:
     """Path of the COCO 1x yacs config of ``arch`` (one of :data:`ARCHITECTURES`)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
-    path = os.path.join(YACS_CONFIG_DIR, ARCHITECTURES[arch])
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: the yacs config of {arch!r} is missing; rsb_backbone must be installed "
-            f"from a repository checkout (pip install -e .)"
-        )
-    return path
+    return get_config_file(f"yacs/{ARCHITECTURES[arch]}")
 
 
 def _pairs(opts: Sequence[str]) -> list:
@@ -94,9 +87,7 @@ def load_yacs_config(
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    cfg = get_cfg()
-    add_rsb_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg = read_rsb_yacs_config(config_file)
     cfg.merge_from_list(_pairs(opts))
     if checkpoint is not None:
         cfg.MODEL.WEIGHTS = os.fspath(checkpoint)
