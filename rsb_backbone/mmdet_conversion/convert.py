@@ -11,7 +11,6 @@ Nothing is skipped silently; the one tensor that may be dropped on purpose is a 
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from ..engine.checkpoint import atomic_torch_save
 from ..model_metadata import METADATA_KEY, storable_model_metadata
+from ..model_zoo import get_config_file
 from .checkpoints import MMDetConversionError, _key_list, detect_detector, load_mmdet_checkpoint
 from .key_maps import DETECTORS, TENSOR_TRANSFORMS, map_key
 
@@ -41,7 +41,6 @@ DEFAULT_CONFIGS: Dict[str, str] = {
     for detector in ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
 }
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 _AUTHOR = "RSB-Detectron2 projects/mmdet_checkpoints/convert_mmdet_checkpoint.py"
 _NUM_BATCHES_TRACKED = ".num_batches_tracked"
 
@@ -187,12 +186,8 @@ def build_target_model(config_file: str) -> nn.Module:
 def _resolve_config(detector: str, config_file: Optional[str]) -> str:
     if config_file:
         return os.fspath(config_file)
-    path = _REPO_ROOT / DEFAULT_CONFIGS[detector]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{DEFAULT_CONFIGS[detector]} not found under {_REPO_ROOT}; pass the config file explicitly"
-        )
-    return str(path)
+    # DEFAULT_CONFIGS names them as in the repository; the model zoo finds them installed too.
+    return get_config_file(os.path.relpath(DEFAULT_CONFIGS[detector], "configs"))
 
 
 def _plain_meta(meta: Mapping) -> Dict[str, object]:
