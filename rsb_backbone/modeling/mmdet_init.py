@@ -34,28 +34,20 @@ def xavier_uniform_fill_(module: nn.Module) -> None:
 
 
 class MMDetBoxHead(FastRCNNConvFCHead):
-    """:class:`FastRCNNConvFCHead` whose FC layers start Xavier-uniform, as mmdetection's."""
+    """:class:`FastRCNNConvFCHead` (same arguments) whose FC layers start Xavier-uniform."""
 
     @configurable
     def __init__(self, input_shape, **kwargs):
-        """
-        Args:
-            input_shape, kwargs: arguments of :class:`FastRCNNConvFCHead`.
-        """
         super().__init__(input_shape, **kwargs)
         for fc in self.fcs:
             xavier_uniform_fill_(fc)
 
 
 class MMDetMaskHead(MaskRCNNConvUpsampleHead):
-    """:class:`MaskRCNNConvUpsampleHead` whose mask logits start Kaiming-normal, as mmdetection's."""
+    """:class:`MaskRCNNConvUpsampleHead` (same arguments) whose mask logits start Kaiming-normal."""
 
     @configurable
     def __init__(self, input_shape, **kwargs):
-        """
-        Args:
-            input_shape, kwargs: arguments of :class:`MaskRCNNConvUpsampleHead`.
-        """
         super().__init__(input_shape, **kwargs)
         nn.init.kaiming_normal_(self.predictor.weight, mode="fan_out", nonlinearity="relu")
         nn.init.constant_(self.predictor.bias, 0)

@@ -30,61 +30,43 @@ from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes, Instances
 
-from .mmdet_rpn import match_valid_anchors
-from .padding_anchors import anchors_on_image
+from .padding_anchors import PaddingAnchorMatching
 
 __all__ = ["MMDetRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
-class MMDetRetinaNet(RetinaNet):
+class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
     """:class:`RetinaNet` with mmdetection's test-time clipping and training targets (module docstring)."""
 
     @configurable
-    def __init__(
-        self,
-        *,
-        clip_boxes_before_nms: bool = True,
-        ignore_padding_anchors: bool = True,
-        normalize_by_batch_positives: bool = True,
-        size_divisibility: int = 32,
-        **kwargs,
-    ):
+    def __init__(self, *, clip_boxes_before_nms: bool = True, normalize_by_batch_positives: bool = True, **kwargs):
         """
         Args:
             clip_boxes_before_nms: True (mmdetection) clips decoded boxes to the image before
                 NMS; False is Detectron2's RetinaNet.
-            ignore_padding_anchors: True (mmdetection) leaves anchors on the batch padding out of
-                training; False counts them as negatives (Detectron2).
             normalize_by_batch_positives: True (mmdetection) divides the losses by this batch's
                 positive anchors; False by their moving average (Detectron2).
-            size_divisibility: each image's own padding in mmdetection (``Pad(size_divisor=32)``).
-            kwargs: arguments of :class:`RetinaNet`.
+            kwargs: ``ignore_padding_anchors`` (True: anchors on the batch padding are left out of
+                training; False: negatives, as in Detectron2) and ``size_divisibility``
+                (:class:`PaddingAnchorMatching`), and the arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
         self.clip_boxes_before_nms = clip_boxes_before_nms
-        self.ignore_padding_anchors = ignore_padding_anchors
         self.normalize_by_batch_positives = normalize_by_batch_positives
-        self.size_divisibility = size_divisibility
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
         if not self.ignore_padding_anchors:
             return super().label_anchors(anchors, gt_instances)
-        generator = self.anchor_generator
-        all_anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
-            valid = anchors_on_image(
-                anchors, generator.strides, generator.offset, instances.image_size, self.size_divisibility
-            )
-            matches, match_labels = match_valid_anchors(self.anchor_matcher, instances.gt_boxes, all_anchors, valid)
+            matches, match_labels, boxes = self.match_anchors_on_image(anchors, instances)
+            matched_gt_boxes.append(boxes)
             if len(instances) > 0:
                 labels = instances.gt_classes[matches]
-                matched_gt_boxes.append(instances.gt_boxes.tensor[matches])
             else:
                 labels = torch.full_like(matches, self.num_classes)
-                matched_gt_boxes.append(torch.zeros_like(all_anchors.tensor))
             labels[match_labels == 0] = self.num_classes  # background
             labels[match_labels == -1] = -1  # ignored, padding anchors included
             gt_labels.append(labels)

@@ -20,79 +20,40 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator import RPN
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances
 
-from .padding_anchors import anchors_on_image
+from .padding_anchors import PaddingAnchorMatching
 
-__all__ = ["MMDetRPN", "match_valid_anchors"]
-
-
-def match_valid_anchors(matcher, gt_boxes: Boxes, anchors: Boxes, valid: torch.Tensor):
-    """Match ``gt_boxes`` to the ``valid`` anchors only; the others get label -1 (ignored).
-
-    Args:
-        matcher: a :class:`Matcher`.
-        gt_boxes: the ground truth of one image.
-        anchors: all anchors (levels concatenated).
-        valid: bool mask over ``anchors``.
-
-    Returns:
-        matches (int64) and labels (int8) over all anchors, as the matcher returns them.
-    """
-    matches = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
-    labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=anchors.device)
-    valid_matches, valid_labels = matcher(pairwise_iou(gt_boxes, anchors[valid]))
-    matches[valid] = valid_matches.to(matches.device)
-    labels[valid] = valid_labels.to(labels.device)
-    return matches, labels
+__all__ = ["MMDetRPN"]
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
-class MMDetRPN(RPN):
+class MMDetRPN(PaddingAnchorMatching, RPN):
     """:class:`RPN` with mmdetection's padding-anchor handling and loss normaliser (module docstring)."""
 
     @configurable
-    def __init__(
-        self,
-        *,
-        ignore_padding_anchors: bool = True,
-        normalize_by_sampled_anchors: bool = True,
-        size_divisibility: int = 32,
-        **kwargs,
-    ):
+    def __init__(self, *, normalize_by_sampled_anchors: bool = True, **kwargs):
         """
         Args:
-            ignore_padding_anchors: True leaves anchors on the batch padding out (mmdetection).
             normalize_by_sampled_anchors: True divides the losses by the sampled anchors
                 (mmdetection); False by ``batch_size_per_image`` per image (Detectron2).
-            size_divisibility: each image's own padding in mmdetection (``Pad(size_divisor=32)``).
-            kwargs: arguments of :class:`RPN`.
+            kwargs: ``ignore_padding_anchors`` and ``size_divisibility``
+                (:class:`PaddingAnchorMatching`), and the arguments of :class:`RPN`.
         """
         super().__init__(**kwargs)
-        self.ignore_padding_anchors = ignore_padding_anchors
         self.normalize_by_sampled_anchors = normalize_by_sampled_anchors
-        self.size_divisibility = size_divisibility
 
     @torch.jit.unused
     @torch.no_grad()
     def label_and_sample_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
         if not self.ignore_padding_anchors:
             return super().label_and_sample_anchors(anchors, gt_instances)
-        generator = self.anchor_generator
-        all_anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
-            valid = anchors_on_image(
-                anchors, generator.strides, generator.offset, instances.image_size, self.size_divisibility
-            )
-            if self.anchor_boundary_thresh >= 0:  # mmdet allowed_border >= 0: also inside the image
-                valid &= all_anchors.inside_box(instances.image_size, self.anchor_boundary_thresh)
-            matches, labels = match_valid_anchors(self.anchor_matcher, instances.gt_boxes, all_anchors, valid)
+            # mmdet allowed_border >= 0 (the cascade's 0): anchors must also lie inside the image
+            _, labels, boxes = self.match_anchors_on_image(anchors, instances, self.anchor_boundary_thresh)
             gt_labels.append(self._subsample_labels(labels.to(instances.gt_boxes.device)))
-            if len(instances) == 0:
-                matched_gt_boxes.append(torch.zeros_like(all_anchors.tensor))
-            else:
-                matched_gt_boxes.append(instances.gt_boxes.tensor[matches])
+            matched_gt_boxes.append(boxes)
         return gt_labels, matched_gt_boxes
 
     @torch.jit.unused

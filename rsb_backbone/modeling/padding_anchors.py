@@ -4,7 +4,8 @@ mmdetection pads each image to a multiple of 32 (its ``pad_shape``) and then pad
 its largest image. Its anchor heads flag an anchor valid when its grid position lies inside
 ``ceil(pad_shape / stride)`` (``AnchorGenerator.valid_flags``) and leave invalid anchors out of
 the assignment, the sampling and the losses (``AnchorHead._get_targets_single``). Detectron2 uses
-every anchor of the padded batch. :func:`anchors_on_image` gives mmdetection's mask for one image.
+every anchor of the padded batch. :func:`anchors_on_image` gives mmdetection's mask for one image;
+:class:`PaddingAnchorMatching` matches the ground truth to those anchors only (RPN and RetinaNet).
 """
 
 import math
@@ -12,9 +13,9 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
-__all__ = ["anchors_on_image"]
+__all__ = ["PaddingAnchorMatching", "anchors_on_image"]
 
 
 def anchors_on_image(
@@ -45,3 +46,45 @@ def anchors_on_image(
         grid = torch.round(boxes.get_centers() / stride - offset)  # (column, row) of each anchor
         masks.append((grid[:, 0] < math.ceil(width / stride)) & (grid[:, 1] < math.ceil(height / stride)))
     return torch.cat(masks)
+
+
+class PaddingAnchorMatching:
+    """Mixin for Detectron2's anchor heads (``anchor_generator`` and ``anchor_matcher`` attributes):
+    each image's ground truth is matched to the anchors on that image only.
+
+    Args (keyword, consumed before the head's own arguments):
+        ignore_padding_anchors: True leaves anchors on the batch padding out of matching and the
+            losses (mmdetection); False keeps the head's Detectron2 behaviour.
+        size_divisibility: each image's own padding in mmdetection (``Pad(size_divisor=32)``).
+    """
+
+    def __init__(self, *, ignore_padding_anchors: bool = True, size_divisibility: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.ignore_padding_anchors = ignore_padding_anchors
+        self.size_divisibility = size_divisibility
+
+    def match_anchors_on_image(self, anchors: List[Boxes], instances: Instances, boundary_threshold: float = -1.0):
+        """
+        Args:
+            anchors: the anchors of each level.
+            instances: one image's ground truth (``gt_boxes``, ``image_size``).
+            boundary_threshold: >= 0 also leaves out anchors crossing the image border by more
+                than this many pixels (mmdetection's ``allowed_border``).
+
+        Returns:
+            matches (int64), labels (int8; -1 for anchors left out) and the matched ground-truth
+            boxes (R x 4), over the anchors of all levels.
+        """
+        all_anchors = Boxes.cat(anchors)
+        generator = self.anchor_generator
+        valid = anchors_on_image(anchors, generator.strides, generator.offset, instances.image_size, self.size_divisibility)
+        if boundary_threshold >= 0:
+            valid &= all_anchors.inside_box(instances.image_size, boundary_threshold)
+        matches = torch.zeros(len(all_anchors), dtype=torch.int64, device=all_anchors.device)
+        labels = torch.full((len(all_anchors),), -1, dtype=torch.int8, device=all_anchors.device)
+        valid_matches, valid_labels = self.anchor_matcher(pairwise_iou(instances.gt_boxes, all_anchors[valid]))
+        matches[valid] = valid_matches.to(matches.device)
+        labels[valid] = valid_labels.to(labels.device)
+        if len(instances) == 0:
+            return matches, labels, torch.zeros_like(all_anchors.tensor)
+        return matches, labels, instances.gt_boxes.tensor[matches]
