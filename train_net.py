@@ -49,6 +49,7 @@ from rsb_backbone.engine.outcomes import RunOutcome
 from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_yacs_config
 from rsb_backbone.model_metadata import training_model_metadata
 from rsb_backbone.inference import load_detector_checkpoint
+from rsb_backbone.timm_resnet import skip_pretrained_weights
 
 # The shapes demo's data set names, for its yacs configs and the config.yaml of its runs (its
 # LazyConfigs register them when they load).
@@ -88,10 +89,7 @@ def setup_config(args):
 def evaluate(cfg, args):
     """COCO evaluation of a whole-detector checkpoint; every tensor of the model must be in it."""
     with user_input_stage():
-        # The detector checkpoint holds the backbone too: don't fetch ImageNet weights to overwrite.
-        bottom_up = cfg.model.get("backbone", {}).get("bottom_up", {})
-        if bottom_up.get("weights"):
-            bottom_up.weights = None
+        skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
         model = build_model(cfg)
         last = AtomicCheckpointer(model, cfg.train.output_dir)
         if args.resume and last.has_checkpoint():

@@ -6,15 +6,18 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from omegaconf import DictConfig, ListConfig
+
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import Backbone
+from detectron2.utils.registry import locate
 
 from .norm_modes import FROZEN_STATS_BN, check_norm_mode, convert_norm, set_batchnorm_eval
 from .timm_weights import check_state_dict_fits, read_backbone_state_dict, resolve_weights_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TimmResNet", "STAGE_NAMES"]
+__all__ = ["TimmResNet", "STAGE_NAMES", "skip_pretrained_weights"]
 
 # Detectron2 stage names and the timm modules that produce them.
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -167,3 +170,29 @@ class TimmResNet(Backbone):
             )
             for name in self._out_features
         }
+
+
+def skip_pretrained_weights(node) -> int:
+    """Set ``weights=None`` on every :class:`TimmResNet` in a LazyConfig tree; return how many.
+
+    The one place that skips the ImageNet weights when a whole-detector checkpoint will replace
+    them (evaluation, predictors, conversion, benchmarks): loading them first would only cost
+    time, and a download that fails offline.
+
+    Args:
+        node: a LazyConfig (sub)tree, e.g. ``cfg.model``; changed in place.
+    """
+    changed = 0
+    if isinstance(node, DictConfig):
+        target = node.get("_target_", None)
+        if isinstance(target, str):
+            target = locate(target)
+        if target is TimmResNet and node.get("weights", None):
+            node.weights = None
+            changed += 1
+        for key in node.keys():
+            changed += skip_pretrained_weights(node.get(key))
+    elif isinstance(node, ListConfig):
+        for item in node:
+            changed += skip_pretrained_weights(item)
+    return changed

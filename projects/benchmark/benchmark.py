@@ -153,8 +153,10 @@ def make_batch(
 # ---- models ------------------------------------------------------------------------------------
 def load_detector_config(detector: str):
     """The RSB LazyConfig of ``detector``, with a randomly initialized trunk (no download)."""
+    from rsb_backbone.timm_resnet import skip_pretrained_weights
+
     cfg = LazyConfig.load(str(REPO_ROOT / DETECTORS[detector]))
-    cfg.model.backbone.bottom_up.weights = None
+    skip_pretrained_weights(cfg.model)
     return cfg
 
 

@@ -224,9 +224,10 @@ def build_d2_model(checkpoint: str, config: str):
     from detectron2.config import LazyConfig, instantiate
 
     from rsb_backbone.engine import AtomicCheckpointer
+    from rsb_backbone.timm_resnet import skip_pretrained_weights
 
     cfg = LazyConfig.load(os.path.join(REPO_ROOT, config))
-    cfg.model.backbone.bottom_up.weights = None
+    skip_pretrained_weights(cfg.model)  # no ImageNet download: every weight is set later
     model = instantiate(cfg.model).eval()
     AtomicCheckpointer(model).load(checkpoint)  # as train_net.py --eval-only
     return model

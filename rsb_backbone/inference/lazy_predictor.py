@@ -7,19 +7,18 @@ from typing import Any, Dict, Sequence, Union
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.utils.registry import locate
 
 from ..deploy import to_deployment_form
 from ..engine.config_checks import dataset_names
 from ..engine.lazy_config import load_config_with_overrides
 from ..model_metadata import config_model_metadata, detectron2_metadata
-from ..timm_resnet import TimmResNet
+from ..timm_resnet import skip_pretrained_weights
 from .checkpoint import load_detector_checkpoint
 from .devices import resolve_device_name
 
@@ -68,28 +67,6 @@ def _load_cfg(config_file_or_cfg: Union[str, DictConfig], overrides: Sequence[st
         )
     cfg = copy.deepcopy(config_file_or_cfg)  # the caller's config stays as it is
     return LazyConfig.apply_overrides(cfg, list(overrides)) if overrides else cfg
-
-
-def _skip_backbone_pretraining(node) -> int:
-    """Set ``weights=None`` on every :class:`TimmResNet` in a LazyConfig tree; return how many.
-
-    The detector checkpoint holds the backbone too, so loading ImageNet weights first would only
-    cost time, and a download that fails offline.
-    """
-    changed = 0
-    if isinstance(node, DictConfig):
-        target = node.get("_target_", None)
-        if isinstance(target, str):
-            target = locate(target)
-        if target is TimmResNet and node.get("weights", None):
-            node.weights = None
-            changed += 1
-        for key in node.keys():
-            changed += _skip_backbone_pretraining(node.get(key))
-    elif isinstance(node, ListConfig):
-        for item in node:
-            changed += _skip_backbone_pretraining(item)
-    return changed
 
 
 def _test_mapper(cfg: DictConfig) -> DictConfig:
@@ -159,7 +136,7 @@ class LazyConfigPredictor:
         self.cfg = _load_cfg(config_file_or_cfg, overrides)
         mapper = _test_mapper(self.cfg)
         self.device = resolve_device_name(device)
-        if _skip_backbone_pretraining(self.cfg.model):
+        if skip_pretrained_weights(self.cfg.model):
             logger.info("Backbone pretrained weights not loaded: the detector checkpoint holds them")
         self.model = instantiate(self.cfg.model)
         set_score_threshold(self.model, score_threshold)

@@ -19,6 +19,7 @@ from torch import nn
 from ..engine.checkpoint import atomic_torch_save
 from ..model_metadata import METADATA_KEY, storable_model_metadata
 from ..model_zoo import get_config_file
+from ..timm_resnet import skip_pretrained_weights
 from .checkpoints import MMDetConversionError, _key_list, detect_detector, load_mmdet_checkpoint
 from .key_maps import DETECTORS, TENSOR_TRANSFORMS, map_key
 
@@ -172,14 +173,11 @@ def convert_state_dict(
 def build_target_model(config_file: str) -> nn.Module:
     """The Detectron2 model of a LazyConfig, on the CPU, without downloading backbone weights."""
     from detectron2.config import LazyConfig, instantiate
-    from omegaconf import OmegaConf
 
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
     cfg = LazyConfig.load(config_file)
-    trunk = OmegaConf.select(cfg, "model.backbone.bottom_up")
-    if trunk is not None and "weights" in trunk:
-        trunk.weights = None  # the checkpoint provides every weight: no ImageNet download
+    skip_pretrained_weights(cfg.model)  # the checkpoint provides every weight
     return instantiate(cfg.model).eval()
 
 
