@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Training parity: one training step of each ``_mmdet`` config against mmdetection 2.28 itself.
+
+For each of the four RSB detectors this script builds the model from mmdetection's own RSB config
+with its training settings, gives it random weights (as ``mmdet_parity.py`` does), converts them
+into the ``configs/COCO/*_mmdet.py`` model, feeds both libraries the same two images with several
+objects each (boxes, classes and bitmap masks), and compares every loss term and the gradients of
+the trunk, FPN, RPN or RetinaNet head and RoI heads.
+
+The random samplers are made to agree by making them exhaustive: both sample every anchor and
+every proposal (``sampler.num`` / ``batch_size_per_image`` set to 10**7), so neither draws.
+Everything else runs as in training (frozen-statistics BatchNorm, proposals from the RPN, ground
+truth appended, per-stage re-sampling in the cascade).
+
+Needs mmdetection 2.x (mmdet_env/setup_mmdet_env.sh); run with that environment's python:
+
+    /tmp/mmenv/bin/python projects/mmdet_checkpoints/mmdet_train_parity.py --output-dir /tmp/mmdet_train_parity
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
+for path in (REPO_ROOT, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from mmdet_parity import MEAN, MMDET_CONFIGS, STD, randomize_  # noqa: E402
+
+from rsb_backbone.mmdet_conversion import DETECTORS, convert_mmdet_checkpoint, map_key  # noqa: E402
+from rsb_backbone.mmdet_conversion.key_maps import TENSOR_TRANSFORMS  # noqa: E402
+
+EXHAUSTIVE = 10**7  # samples per image: more than there are anchors or proposals
+NUM_CLASSES = 80
+# mmdetection loss name -> Detectron2 loss name, per detector family
+RPN_LOSSES = {"loss_rpn_cls": "loss_rpn_cls", "loss_rpn_bbox": "loss_rpn_loc"}
+ROI_LOSSES = {"loss_cls": "loss_cls", "loss_bbox": "loss_box_reg", "loss_mask": "loss_mask"}
+RETINANET_LOSSES = {"loss_cls": "loss_cls", "loss_bbox": "loss_box_reg"}
+# gradient groups by mmdetection key prefix
+GROUPS = {"trunk": "backbone.", "fpn": "neck.", "rpn_head": "rpn_head.", "retinanet_head": "bbox_head.", "roi_heads": "roi_head."}
+
+
+def scenes(seed: int) -> List[Dict[str, np.ndarray]]:
+    """Two RGB images (two aspect ratios) with 6 to 8 rectangles and ellipses each: the image,
+    boxes (x0, y0, x1, y1), classes and bitmap masks of the visible part of each object."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for height, width, count in ((352, 480, 8), (448, 320, 6)):
+        yy, xx = np.mgrid[0:height, 0:width]
+        image = np.stack([(xx * (c + 1) * 0.3 + yy * 0.2 * (2 - c)) % 255 for c in range(3)], -1)
+        owner = np.full((height, width), -1)
+        for index in range(count):
+            h, w = rng.integers(40, height // 2), rng.integers(40, width // 2)
+            y0, x0 = rng.integers(0, height - h), rng.integers(0, width - w)
+            if rng.random() < 0.5:
+                shape = np.zeros((height, width), dtype=bool)
+                shape[y0 : y0 + h, x0 : x0 + w] = True
+            else:
+                shape = ((yy - y0 - h / 2) / (h / 2)) ** 2 + ((xx - x0 - w / 2) / (w / 2)) ** 2 <= 1
+            image[shape] = rng.integers(0, 256, 3)
+            owner[shape] = index  # later objects cover earlier ones
+        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        masks = np.stack([owner == i for i in range(count)])
+        visible = masks.reshape(count, -1).any(axis=1)
+        masks = masks[visible]
+        boxes = np.array(
+            [[np.where(m.any(0))[0][0], np.where(m.any(1))[0][0], np.where(m.any(0))[0][-1] + 1, np.where(m.any(1))[0][-1] + 1] for m in masks],
+            dtype=np.float32,
+        )
+        classes = rng.integers(0, NUM_CLASSES, len(masks))
+        out.append({"image": image, "boxes": boxes, "classes": classes, "masks": masks})
+    return out
+
+
+# ---- mmdetection ---------------------------------------------------------------------------------
+def mmdet_model(detector: str, seed: int):
+    from mmcv import Config
+    from mmdet.models import build_detector
+
+    import mmdet
+
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", MMDET_CONFIGS[detector]))
+    cfg.model.backbone.init_cfg = None  # every weight is set by randomize_
+    train_cfg = cfg.model.train_cfg
+    if "rpn" in train_cfg:
+        train_cfg.rpn.sampler.num = EXHAUSTIVE
+        for rcnn in train_cfg.rcnn if isinstance(train_cfg.rcnn, list) else [train_cfg.rcnn]:
+            rcnn.sampler.num = EXHAUSTIVE
+    model = build_detector(cfg.model)
+    randomize_(model, seed)
+    model.CLASSES = tuple(f"class{i}" for i in range(NUM_CLASSES))
+    return model.train()  # norm_eval: BatchNorm statistics stay frozen
+
+
+def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+    """Forward and backward on a batch of ``data``; returns the summed value of each loss term."""
+    from mmdet.core import BitmapMasks
+
+    pad = [(int(np.ceil(d["image"].shape[0] / 32) * 32), int(np.ceil(d["image"].shape[1] / 32) * 32)) for d in data]
+    batch_h, batch_w = max(p[0] for p in pad), max(p[1] for p in pad)
+    img = torch.zeros(len(data), 3, batch_h, batch_w)
+    metas, gt_masks = [], []
+    for i, (d, (ph, pw)) in enumerate(zip(data, pad)):
+        h, w = d["image"].shape[:2]
+        img[i, :, :h, :w] = torch.from_numpy(((d["image"].astype(np.float32) - MEAN) / STD).transpose(2, 0, 1))
+        metas.append(
+            dict(
+                img_shape=(h, w, 3), ori_shape=(h, w, 3), pad_shape=(ph, pw, 3), batch_input_shape=(batch_h, batch_w),
+                scale_factor=np.ones(4, dtype=np.float32), flip=False, flip_direction=None,
+            )
+        )
+        padded = np.zeros((len(d["masks"]), ph, pw), dtype=np.uint8)
+        padded[:, :h, :w] = d["masks"]
+        gt_masks.append(BitmapMasks(padded, ph, pw))
+    kwargs = dict(
+        img=img, img_metas=metas,
+        gt_bboxes=[torch.from_numpy(d["boxes"]) for d in data],
+        gt_labels=[torch.from_numpy(d["classes"]).long() for d in data],
+    )
+    if detector in ("mask_rcnn", "cascade_mask_rcnn"):
+        kwargs["gt_masks"] = gt_masks
+    losses = model.forward_train(**kwargs)
+    total, _ = model._parse_losses(losses)
+    total.backward()
+    terms = {}
+    for name, value in losses.items():
+        if "loss" in name:
+            terms[name] = float(sum(v.item() for v in value) if isinstance(value, (list, tuple)) else value.item())
+    return terms
+
+
+# ---- Detectron2 ----------------------------------------------------------------------------------
+def d2_model(detector: str, checkpoint: str):
+    from detectron2.config import LazyConfig, instantiate
+
+    from rsb_backbone.engine import AtomicCheckpointer
+    from rsb_backbone.timm_resnet import skip_pretrained_weights
+
+    cfg = LazyConfig.load(os.path.join(REPO_ROOT, "configs", "COCO", f"{detector}_rsb_r50_fpn_1x_mmdet.py"))
+    skip_pretrained_weights(cfg.model)  # no ImageNet download: every weight is set later
+    if "proposal_generator" in cfg.model:
+        cfg.model.proposal_generator.batch_size_per_image = EXHAUSTIVE
+        cfg.model.roi_heads.batch_size_per_image = EXHAUSTIVE
+    model = instantiate(cfg.model)
+    AtomicCheckpointer(model).load(checkpoint)
+    return model.train()
+
+
+def d2_step(model, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    inputs = []
+    for d in data:
+        h, w = d["image"].shape[:2]
+        instances = Instances(
+            (h, w),
+            gt_boxes=Boxes(torch.from_numpy(d["boxes"])),
+            gt_classes=torch.from_numpy(d["classes"]).long(),
+            gt_masks=BitMasks(torch.from_numpy(d["masks"])),
+        )
+        inputs.append({"image": torch.from_numpy(np.ascontiguousarray(d["image"].transpose(2, 0, 1))), "instances": instances})
+    with EventStorage():
+        losses = model(inputs)
+    sum(losses.values()).backward()
+    return {name: float(value.item()) for name, value in losses.items()}
+
+
+# ---- comparison ------------------------------------------------------------------------------------
+def loss_pairs(detector: str) -> List[Tuple[str, str]]:
+    if detector == "retinanet":
+        return list(RETINANET_LOSSES.items())
+    pairs = list(RPN_LOSSES.items())
+    roi = {k: v for k, v in ROI_LOSSES.items() if detector != "faster_rcnn" or k != "loss_mask"}
+    if detector == "cascade_mask_rcnn":
+        pairs += [(f"s{s}.{mm}", f"{d2}_stage{s}") for s in range(3) for mm, d2 in roi.items()]
+    else:
+        pairs += list(roi.items())
+    return pairs
+
+
+def gradient_groups(detector: str, mm_model, d2_model) -> Dict[str, Dict[str, float]]:
+    """Per group: cosine similarity and relative norm of the difference of the two gradients."""
+    d2_params = dict(d2_model.named_parameters())
+    grads: Dict[str, Tuple[list, list]] = {}
+    for name, param in mm_model.named_parameters():
+        if param.grad is None:
+            continue
+        target = map_key(detector, name)
+        if target is None:
+            raise KeyError(f"{name}: no Detectron2 key")
+        d2_name, transform = target
+        mm_grad = param.grad.detach()
+        if transform:
+            mm_grad = TENSOR_TRANSFORMS[transform](mm_grad)
+        d2_grad = d2_params[d2_name].grad
+        if d2_grad is None:
+            raise KeyError(f"{name} -> {d2_name}: mmdetection has a gradient, Detectron2 none")
+        group = next(g for g, prefix in GROUPS.items() if name.startswith(prefix))
+        mm_list, d2_list = grads.setdefault(group, ([], []))
+        mm_list.append(mm_grad.flatten().double())
+        d2_list.append(d2_grad.detach().flatten().double())
+    out = {}
+    for group, (mm_list, d2_list) in grads.items():
+        a, b = torch.cat(mm_list), torch.cat(d2_list)
+        out[group] = {
+            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+            "relative_difference": float((a - b).norm() / a.norm()),
+            "tensors": len(mm_list),
+        }
+    return out
+
+
+def run_detector(detector: str, data, output_dir: str, seed: int) -> Dict[str, object]:
+    from mmcv.runner import save_checkpoint
+
+    torch.manual_seed(seed)
+    mm = mmdet_model(detector, seed)
+    mm_path = os.path.join(output_dir, f"{detector}_mmdet_random.pth")
+    save_checkpoint(mm, mm_path, meta={"mmdet_version": "2.28.2", "CLASSES": mm.CLASSES})
+    d2_path = os.path.join(output_dir, f"{detector}_d2.pth")
+    convert_mmdet_checkpoint(mm_path, d2_path, detector=detector)
+    d2 = d2_model(detector, d2_path)
+
+    mm_terms = mmdet_step(mm, detector, data)
+    d2_terms = d2_step(d2, data)
+    losses = {}
+    for mm_name, d2_name in loss_pairs(detector):
+        a, b = mm_terms[mm_name], d2_terms[d2_name]
+        losses[d2_name] = {"mmdet": a, "detectron2": b, "relative_difference": abs(a - b) / max(abs(a), 1e-12)}
+    return {"losses": losses, "gradients": gradient_groups(detector, mm, d2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default="/tmp/mmdet_train_parity")
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    import mmcv
+    import mmdet
+
+    data = scenes(args.seed)
+    results = {}
+    for detector in args.detectors:
+        start = time.time()
+        results[detector] = run_detector(detector, data, args.output_dir, args.seed)
+        results[detector]["seconds"] = round(time.time() - start, 1)
+        print(json.dumps({detector: results[detector]}, indent=1), flush=True)
+    summary = {
+        "mmdet": mmdet.__version__, "mmcv": mmcv.__version__, "torch": torch.__version__,
+        "objects_per_image": [len(d["boxes"]) for d in data], "results": results,
+    }
+    with open(os.path.join(args.output_dir, "train_parity.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
