@@ -27,20 +27,19 @@ import os
 import signal
 import sys
 
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 
+from rsb_backbone.config import load_config_with_overrides, resolve_device, sync_num_classes
 from rsb_backbone.data import register_coco_from_arg
+from rsb_backbone.detector_checkpoint import load_detector_checkpoint
 from rsb_backbone.engine import (
     AtomicCheckpointer,
     UserInputError,
-    build_model,
     do_test,
     do_train,
     launch_workers,
-    load_config_with_overrides,
     outcome_of,
-    resolve_device,
-    sync_num_classes,
     user_input_stage,
     wrap_ddp,
     write_eval_results,
@@ -48,7 +47,6 @@ from rsb_backbone.engine import (
 from rsb_backbone.engine.outcomes import RunOutcome
 from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_yacs_config
 from rsb_backbone.model_metadata import training_model_metadata
-from rsb_backbone.inference import load_detector_checkpoint
 from rsb_backbone.timm_resnet import skip_pretrained_weights
 
 # The shapes demo's data set names, for its yacs configs and the config.yaml of its runs (its
@@ -79,7 +77,7 @@ def setup_config(args):
     if is_yacs_config(args.config_file):
         return setup_yacs_config(args.config_file, args.opts, eval_only=args.eval_only)
     cfg = load_config_with_overrides(args.config_file, args.opts)
-    resolve_device(cfg)
+    cfg.train.device = resolve_device(cfg.train.get("device", "auto"))
     sync_num_classes(cfg, training=not args.eval_only)
     if not args.eval_only:  # class names and category ids, saved with config.yaml
         cfg.metadata = training_model_metadata(cfg)
@@ -90,7 +88,7 @@ def evaluate(cfg, args):
     """COCO evaluation of a whole-detector checkpoint; every tensor of the model must be in it."""
     with user_input_stage():
         skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
-        model = build_model(cfg)
+        model = instantiate(cfg.model).to(cfg.train.device)
         last = AtomicCheckpointer(model, cfg.train.output_dir)
         if args.resume and last.has_checkpoint():
             checkpoint = last.get_checkpoint_file()

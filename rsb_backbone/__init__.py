@@ -9,7 +9,7 @@ from .fpn import RetinaNetP6P7, rcnn_fpn, retinanet_fpn
 from .norm_modes import FROZEN_STATS_BN, NORM_MODES
 from .pixel_stats import pixel_normalization
 from .timm_resnet import STAGE_NAMES, TimmResNet
-from .weight_files import WeightFileError, load_tensor_file
+from .tensor_files import WeightFileError, load_tensor_file
 from .yacs_builders import (
     add_rsb_config,
     build_rsb_resnet_backbone,

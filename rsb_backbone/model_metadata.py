@@ -221,13 +221,13 @@ def read_model_metadata(path: str) -> Optional[Dict[str, Any]]:
     """The model metadata stored in a checkpoint or published file; None when it holds none.
 
     ``.safetensors`` files: only the header is read. Other files are read tensors-only
-    (:func:`~rsb_backbone.weight_files.load_tensor_file`).
+    (:func:`~rsb_backbone.tensor_files.load_tensor_file`).
 
     Args:
         path: a ``train_net.py`` checkpoint, a published ``.pth`` or ``.safetensors`` file, or a
             converted mmdetection checkpoint.
     """
-    from .weight_files import WeightFileError, load_tensor_file
+    from .tensor_files import WeightFileError, load_tensor_file
 
     path = str(path)
     if path.endswith(".safetensors"):
@@ -241,7 +241,7 @@ def read_model_metadata(path: str) -> Optional[Dict[str, Any]]:
 def _safetensors_header(path: str) -> Optional[Dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
-    from .weight_files import WeightFileError
+    from .tensor_files import WeightFileError
 
     try:
         with safe_open(path, framework="pt") as f:

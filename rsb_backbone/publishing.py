@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .engine.checkpoint import atomic_write_bytes
+from .engine.atomic_checkpointer import atomic_write_bytes
 from .model_metadata import (
     METADATA_KEY,
     metadata_to_safetensors_header,
@@ -25,7 +25,7 @@ from .model_metadata import (
     read_model_metadata,
     storable_model_metadata,
 )
-from .weight_files import WeightFileError, load_tensor_file
+from .tensor_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .weight_files import WeightFileError, load_tensor_file
+from .tensor_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 

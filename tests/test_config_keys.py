@@ -8,7 +8,7 @@ import pytest
 from detectron2.config import LazyConfig
 
 from conftest import REPO_ROOT
-from rsb_backbone.engine import load_config_with_overrides
+from rsb_backbone.config import load_config_with_overrides
 
 CONFIG_KEYS = {"dataloader", "lr_multiplier", "model", "optimizer", "train"}
 PLAIN_COCO_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "COCO", "*_1x.py")))

@@ -31,19 +31,16 @@ from conftest import REPO_ROOT
 from rsb_backbone import pixel_normalization
 from rsb_backbone.data import register_coco_instances_checked
 from shapes_generator import generate_shapes_dataset
-from rsb_backbone.engine import load_config_with_overrides
+from rsb_backbone.config import LAZY, YACS, config_file_kind, load_config_with_overrides
 from rsb_backbone.inference import (
     ARCHITECTURES,
-    LAZY,
-    YACS,
     LazyConfigPredictor,
-    config_file_kind,
     get_rsb_cfg,
     load_detector_checkpoint,
     load_yacs_config,
     yacs_config_file,
 )
-from rsb_backbone.weight_files import WeightFileError
+from rsb_backbone.tensor_files import WeightFileError
 
 ARCHS = tuple(ARCHITECTURES)
 TRUNK = "resnet18"

@@ -25,7 +25,7 @@ from detectron2.data import DatasetCatalog
 
 import rsb_backbone
 from rsb_backbone import model_zoo
-from rsb_backbone.engine import load_config_with_overrides
+from rsb_backbone.config import load_config_with_overrides
 from rsb_backbone.inference import LazyConfigPredictor, yacs_config_file
 
 config_file = model_zoo.get_config_file("COCO/faster_rcnn_rsb_r50_fpn_1x.py")

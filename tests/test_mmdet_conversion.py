@@ -38,7 +38,7 @@ from rsb_backbone.mmdet_conversion import (
     permute_anchor_blocks,
 )
 from rsb_backbone.mmdet_conversion import convert as convert_module
-from rsb_backbone.weight_files import WeightFileError, load_tensor_file
+from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
 
 from conftest import REPO_ROOT
 

@@ -18,7 +18,7 @@ from rsb_backbone.engine import AtomicCheckpointer
 from rsb_backbone.inference import load_detector_checkpoint
 from rsb_backbone.model_metadata import parse_model_metadata, read_model_metadata
 from rsb_backbone.publishing import publish_checkpoint, published_file_name
-from rsb_backbone.weight_files import WeightFileError, load_tensor_file
+from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
 from test_mmdet_conversion import (  # noqa: F401 (cached_models is a fixture)
     NUM_CLASSES,
     cached_models,

@@ -96,7 +96,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    import rsb_backbone.engine.checkpoint as checkpoint_module
+    import rsb_backbone.engine.atomic_checkpointer as checkpoint_module
 
     real_save = torch.save
     calls = {"n": 0}

@@ -15,7 +15,7 @@ import torch
 
 from detectron2.config import instantiate
 
-from rsb_backbone.engine import load_config_with_overrides
+from rsb_backbone.config import load_config_with_overrides
 
 from conftest import REPO_ROOT
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config

@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from ..config import score_threshold_of
 from ..model_metadata import storable_model_metadata
 from .deployment_form import to_deployment_form
 from .preprocessing import Preprocessor, preprocessing_spec
@@ -40,11 +41,6 @@ def _metadata_of(predictor) -> Optional[Dict[str, Any]]:
     if id_map:
         stored["thing_dataset_id_to_contiguous_id"] = dict(id_map)
     return storable_model_metadata(stored)
-
-
-def _score_threshold(model) -> Optional[float]:
-    thresholds = {float(m.test_score_thresh) for m in model.modules() if hasattr(m, "test_score_thresh")}
-    return thresholds.pop() if len(thresholds) == 1 else None
 
 
 def export_predictor(
@@ -108,7 +104,7 @@ def export_predictor(
         "inputs": list(INPUT_NAMES),
         "outputs": outputs,
         "preprocessing": spec,
-        "score_threshold": _score_threshold(model),
+        "score_threshold": score_threshold_of(model),
         "norms_folded": bool(fuse),
         "metadata": _metadata_of(predictor),
     }

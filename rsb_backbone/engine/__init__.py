@@ -1,24 +1,19 @@
 """Training machinery used by ``train_net.py``: atomic checkpoints, hooks, launch, loops, and
 how a run ends (exit codes and one-line messages)."""
 
-from .checkpoint import AtomicCheckpointer, atomic_torch_save, atomic_write_bytes, remove_stale_temporary_files
-from .config_checks import resolve_device, sync_num_classes
-from .lazy_config import load_config_with_overrides
+from .atomic_checkpointer import AtomicCheckpointer, atomic_torch_save, atomic_write_bytes, remove_stale_temporary_files
 from .hooks import GradientClipHook
 from .launch import launch_workers, started_by_torchrun
 from .outcomes import NonFiniteLossError, TrainingInterrupted, UserInputError, outcome_of, user_input_stage
 from .stop_signals import CheckpointOnSignalHook, forward_stop_signals, ignore_stop_signals_in_workers
 from .trainers import build_trainer
-from .training import build_model, do_test, do_train, wrap_ddp, write_eval_results
+from .training import do_test, do_train, wrap_ddp, write_eval_results
 
 __all__ = [
     "AtomicCheckpointer",
     "atomic_torch_save",
     "atomic_write_bytes",
     "remove_stale_temporary_files",
-    "load_config_with_overrides",
-    "resolve_device",
-    "sync_num_classes",
     "CheckpointOnSignalHook",
     "GradientClipHook",
     "TrainingInterrupted",
@@ -31,7 +26,6 @@ __all__ = [
     "launch_workers",
     "started_by_torchrun",
     "build_trainer",
-    "build_model",
     "do_test",
     "do_train",
     "wrap_ddp",

@@ -18,7 +18,7 @@ import contextlib
 from typing import Iterator, NamedTuple, Optional
 
 from ..errors import UserInputError
-from ..weight_files import WeightFileError
+from ..tensor_files import WeightFileError
 
 __all__ = [
     "UserInputError",

@@ -12,7 +12,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..model_metadata import ModelMetadataState, training_model_metadata
-from .checkpoint import AtomicCheckpointer, remove_stale_temporary_files
+from .atomic_checkpointer import AtomicCheckpointer, remove_stale_temporary_files
 from .hooks import GradientClipHook
 from .outcomes import NonFiniteLossError, user_input_stage
 from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers
@@ -20,7 +20,7 @@ from .trainers import build_trainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["do_test", "do_train", "build_model", "wrap_ddp", "write_eval_results"]
+__all__ = ["do_test", "do_train", "wrap_ddp", "write_eval_results"]
 
 
 def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
@@ -41,13 +41,6 @@ def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, **kwargs)
-
-
-def build_model(cfg):
-    """Instantiate ``cfg.model`` on ``cfg.train.device``."""
-    model = instantiate(cfg.model)
-    model.to(cfg.train.device)
-    return model
 
 
 def write_eval_results(results: Dict[str, Any], output_dir: str, filename: str = "eval_results.json") -> Optional[str]:
@@ -83,7 +76,7 @@ def do_train(cfg, *, resume: bool) -> None:
         resume: continue from ``last_checkpoint`` in ``train.output_dir`` when there is one.
     """
     with user_input_stage():  # bad config values, data sets or checkpoints: one line, exit 2
-        model = build_model(cfg)
+        model = instantiate(cfg.model).to(cfg.train.device)
         logger.info("Model:\n%s", model)
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)

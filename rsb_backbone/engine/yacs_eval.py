@@ -18,12 +18,9 @@ from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from ..data import num_classes_of
-from ..inference.checkpoint import load_detector_checkpoint
-from ..inference.config_files import YACS, config_file_kind
-from ..inference.devices import resolve_device_name
-from ..inference.yacs_configs import load_yacs_config
-from .checkpoint import AtomicCheckpointer
+from ..config import YACS, config_file_kind, load_yacs_config, resolve_device, sync_num_classes
+from ..detector_checkpoint import load_detector_checkpoint
+from .atomic_checkpointer import AtomicCheckpointer
 from .outcomes import user_input_stage
 from .training import write_eval_results
 
@@ -33,24 +30,8 @@ __all__ = ["is_yacs_config", "setup_yacs_config", "evaluate_yacs"]
 
 
 def is_yacs_config(config_file: str) -> bool:
-    """Whether ``config_file`` is a yacs config (see :func:`~rsb_backbone.inference.config_file_kind`)."""
+    """Whether ``config_file`` is a yacs config (see :func:`~rsb_backbone.config.config_file_kind`)."""
     return config_file_kind(config_file) == YACS
-
-
-def _sync_num_classes(cfg: CfgNode) -> int:
-    """Set the head's number of classes from the test data sets, which must agree."""
-    names = list(cfg.DATASETS.TEST)
-    if not names:
-        raise ValueError("DATASETS.TEST is empty; name the data set to evaluate on")
-    counts = {name: num_classes_of(name) for name in names}
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"DATASETS.TEST data sets have different numbers of classes: {counts}")
-    num_classes = counts[names[0]]
-    head = cfg.MODEL.RETINANET if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS
-    if head.NUM_CLASSES != num_classes:
-        logger.info("NUM_CLASSES = %d (classes of %s)", num_classes, names[0])
-    head.NUM_CLASSES = num_classes
-    return num_classes
 
 
 def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool) -> CfgNode:
@@ -70,8 +51,8 @@ def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool)
             f"train with a LazyConfig (configs/COCO/*.py, configs/shapes/*.py)"
         )
     cfg = load_yacs_config(config_file, opts=opts)
-    cfg.MODEL.DEVICE = resolve_device_name(cfg.MODEL.DEVICE)
-    _sync_num_classes(cfg)
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
+    sync_num_classes(cfg)
     cfg.freeze()
     return cfg
 

@@ -14,28 +14,22 @@ LazyConfig::
 Both take BGR (H, W, 3) uint8 images, as ``cv2.imread`` returns them.
 """
 
-from .checkpoint import load_detector_checkpoint
+from ..config import ARCHITECTURES, get_rsb_cfg, load_yacs_config, set_score_threshold, yacs_config_file
+from ..detector_checkpoint import load_detector_checkpoint
 from .coco_results import contiguous_to_dataset_ids, instances_to_coco_results
-from .config_files import LAZY, YACS, config_file_kind
-from .devices import resolve_device_name
-from .lazy_predictor import LazyConfigPredictor, set_score_threshold
+from .lazy_predictor import LazyConfigPredictor
 from .predictors import build_default_predictor, build_predictor
-from .yacs_configs import ARCHITECTURES, get_rsb_cfg, load_yacs_config, yacs_config_file
 
 __all__ = [
     "ARCHITECTURES",
-    "LAZY",
-    "YACS",
     "LazyConfigPredictor",
     "build_default_predictor",
     "build_predictor",
-    "config_file_kind",
     "contiguous_to_dataset_ids",
     "get_rsb_cfg",
     "instances_to_coco_results",
     "load_detector_checkpoint",
     "load_yacs_config",
-    "resolve_device_name",
     "set_score_threshold",
     "yacs_config_file",
 ]

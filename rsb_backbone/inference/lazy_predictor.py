@@ -14,47 +14,17 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
+from ..config import dataset_names, load_config_with_overrides, resolve_device, set_score_threshold
 from ..deploy import to_deployment_form
-from ..engine.config_checks import dataset_names
-from ..engine.lazy_config import load_config_with_overrides
+from ..detector_checkpoint import load_detector_checkpoint
 from ..model_metadata import config_model_metadata, detectron2_metadata
 from ..timm_resnet import skip_pretrained_weights
-from .checkpoint import load_detector_checkpoint
-from .devices import resolve_device_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LazyConfigPredictor", "set_score_threshold"]
+__all__ = ["LazyConfigPredictor"]
 
 _INPUT_FORMATS = ("RGB", "BGR")
-
-
-def set_score_threshold(model: torch.nn.Module, score_threshold: float) -> int:
-    """Set the test score threshold of every detection output layer of ``model``.
-
-    The layers are those with a ``test_score_thresh`` attribute: ``FastRCNNOutputLayers``
-    (one per cascade stage) and the dense detectors (``RetinaNet``).
-
-    Args:
-        model: a Detectron2 detector.
-        score_threshold: in [0, 1].
-
-    Returns:
-        how many layers were changed.
-    """
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold={score_threshold}: expected a value in [0, 1]")
-    changed = 0
-    for module in model.modules():
-        if hasattr(module, "test_score_thresh"):
-            module.test_score_thresh = float(score_threshold)
-            changed += 1
-    if not changed:
-        raise ValueError(
-            f"{type(model).__name__} has no layer with a test_score_thresh attribute to set "
-            f"score_threshold={score_threshold} on"
-        )
-    return changed
 
 
 def _load_cfg(config_file_or_cfg: Union[str, DictConfig], overrides: Sequence[str]) -> DictConfig:
@@ -135,7 +105,7 @@ class LazyConfigPredictor:
         """
         self.cfg = _load_cfg(config_file_or_cfg, overrides)
         mapper = _test_mapper(self.cfg)
-        self.device = resolve_device_name(device)
+        self.device = resolve_device(device)
         if skip_pretrained_weights(self.cfg.model):
             logger.info("Backbone pretrained weights not loaded: the detector checkpoint holds them")
         self.model = instantiate(self.cfg.model)

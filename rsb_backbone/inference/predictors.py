@@ -7,11 +7,10 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 
 from ..deploy import to_deployment_form
+from ..config import YACS, config_file_kind, load_yacs_config
+from ..detector_checkpoint import load_detector_checkpoint
 from ..model_metadata import detectron2_metadata
-from .checkpoint import load_detector_checkpoint
-from .config_files import YACS, config_file_kind
 from .lazy_predictor import LazyConfigPredictor
-from .yacs_configs import load_yacs_config
 
 logger = logging.getLogger(__name__)
 

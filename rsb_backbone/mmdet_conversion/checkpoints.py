@@ -5,7 +5,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
-from ..weight_files import WeightFileError, load_tensor_file
+from ..tensor_files import WeightFileError, load_tensor_file
 from .key_maps import DETECTORS
 
 __all__ = ["MMDetConversionError", "detect_detector", "load_mmdet_checkpoint"]

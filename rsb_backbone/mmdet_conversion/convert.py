@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..engine.checkpoint import atomic_torch_save
+from ..engine.atomic_checkpointer import atomic_torch_save
 from ..model_metadata import METADATA_KEY, storable_model_metadata
 from ..model_zoo import get_config_file
 from ..timm_resnet import skip_pretrained_weights

@@ -1,15 +1,16 @@
-"""The device inference runs on."""
+"""The device a detector runs on."""
 
 import torch
 
-__all__ = ["resolve_device_name"]
+__all__ = ["resolve_device"]
 
 
-def resolve_device_name(device: str) -> str:
+def resolve_device(device: str) -> str:
     """Turn "auto" into "cuda" when a GPU is present, else "cpu"; refuse CUDA without a GPU.
 
     Args:
-        device: "auto", "cpu", "cuda" or "cuda:N".
+        device: "auto", "cpu", "cuda" or "cuda:N" (``train.device`` of a LazyConfig, the
+            predictors' ``device``, yacs ``MODEL.DEVICE``).
 
     Returns:
         the device name to use.

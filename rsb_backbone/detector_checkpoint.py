@@ -1,4 +1,5 @@
-"""Loading a whole detector checkpoint for inference: tensors only, every key accounted for."""
+"""Reading detector checkpoints tensors-only, and loading a whole one for evaluation or inference
+with every key accounted for."""
 
 import logging
 import os
@@ -6,18 +7,36 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
-from ..engine.checkpoint import AtomicCheckpointer
-from ..model_metadata import METADATA_KEY, parse_model_metadata, read_model_metadata
-from ..weight_files import WeightFileError
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .model_metadata import METADATA_KEY, parse_model_metadata, read_model_metadata
+from .tensor_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_detector_checkpoint"]
+__all__ = ["TensorsOnlyCheckpointer", "load_detector_checkpoint"]
 
 _KEYS_SHOWN = 5  # keys named in the error message, per kind of mismatch
 
 
-class _CheckedCheckpointer(AtomicCheckpointer):
+class TensorsOnlyCheckpointer(DetectionCheckpointer):
+    """:class:`DetectionCheckpointer` that reads ``.safetensors`` or ``torch.load(weights_only=True)``
+    files only, never arbitrary pickles.
+
+    Args are those of :class:`DetectionCheckpointer` (model, save_dir, checkpointables...).
+    """
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        loaded = load_tensor_file(filename)
+        if not isinstance(loaded, dict):
+            raise WeightFileError(f"{filename}: expected a dict checkpoint, got {type(loaded).__name__}")
+        if "model" not in loaded:
+            loaded = {"model": loaded}
+        loaded.setdefault("matching_heuristics", False)
+        return loaded
+
+
+class _CheckedCheckpointer(TensorsOnlyCheckpointer):
     """Refuses a checkpoint that leaves model weights missing, has extra ones, or other shapes.
 
     Detectron2's checkpointer only logs these, which is right for fine-tuning from a backbone
@@ -57,7 +76,7 @@ def _first(items) -> str:
 def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict[str, Any]]:
     """Load a detector checkpoint (e.g. ``model_final.pth`` from ``train_net.py``) into ``model``.
 
-    Files are read with :class:`~rsb_backbone.engine.AtomicCheckpointer`: ``.safetensors`` or
+    Files are read with :class:`TensorsOnlyCheckpointer`: ``.safetensors`` or
     ``torch.load(weights_only=True)``, never arbitrary pickles. Training checkpoints, published
     files (``.pth`` in any precision, ``.safetensors``) and converted mmdetection checkpoints
     are all accepted.

@@ -10,13 +10,11 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, List
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-
-from ..weight_files import WeightFileError, load_tensor_file
+from ..detector_checkpoint import TensorsOnlyCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
+class AtomicCheckpointer(TensorsOnlyCheckpointer):
     """:class:`DetectionCheckpointer` with atomic saves and tensors-only loading.
 
     Args are those of :class:`DetectionCheckpointer` (model, save_dir, checkpointables...).
@@ -93,15 +91,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         atomic_write_bytes(
             os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode("utf-8")
         )
-
-    def _load_file(self, filename: str) -> Dict[str, Any]:
-        loaded = load_tensor_file(filename)
-        if not isinstance(loaded, dict):
-            raise WeightFileError(f"{filename}: expected a dict checkpoint, got {type(loaded).__name__}")
-        if "model" not in loaded:
-            loaded = {"model": loaded}
-        loaded.setdefault("matching_heuristics", False)
-        return loaded
 
 
 def remove_stale_temporary_files(directory: str) -> List[str]:

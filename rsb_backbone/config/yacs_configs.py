@@ -22,7 +22,8 @@ from detectron2.config import CfgNode
 
 from ..model_zoo import get_config_file
 from ..yacs_builders import read_rsb_yacs_config
-from .devices import resolve_device_name
+from .detector_heads import head_config, set_score_threshold
+from .devices import resolve_device
 
 __all__ = ["ARCHITECTURES", "yacs_config_file", "load_yacs_config", "get_rsb_cfg"]
 
@@ -58,11 +59,6 @@ def _pairs(opts: Sequence[str]) -> list:
     return flat
 
 
-def _head_key(cfg: CfgNode) -> CfgNode:
-    """The config node holding NUM_CLASSES and SCORE_THRESH_TEST for this meta-architecture."""
-    return cfg.MODEL.RETINANET if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS
-
-
 def load_yacs_config(
     config_file: str,
     *,
@@ -92,11 +88,9 @@ def load_yacs_config(
     if checkpoint is not None:
         cfg.MODEL.WEIGHTS = os.fspath(checkpoint)
     if device is not None:
-        cfg.MODEL.DEVICE = resolve_device_name(device)
+        cfg.MODEL.DEVICE = resolve_device(device)
     if score_threshold is not None:
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold={score_threshold}: expected a value in [0, 1]")
-        _head_key(cfg).SCORE_THRESH_TEST = float(score_threshold)
+        set_score_threshold(cfg, score_threshold)
     return cfg
 
 
@@ -146,7 +140,7 @@ def get_rsb_cfg(
     if num_classes is not None:
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: expected at least 1")
-        _head_key(cfg).NUM_CLASSES = int(num_classes)
+        head_config(cfg).NUM_CLASSES = int(num_classes)
     for key, value in (("MIN_SIZE_TEST", min_size_test), ("MAX_SIZE_TEST", max_size_test)):
         if value is not None:
             if value < 1:

@@ -1,0 +1,26 @@
+"""Loading and completing configs of either system, shared by training (``engine``) and
+inference: LazyConfig overrides, telling yacs files from LazyConfig files, the yacs configs of the
+four detectors, the device, and the heads' number of classes and score threshold."""
+
+from .detector_heads import dataset_names, head_config, score_threshold_of, set_score_threshold, sync_num_classes
+from .devices import resolve_device
+from .file_kind import LAZY, YACS, config_file_kind
+from .lazy_overrides import load_config_with_overrides
+from .yacs_configs import ARCHITECTURES, get_rsb_cfg, load_yacs_config, yacs_config_file
+
+__all__ = [
+    "ARCHITECTURES",
+    "LAZY",
+    "YACS",
+    "config_file_kind",
+    "dataset_names",
+    "get_rsb_cfg",
+    "head_config",
+    "load_config_with_overrides",
+    "load_yacs_config",
+    "resolve_device",
+    "score_threshold_of",
+    "set_score_threshold",
+    "sync_num_classes",
+    "yacs_config_file",
+]
