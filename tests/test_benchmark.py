@@ -14,6 +14,7 @@ from detectron2.modeling.backbone import ResNet
 
 from conftest import REPO_ROOT, randomize_batchnorm
 from rsb_backbone import TimmResNet
+from rsb_backbone.config import head_config
 
 BENCHMARK_DIR = os.path.join(REPO_ROOT, "projects", "benchmark")
 SCRIPT = os.path.join(BENCHMARK_DIR, "benchmark.py")
@@ -85,7 +86,7 @@ def test_baseline_gives_the_same_detections_and_losses(detector):
     assert detectron2_baseline.max_output_difference(outputs["rsb"], outputs["builtin"]) == 0.0
 
     train_batch = benchmark.make_batch(
-        2, SIZE, CPU, seed=2, num_classes=benchmark._num_classes(cfg), with_masks=detector == "mask_rcnn"
+        2, SIZE, CPU, seed=2, num_classes=head_config(cfg).num_classes, with_masks=detector == "mask_rcnn"
     )
     losses = {}
     for name, model in models.items():

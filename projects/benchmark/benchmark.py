@@ -53,16 +53,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from detectron2.config import LazyConfig, instantiate
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+
+from rsb_backbone import model_zoo
+from rsb_backbone.config import head_config, set_score_threshold
+from rsb_backbone.timm_resnet import skip_pretrained_weights
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
 
 logger = logging.getLogger("rsb_detectron2.benchmark")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DETECTORS = {
     "faster_rcnn": "configs/COCO/faster_rcnn_rsb_r50_fpn_1x.py",
     "mask_rcnn": "configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py",
@@ -153,20 +155,9 @@ def make_batch(
 # ---- models ------------------------------------------------------------------------------------
 def load_detector_config(detector: str):
     """The RSB LazyConfig of ``detector``, with a randomly initialized trunk (no download)."""
-    from rsb_backbone.timm_resnet import skip_pretrained_weights
-
-    cfg = LazyConfig.load(str(REPO_ROOT / DETECTORS[detector]))
+    cfg = model_zoo.get_config(os.path.relpath(DETECTORS[detector], "configs"))
     skip_pretrained_weights(cfg.model)
     return cfg
-
-
-def set_score_threshold(model: torch.nn.Module, threshold: float) -> None:
-    """Set the test-time score threshold of every box predictor (and of RetinaNet) in ``model``."""
-    if hasattr(model, "test_score_thresh"):  # RetinaNet
-        model.test_score_thresh = threshold
-    for module in model.modules():
-        if isinstance(module, FastRCNNOutputLayers):
-            module.test_score_thresh = threshold
 
 
 def build_pair(cfg, device: torch.device, *, channels_last: bool, score_thresh: float) -> Dict[str, torch.nn.Module]:
@@ -390,7 +381,7 @@ def measure_training(cfg, models: Dict[str, torch.nn.Module], args, device) -> T
     mask_on = any(getattr(m, "mask_on", False) for m in models["rsb"].modules())
     batch = make_batch(
         args.train_batch_size, args.image_size, device, seed=args.seed + 2,
-        num_classes=_num_classes(cfg), with_masks=mask_on,
+        num_classes=head_config(cfg).num_classes, with_masks=mask_on,
     )
 
     def training(step):
@@ -459,12 +450,6 @@ def benchmark_detector(detector: str, args, device: torch.device) -> Dict:
     record["metrics"] = metrics
     record["samples_ms"] = samples_ms
     return record
-
-
-def _num_classes(cfg) -> int:
-    if "roi_heads" in cfg.model:
-        return cfg.model.roi_heads.num_classes
-    return cfg.model.num_classes  # RetinaNet
 
 
 # ---- reporting ---------------------------------------------------------------------------------

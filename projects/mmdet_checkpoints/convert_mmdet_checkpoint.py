@@ -22,12 +22,8 @@ import logging
 import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from rsb_backbone.mmdet_conversion import DETECTORS, convert_mmdet_checkpoint  # noqa: E402
-from rsb_backbone.weight_files import WeightFileError  # noqa: E402
+from rsb_backbone.mmdet_conversion import DETECTORS, convert_mmdet_checkpoint
+from rsb_backbone.tensor_files import WeightFileError
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -61,7 +57,7 @@ def main(argv=None) -> int:
         print(f"convert_mmdet_checkpoint.py: error: {e}", file=sys.stderr)
         return 2
     print(report.summary())
-    print(f"wrote {args.output}; evaluate with --config-file {os.path.relpath(report.config, REPO_ROOT)}")
+    print(f"wrote {args.output}; evaluate with --config-file {os.path.relpath(report.config)}")
     return 0
 
 

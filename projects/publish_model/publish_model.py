@@ -20,15 +20,10 @@ file's SHA-256. The result loads wherever a checkpoint does: train.init_checkpoi
 
 import argparse
 import logging
-import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from rsb_backbone.publishing import publish_checkpoint  # noqa: E402
-from rsb_backbone.weight_files import WeightFileError  # noqa: E402
+from rsb_backbone.publishing import publish_checkpoint
+from rsb_backbone.tensor_files import WeightFileError
 
 logger = logging.getLogger("rsb_detectron2.publish_model")
 
