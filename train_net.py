@@ -22,7 +22,6 @@ Examples:
         dataloader.train.dataset.names=my_train dataloader.test.dataset.names=my_val
 """
 
-import logging
 import os
 import signal
 import sys
@@ -32,13 +31,12 @@ from detectron2.engine import default_argument_parser, default_setup
 
 from rsb_backbone.config import load_config_with_overrides, resolve_device, sync_num_classes
 from rsb_backbone.data import register_coco_from_arg
-from rsb_backbone.detector_checkpoint import load_detector_checkpoint
 from rsb_backbone.engine import (
-    AtomicCheckpointer,
     UserInputError,
     do_test,
     do_train,
     launch_workers,
+    load_eval_checkpoint,
     outcome_of,
     user_input_stage,
     wrap_ddp,
@@ -54,7 +52,6 @@ from rsb_backbone.timm_resnet import skip_pretrained_weights
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "shapes_demo"))
 from shapes_registration import register_shapes_demo_datasets  # noqa: E402
 
-logger = logging.getLogger("rsb_detectron2.train_net")
 
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
@@ -89,20 +86,11 @@ def evaluate(cfg, args):
     with user_input_stage():
         skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
         model = instantiate(cfg.model).to(cfg.train.device)
-        last = AtomicCheckpointer(model, cfg.train.output_dir)
-        if args.resume and last.has_checkpoint():
-            checkpoint = last.get_checkpoint_file()
-        elif cfg.train.init_checkpoint:
-            checkpoint = cfg.train.init_checkpoint
-        else:
-            raise ValueError("--eval-only needs a checkpoint: train.init_checkpoint=PATH (or --resume)")
-        # Strict: a checkpoint of another detector (or with other classes) is an error naming the
-        # keys, not an evaluation of randomly initialized heads.
-        load_detector_checkpoint(model, checkpoint)
+        load_eval_checkpoint(
+            model, cfg.train.output_dir, cfg.train.init_checkpoint, resume=args.resume, key="train.init_checkpoint"
+        )
     results = do_test(cfg, wrap_ddp(model))
-    path = write_eval_results(results, cfg.train.output_dir)
-    if path:
-        logger.info("Evaluation results written to %s", path)
+    write_eval_results(results, cfg.train.output_dir)
     return results
 
 

@@ -7,7 +7,7 @@ from .launch import launch_workers, started_by_torchrun
 from .outcomes import NonFiniteLossError, TrainingInterrupted, UserInputError, outcome_of, user_input_stage
 from .stop_signals import CheckpointOnSignalHook, forward_stop_signals, ignore_stop_signals_in_workers
 from .trainers import build_trainer
-from .training import do_test, do_train, wrap_ddp, write_eval_results
+from .training import do_test, do_train, load_eval_checkpoint, wrap_ddp, write_eval_results
 
 __all__ = [
     "AtomicCheckpointer",
@@ -28,6 +28,7 @@ __all__ = [
     "build_trainer",
     "do_test",
     "do_train",
+    "load_eval_checkpoint",
     "wrap_ddp",
     "write_eval_results",
 ]

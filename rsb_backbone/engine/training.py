@@ -11,6 +11,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
+from ..detector_checkpoint import load_detector_checkpoint
 from ..model_metadata import ModelMetadataState, training_model_metadata
 from .atomic_checkpointer import AtomicCheckpointer, remove_stale_temporary_files
 from .hooks import GradientClipHook
@@ -20,7 +21,7 @@ from .trainers import build_trainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["do_test", "do_train", "wrap_ddp", "write_eval_results"]
+__all__ = ["do_test", "do_train", "load_eval_checkpoint", "wrap_ddp", "write_eval_results"]
 
 
 def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
@@ -43,6 +44,27 @@ def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
     return DistributedDataParallel(model, **kwargs)
 
 
+def load_eval_checkpoint(model, output_dir: str, checkpoint: str, *, resume: bool, key: str) -> None:
+    """Load the checkpoint that ``--eval-only`` evaluates into ``model``, strictly.
+
+    A checkpoint of another detector (or with other classes) is an error naming the keys, not an
+    evaluation of randomly initialized heads.
+
+    Args:
+        model: the detector.
+        output_dir: the training output folder.
+        checkpoint: the checkpoint given in the config ("" when none).
+        resume: evaluate the checkpoint that ``last_checkpoint`` in ``output_dir`` names, if any.
+        key: the config key of ``checkpoint``, for the error message.
+    """
+    last = AtomicCheckpointer(model, output_dir)
+    if resume and last.has_checkpoint():
+        checkpoint = last.get_checkpoint_file()
+    elif not checkpoint:
+        raise ValueError(f"--eval-only needs a checkpoint: {key}=PATH (or --resume)")
+    load_detector_checkpoint(model, checkpoint)
+
+
 def write_eval_results(results: Dict[str, Any], output_dir: str, filename: str = "eval_results.json") -> Optional[str]:
     """Save evaluation results as JSON in ``output_dir`` (main process only); return the path."""
     if not comm.is_main_process() or not output_dir:
@@ -51,6 +73,7 @@ def write_eval_results(results: Dict[str, Any], output_dir: str, filename: str =
     path = os.path.join(output_dir, filename)
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
+    logger.info("Evaluation results written to %s", path)
     return path
 
 

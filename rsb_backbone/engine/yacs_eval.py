@@ -19,10 +19,8 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from ..config import YACS, config_file_kind, load_yacs_config, resolve_device, sync_num_classes
-from ..detector_checkpoint import load_detector_checkpoint
-from .atomic_checkpointer import AtomicCheckpointer
 from .outcomes import user_input_stage
-from .training import write_eval_results
+from .training import load_eval_checkpoint, write_eval_results
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +70,7 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
     with user_input_stage():
         model = build_model(cfg)
         model.eval()
-        checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR)
-        if resume and checkpointer.has_checkpoint():
-            load_detector_checkpoint(model, checkpointer.get_checkpoint_file())
-        elif cfg.MODEL.WEIGHTS:
-            load_detector_checkpoint(model, cfg.MODEL.WEIGHTS)
-        else:
-            raise ValueError("--eval-only needs a checkpoint: MODEL.WEIGHTS PATH (or --resume)")
+        load_eval_checkpoint(model, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, resume=resume, key="MODEL.WEIGHTS")
     results = OrderedDict()
     for name in cfg.DATASETS.TEST:
         evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
@@ -88,7 +80,5 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
             print_csv_format(results[name])
     if len(results) == 1:
         results = next(iter(results.values()))
-    path = write_eval_results(results, cfg.OUTPUT_DIR)
-    if path:
-        logger.info("Evaluation results written to %s", path)
+    write_eval_results(results, cfg.OUTPUT_DIR)
     return results
