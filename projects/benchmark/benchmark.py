@@ -58,7 +58,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from rsb_backbone import model_zoo
-from rsb_backbone.config import head_config, set_score_threshold
+from rsb_backbone.config import head_config, resolve_device, set_score_threshold
 from rsb_backbone.timm_resnet import skip_pretrained_weights
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
@@ -601,8 +601,6 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected at least 1")
     if args.warmup < 0:
         parser.error(f"--warmup={args.warmup}: expected 0 or more")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here")
 
 
 def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
@@ -656,8 +654,10 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
     args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        args.device = resolve_device(args.device or "auto")
+    except ValueError as e:
+        parser.error(str(e))
     if args.image_size is None:
         args.image_size = (800, 1333) if args.device == "cuda" else (320, 320)
     _check_args(parser, args)
