@@ -10,7 +10,9 @@ the trunk, FPN, RPN or RetinaNet head and RoI heads.
 The random samplers are made to agree by making them exhaustive: both sample every anchor and
 every proposal (``sampler.num`` / ``batch_size_per_image`` set to 10**7), so neither draws.
 Everything else runs as in training (frozen-statistics BatchNorm, proposals from the RPN, ground
-truth appended, per-stage re-sampling in the cascade).
+truth appended, per-stage re-sampling in the cascade). As a control, the same converted model is
+also run with Detectron2's own training behaviour (its Matcher and RPN, RetinaNet's padding
+anchors and moving-average normaliser): the loss terms those options change then differ.
 
 Needs mmdetection 2.x (mmdet_env/setup_mmdet_env.sh); run with that environment's python:
 
@@ -139,7 +141,37 @@ def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[
 
 
 # ---- Detectron2 ----------------------------------------------------------------------------------
-def d2_model(detector: str, checkpoint: str):
+def detectron2_training_behaviour(node) -> None:
+    """Control: switch a `_mmdet` model config back to Detectron2's training behaviour (its
+    Matcher and RPN, RetinaNet's padding anchors and moving-average normaliser), in place."""
+    from detectron2.modeling.matcher import Matcher
+    from detectron2.modeling.proposal_generator import RPN
+    from omegaconf import DictConfig, ListConfig
+
+    from rsb_backbone.modeling import MMDetMatcher, MMDetRetinaNet, MMDetRPN
+
+    if isinstance(node, ListConfig):
+        for item in node:
+            detectron2_training_behaviour(item)
+        return
+    if not isinstance(node, DictConfig):
+        return
+    target = node.get("_target_")
+    if target is MMDetMatcher:
+        node._target_ = Matcher
+        for key in ("min_low_quality_iou", "appended_ground_truth"):
+            node.pop(key, None)
+    elif target is MMDetRPN:
+        node._target_ = RPN
+    elif target is MMDetRetinaNet:
+        node.ignore_padding_anchors = False
+        node.normalize_by_batch_positives = False
+    for key in list(node.keys()):
+        if key != "_target_":
+            detectron2_training_behaviour(node.get(key))
+
+
+def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True):
     from detectron2.config import LazyConfig, instantiate
 
     from rsb_backbone.engine import AtomicCheckpointer
@@ -150,6 +182,8 @@ def d2_model(detector: str, checkpoint: str):
     if "proposal_generator" in cfg.model:
         cfg.model.proposal_generator.batch_size_per_image = EXHAUSTIVE
         cfg.model.roi_heads.batch_size_per_image = EXHAUSTIVE
+    if not mmdet_training:
+        detectron2_training_behaviour(cfg.model)
     model = instantiate(cfg.model)
     AtomicCheckpointer(model).load(checkpoint)
     return model.train()
@@ -233,10 +267,17 @@ def run_detector(detector: str, data, output_dir: str, seed: int) -> Dict[str, o
 
     mm_terms = mmdet_step(mm, detector, data)
     d2_terms = d2_step(d2, data)
+    control_terms = d2_step(d2_model(detector, d2_path, mmdet_training=False), data)
     losses = {}
     for mm_name, d2_name in loss_pairs(detector):
-        a, b = mm_terms[mm_name], d2_terms[d2_name]
-        losses[d2_name] = {"mmdet": a, "detectron2": b, "relative_difference": abs(a - b) / max(abs(a), 1e-12)}
+        a, b, c = mm_terms[mm_name], d2_terms[d2_name], control_terms[d2_name]
+        losses[d2_name] = {
+            "mmdet": a,
+            "detectron2": b,
+            "relative_difference": abs(a - b) / max(abs(a), 1e-12),
+            "with_detectron2_training_behaviour": c,
+            "relative_difference_with_detectron2_training_behaviour": abs(a - c) / max(abs(a), 1e-12),
+        }
     return {"losses": losses, "gradients": gradient_groups(detector, mm, d2)}
 
 
