@@ -5,10 +5,10 @@ and nothing else: no data sets (the shapes demo's are registered by its configs,
 ``projects/shapes_demo``) and no OpenCV import.
 """
 
-from .fpn import RetinaNetP6P7, rcnn_fpn, retinanet_fpn
+from .fpn import RetinaNetP6P7
 from .norm_modes import FROZEN_STATS_BN, NORM_MODES
 from .pixel_stats import pixel_normalization
-from .timm_resnet import STAGE_NAMES, TimmResNet
+from .timm_resnet import STAGE_NAMES, TimmResNet, stage_channels
 from .tensor_files import WeightFileError, load_tensor_file
 from .yacs_builders import (
     add_rsb_config,
@@ -23,8 +23,7 @@ __all__ = [
     "TimmResNet",
     "STAGE_NAMES",
     "RetinaNetP6P7",
-    "rcnn_fpn",
-    "retinanet_fpn",
+    "stage_channels",
     "NORM_MODES",
     "FROZEN_STATS_BN",
     "pixel_normalization",

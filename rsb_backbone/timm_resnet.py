@@ -17,7 +17,7 @@ from .timm_weights import check_state_dict_fits, read_backbone_state_dict, resol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TimmResNet", "STAGE_NAMES", "skip_pretrained_weights"]
+__all__ = ["TimmResNet", "STAGE_NAMES", "skip_pretrained_weights", "stage_channels"]
 
 # Detectron2 stage names and the timm modules that produce them.
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -39,6 +39,24 @@ def _create_timm_resnet(model_name: str) -> nn.Module:
             f"timm's ResNet family (resnet50, resnet101, resnet50d, resnext50_32x4d, ...)"
         )
     return model
+
+
+def stage_channels(model_name: str, stage: str = "res5") -> int:
+    """Channels of one output of ``TimmResNet(model_name=...)``, read without building weights.
+
+    A config computes a layer's input width from the trunk's ``model_name`` with it (RetinaNet's
+    P6 conv), so that a trunk override such as ``resnet18`` changes that width too.
+
+    Args:
+        model_name: a timm ResNet-family architecture.
+        stage: one of ``res2``..``res5``.
+    """
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"stage={stage!r}: expected one of {list(STAGE_NAMES)}")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = _create_timm_resnet(model_name)
+    channels = {info["module"]: info["num_chs"] for info in model.feature_info}
+    return channels[_TIMM_STAGES[STAGE_NAMES.index(stage)]]
 
 
 class TimmResNet(Backbone):

@@ -11,8 +11,9 @@ Usage::
 from detectron2.config import CfgNode, get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from .fpn import rcnn_fpn, retinanet_fpn
+from .fpn import RetinaNetP6P7
 from .norm_modes import FROZEN_STATS_BN
 from .timm_resnet import STAGE_NAMES, TimmResNet
 
@@ -83,30 +84,38 @@ def build_rsb_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TimmResNe
     return _trunk_from_cfg(cfg, cfg.MODEL.RSB.OUT_FEATURES)
 
 
-@BACKBONE_REGISTRY.register()
-def build_rsb_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec):
-    """P2-P6 FPN for the R-CNNs (:func:`rcnn_fpn`), reading ``MODEL.FPN.*``."""
+def _fpn_from_cfg(cfg: CfgNode, input_shape: ShapeSpec, top_block) -> FPN:
+    """Detectron2's FPN on the trunk, reading ``MODEL.FPN.*``; ``top_block(trunk)`` builds the top block."""
     _check_input(input_shape)
     trunk = _trunk_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES)
-    return rcnn_fpn(
-        trunk,
+    return FPN(
+        bottom_up=trunk,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block(trunk),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
 
 
 @BACKBONE_REGISTRY.register()
-def build_rsb_resnet_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec):
-    """P3-P7 FPN for RetinaNet (:func:`retinanet_fpn`), reading ``MODEL.FPN.*``."""
-    _check_input(input_shape)
-    trunk = _trunk_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES)
-    return retinanet_fpn(
-        trunk,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7,
+def build_rsb_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """P2-P6 FPN for the R-CNNs (P6 = max-pool of P5), reading ``MODEL.FPN.*``."""
+    return _fpn_from_cfg(cfg, input_shape, lambda trunk: LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_rsb_resnet_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """P3-P7 FPN for RetinaNet (:class:`RetinaNetP6P7` on the last input feature), reading
+    ``MODEL.FPN.*`` and ``MODEL.RSB.RELU_BEFORE_P7``."""
+    last = cfg.MODEL.FPN.IN_FEATURES[-1]
+    return _fpn_from_cfg(
+        cfg,
+        input_shape,
+        lambda trunk: RetinaNetP6P7(
+            trunk.output_shape()[last].channels,
+            cfg.MODEL.FPN.OUT_CHANNELS,
+            in_feature=last,
+            relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7,
+        ),
     )

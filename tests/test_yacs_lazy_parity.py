@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from detectron2.config import LazyCall as L
 from detectron2.config import get_cfg, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from rsb_backbone import TimmResNet, add_rsb_config, rcnn_fpn, retinanet_fpn
+from rsb_backbone import RetinaNetP6P7, add_rsb_config, model_zoo
 
 
 def _signature(module):
@@ -24,18 +23,17 @@ def _yacs_cfg(name, in_features):
     return cfg
 
 
+def _lazy_backbone(config):
+    """The backbone of a COCO LazyConfig, without the ImageNet download."""
+    backbone = model_zoo.get_config(f"COCO/{config}").model.backbone
+    backbone.bottom_up.weights = None
+    return instantiate(backbone)
+
+
 def test_rcnn_fpn_yacs_equals_lazy():
     cfg = _yacs_cfg("build_rsb_resnet_fpn_backbone", ["res2", "res3", "res4", "res5"])
     yacs_model = build_backbone(cfg)
-    lazy_model = instantiate(
-        L(rcnn_fpn)(
-            bottom_up=L(TimmResNet)(
-                model_name="resnet50", weights=None, out_features=["res2", "res3", "res4", "res5"],
-                freeze_at=2, norm="FrozenStatsBN",
-            ),
-            out_channels=256,
-        )
-    )
+    lazy_model = _lazy_backbone("mask_rcnn_rsb_r50_fpn_1x.py")
     assert _signature(yacs_model) == _signature(lazy_model)
     assert yacs_model.output_shape() == lazy_model.output_shape()
     assert list(yacs_model.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
@@ -45,14 +43,9 @@ def test_rcnn_fpn_yacs_equals_lazy():
 def test_retinanet_fpn_yacs_equals_lazy():
     cfg = _yacs_cfg("build_rsb_resnet_retinanet_fpn_backbone", ["res3", "res4", "res5"])
     yacs_model = build_backbone(cfg)
-    lazy_model = instantiate(
-        L(retinanet_fpn)(
-            bottom_up=L(TimmResNet)(
-                model_name="resnet50", out_features=["res3", "res4", "res5"], freeze_at=2, norm="FrozenStatsBN"
-            ),
-        )
-    )
+    lazy_model = _lazy_backbone("retinanet_rsb_r50_fpn_1x.py")
     assert _signature(yacs_model) == _signature(lazy_model)
+    assert yacs_model.top_block.relu_before_p7 is lazy_model.top_block.relu_before_p7 is False
     assert list(yacs_model.output_shape()) == ["p3", "p4", "p5", "p6", "p7"]
     assert "top_block.p6.weight" in dict(yacs_model.named_parameters())
 
@@ -71,19 +64,13 @@ def test_yacs_reads_weights_and_norm(tmp_path, timm_resnet50_state_dict):
 @pytest.mark.parametrize("relu", [False, True])
 def test_p7_relu_switch(relu):
     torch.manual_seed(0)
-    fpn = retinanet_fpn(TimmResNet(model_name="resnet18", out_features=["res3", "res4", "res5"]), relu_before_p7=relu)
-    top = fpn.top_block
+    top = RetinaNetP6P7(512, 256, relu_before_p7=relu)
     c5 = torch.randn(1, 512, 4, 4)
     p6, p7 = top(c5)
     expected = top.p7(torch.relu(p6) if relu else p6)
     torch.testing.assert_close(p7, expected)
     other = top.p7(p6 if relu else torch.relu(p6))
     assert not torch.allclose(p7, other), "the switch must change P7"
-
-
-def test_fpn_rejects_features_the_trunk_does_not_return():
-    with pytest.raises(ValueError, match="res2"):
-        rcnn_fpn(TimmResNet(model_name="resnet18", out_features=["res3", "res4", "res5"]))
 
 
 def test_yacs_builder_rejects_non_rgb_input():

@@ -4,7 +4,7 @@
 from detectron2.config import LazyCall as L
 
 from rsb_backbone.data.image_size_filter import get_detection_dataset_dicts_min_size
-from rsb_backbone.modeling import MMDetBoxHead, MMDetMaskHead, MMDetMatcher, MMDetRetinaNet, MMDetRPN
+from rsb_backbone.modeling import MMDetBoxHead, MMDetFPN, MMDetMaskHead, MMDetMatcher, MMDetRetinaNet, MMDetRPN
 
 # The RSB-A1 ResNet-50 that mmdetection's resnet_strikes_back configs start from (OpenMMLab's own
 # A1 reproduction, mmpretrain layout); timm's `resnet50.a1_in1k`, the plain configs' default, is
@@ -19,14 +19,14 @@ def use_mmdet_training(model, dataloader, *, roi_low_quality_matches: bool = Fal
     """Switch a detector's LazyConfig to mmdetection's training behaviour.
 
     Args:
-        model: the config's ``model``: an R-CNN (Faster, Mask, Cascade) or RetinaNet with an FPN
-            from ``rsb_backbone``.
+        model: the config's ``model``: an R-CNN (Faster, Mask, Cascade) or RetinaNet whose
+            backbone is Detectron2's ``FPN`` on a ``TimmResNet``.
         dataloader: the config's ``dataloader``.
         roi_low_quality_matches: mmdetection's ``match_low_quality`` of the RoI assigner
             (True in Mask R-CNN, False in Faster and Cascade R-CNN).
     """
     model.backbone.bottom_up.weights = MMPRETRAIN_RSB_A1
-    model.backbone.mmdet_init = True  # FPN convs Xavier-uniform
+    model.backbone._target_ = MMDetFPN  # FPN convs, top block included, Xavier-uniform
     # training images with a side under 32 px are dropped (mmdet CocoDataset min_size=32)
     dataloader.train.dataset._target_ = get_detection_dataset_dicts_min_size
     dataloader.train.dataset.min_size = 32

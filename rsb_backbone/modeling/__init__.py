@@ -7,7 +7,7 @@ Importing this package registers :class:`MMDetCascadeROIHeads` in ``ROI_HEADS_RE
 """
 
 from .mmdet_cascade import SCORE_AVERAGING, MMDetCascadeROIHeads
-from .mmdet_init import MMDetBoxHead, MMDetMaskHead, xavier_uniform_fill_
+from .mmdet_init import MMDetBoxHead, MMDetFPN, MMDetMaskHead, xavier_uniform_fill_
 from .mmdet_matcher import MMDetMatcher
 from .mmdet_retinanet import MMDetRetinaNet
 from .mmdet_rpn import MMDetRPN
@@ -16,6 +16,7 @@ from .padding_anchors import anchors_on_image
 __all__ = [
     "MMDetBoxHead",
     "MMDetCascadeROIHeads",
+    "MMDetFPN",
     "MMDetMaskHead",
     "MMDetMatcher",
     "MMDetRPN",

@@ -9,17 +9,17 @@ head, box predictor and mask convolutions, starts from the same distributions):
 * mask logits convolution: Kaiming-normal fan_out, bias 0 (``FCNMaskHead.init_weights``);
   normal(0, 0.001).
 
-The FPN builders take ``mmdet_init=True`` (:func:`xavier_uniform_fill_` on their convolutions);
-:class:`MMDetBoxHead` and :class:`MMDetMaskHead` are Detectron2's heads with mmdetection's
-initialisation and identical parameters, so checkpoints load into either.
+:class:`MMDetFPN`, :class:`MMDetBoxHead` and :class:`MMDetMaskHead` are Detectron2's modules with
+mmdetection's initialisation and identical parameters, so checkpoints load into either.
 """
 
 from torch import nn
 
 from detectron2.config import configurable
+from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
 
-__all__ = ["MMDetBoxHead", "MMDetMaskHead", "xavier_uniform_fill_"]
+__all__ = ["MMDetBoxHead", "MMDetFPN", "MMDetMaskHead", "xavier_uniform_fill_"]
 
 
 def xavier_uniform_fill_(module: nn.Module) -> None:
@@ -31,6 +31,17 @@ def xavier_uniform_fill_(module: nn.Module) -> None:
     nn.init.xavier_uniform_(module.weight)
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
+
+
+class MMDetFPN(FPN):
+    """:class:`FPN` (same arguments) whose convolutions, the top block's included, start
+    Xavier-uniform; the bottom-up trunk keeps its weights."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv2d) and name.split(".")[0] != "bottom_up":
+                xavier_uniform_fill_(module)
 
 
 class MMDetBoxHead(FastRCNNConvFCHead):
