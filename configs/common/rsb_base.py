@@ -65,5 +65,6 @@ train.max_iter = MAX_ITER
 train.eval_period = ITERS_PER_EPOCH  # mmdet evaluates every epoch
 train.checkpointer = dict(period=ITERS_PER_EPOCH, max_to_keep=3)
 train.output_dir = "./output"
+train.device = "auto"  # CUDA when present, else CPU (Detectron2's common/train.py says "cuda")
 # Gradient clipping (mmdet RSB: none). train_net.py reads this.
 train.clip_grad = dict(enabled=False, max_norm=35.0, norm_type=2.0)

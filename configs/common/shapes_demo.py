@@ -59,5 +59,4 @@ train.max_iter = MAX_ITER
 train.eval_period = MAX_ITER
 train.checkpointer = dict(period=100, max_to_keep=2)
 train.log_period = 10
-train.device = "auto"  # CUDA when present, else CPU
 train.seed = 42
