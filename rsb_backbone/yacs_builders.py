@@ -85,7 +85,13 @@ def build_rsb_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TimmResNe
 
 
 def _fpn_from_cfg(cfg: CfgNode, input_shape: ShapeSpec, top_block) -> FPN:
-    """Detectron2's FPN on the trunk, reading ``MODEL.FPN.*``; ``top_block(trunk)`` builds the top block."""
+    """Detectron2's FPN on the trunk, reading ``MODEL.FPN.*``.
+
+    Args:
+        cfg: a config with the ``MODEL.RSB`` keys.
+        input_shape: the image input (3 channels).
+        top_block: called with the trunk, returns the FPN's top block.
+    """
     _check_input(input_shape)
     trunk = _trunk_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES)
     return FPN(
