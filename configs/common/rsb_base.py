@@ -1,13 +1,11 @@
 # Settings shared by the four RSB detectors: mmdetection's RSB recipe
 # (configs/resnet_strikes_back, mmdet v2.22) expressed in Detectron2.
 # Every value and its source: docs/mmdet_rsb_settings.md (sections 1A, 2).
-import torch
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
-from detectron2.solver.build import get_default_optimizer_params
 
 from rsb_backbone import FROZEN_STATS_BN, TimmResNet, pixel_normalization
 from rsb_backbone.data import EvaluationDatasetMapper, SkippingDatasetMapper
@@ -15,6 +13,8 @@ from rsb_backbone.data import EvaluationDatasetMapper, SkippingDatasetMapper
 # ---- backbone: timm ResNet-50 with the RSB A1 ImageNet weights --------------------------------
 RSB_WEIGHTS = "resnet50.a1_in1k"
 # RGB, ImageNet mean/std x 255 = mmdetection's [123.675, 116.28, 103.53] / [58.395, 57.12, 57.375]
+# (the numbers of Detectron2's common/data/constants.py imagenet_rgb256_*). Read from timm's
+# pretrained config of the weights, so that weights with other statistics bring their own.
 # Names with a leading underscore are helpers for the detector configs: LazyConfig.load drops
 # them, so a loaded config holds only dataloader, lr_multiplier, model, optimizer and train, and
 # an override can only name a key that the model or training actually reads.
@@ -38,12 +38,11 @@ dataloader.train.mapper._target_ = SkippingDatasetMapper
 dataloader.test.mapper._target_ = EvaluationDatasetMapper
 
 # ---- optimizer: AdamW, lr 2e-4 (RetinaNet 1e-4), wd 0.05, no decay on norm parameters ---------
-optimizer = L(torch.optim.AdamW)(
-    params=L(get_default_optimizer_params)(base_lr="${..lr}", weight_decay_norm=0.0),
-    lr=2e-4,
-    betas=(0.9, 0.999),
-    weight_decay=0.05,
-)
+# Detectron2's common AdamW (betas 0.9/0.999, no weight decay on norm parameters) with mmdet's
+# RSB learning rate and weight decay.
+optimizer = model_zoo.get_config("common/optim.py").AdamW
+optimizer.lr = 2e-4
+optimizer.weight_decay = 0.05
 
 # ---- schedule: mmdet 1x = 12 epochs at batch 16 ------------------------------------------------
 # 117,266 COCO train2017 images with annotations / 16 = 7,329.1 -> 7,330 iterations per epoch.
