@@ -68,12 +68,18 @@ def _report_to_launcher(main_func: Callable, outcomes, args: Sequence) -> None:
     """Body of a spawned training process: run, tell the launcher how it ended, exit with it.
 
     A process that ends with an expected outcome exits with its code (not 0), so that the
-    launcher stops the other processes at once if they are still waiting for this one.
+    launcher stops the other processes at once if they are still waiting for this one. A process
+    that finished normally leaves the process group first: when the interpreter shuts down with
+    the group still alive, gloo's threads now and then abort the process (SIGABRT, "terminate
+    called without an active exception"; pytorch/pytorch#190489). Its last collective is behind
+    it then, so leaving waits for nothing.
     """
     outcome = _run_expecting_outcomes(main_func, args) or _SUCCESS
     outcomes.put((comm.get_rank(), tuple(outcome)))
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _drain(outcomes) -> List[Tuple[int, RunOutcome]]:

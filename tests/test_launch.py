@@ -1,0 +1,34 @@
+"""How the training processes that ``launch_workers`` spawns end (gloo on CPU, no training)."""
+
+import atexit
+import os
+
+import torch
+import torch.distributed as dist
+
+from detectron2.utils import comm
+
+from rsb_backbone.engine.launch import launch_workers
+
+
+def _record_group_state_at_exit(marker_dir: str) -> None:
+    """A per-process entry point: one collective, then note at interpreter exit whether the
+    process group still exists."""
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    assert total.item() == comm.get_world_size()
+    path = os.path.join(marker_dir, f"process{comm.get_rank()}")
+
+    def record():
+        with open(path, "w") as f:
+            f.write("alive" if dist.is_initialized() else "destroyed")
+
+    atexit.register(record)
+
+
+def test_processes_that_finish_leave_the_process_group_before_exiting(tmp_path):
+    # A gloo group still alive while the interpreter shuts down aborts the process now and then.
+    outcome = launch_workers(_record_group_state_at_exit, num_gpus_per_machine=2, args=(str(tmp_path),))
+    assert outcome is None
+    states = {name: (tmp_path / name).read_text() for name in sorted(os.listdir(tmp_path))}
+    assert states == {"process0": "destroyed", "process1": "destroyed"}
