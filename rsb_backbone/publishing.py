@@ -13,10 +13,11 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .checkpoint_layouts import DETECTRON2_ENTRY, checkpoint_tensors
 from .engine.atomic_checkpointer import atomic_write_bytes
 from .model_metadata import (
     METADATA_KEY,
@@ -25,7 +26,7 @@ from .model_metadata import (
     read_model_metadata,
     storable_model_metadata,
 )
-from .tensor_files import WeightFileError, load_tensor_file
+from .tensor_files import load_tensor_file
 
 logger = logging.getLogger(__name__)
 
@@ -82,26 +83,9 @@ def _model_tensors(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[st
     loaded = load_tensor_file(path)  # tensors-only
     if path.endswith(".safetensors"):
         return dict(loaded), read_model_metadata(path)
-    if not isinstance(loaded, Mapping):
-        raise WeightFileError(f"{path}: expected a dict checkpoint, got a {type(loaded).__name__}")
-    if "model" in loaded:
-        tensors, metadata = loaded["model"], loaded.get(METADATA_KEY)
-    elif "state_dict" in loaded:
-        raise WeightFileError(
-            f"{path}: has a 'state_dict' entry, the layout of an mmdetection checkpoint; convert it "
-            f"first with projects/mmdet_checkpoints/convert_mmdet_checkpoint.py"
-        )
-    else:
-        tensors, metadata = loaded, None  # a bare state dict
-    if not isinstance(tensors, Mapping) or not tensors:
-        raise WeightFileError(f"{path}: 'model' is empty or not a dict of tensors")
-    not_tensors = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise WeightFileError(
-            f"{path}: 'model' entry {not_tensors[0]!r} is a {type(tensors[not_tensors[0]]).__name__}, "
-            f"not a tensor ({len(not_tensors)} such entries)"
-        )
-    return dict(tensors), parse_model_metadata(metadata, f"{path}: {METADATA_KEY}")
+    tensors = checkpoint_tensors(loaded, path, entry=DETECTRON2_ENTRY)
+    metadata = loaded.get(METADATA_KEY) if DETECTRON2_ENTRY in loaded else None
+    return tensors, parse_model_metadata(metadata, f"{path}: {METADATA_KEY}")
 
 
 def _serialize(

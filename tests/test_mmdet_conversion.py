@@ -381,7 +381,7 @@ def test_foreign_files_named(tmp_path):
     odd = tmp_path / "odd.pth"
     torch.save({"state_dict": {"a": torch.zeros(1), "b": [1, 2]}}, str(odd))
     with pytest.raises(
-        MMDetConversionError, match=r"odd\.pth: not an mmdetection checkpoint, 1 entries are not tensors: b"
+        MMDetConversionError, match=r"odd\.pth: 'state_dict' entry 'b' is a list, not a tensor \(1 such entries\)"
     ):
         convert_mmdet_checkpoint(str(odd), str(tmp_path / "out.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):

@@ -5,6 +5,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
+from ..checkpoint_layouts import MMDETECTION_ENTRY, checkpoint_tensors
 from ..tensor_files import WeightFileError, load_tensor_file
 from .key_maps import DETECTORS
 
@@ -42,28 +43,9 @@ def load_mmdet_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str,
     """
     path = os.fspath(path)
     loaded = load_tensor_file(path)
-    if not isinstance(loaded, Mapping):
-        raise MMDetConversionError(f"{path}: expected a dict checkpoint, got a {type(loaded).__name__}")
-    if "state_dict" in loaded:
-        state_dict, meta = loaded["state_dict"], loaded.get("meta") or {}
-    elif "model" in loaded:
-        raise MMDetConversionError(
-            f"{path}: has a 'model' entry, the layout of a Detectron2 checkpoint, not mmdetection's "
-            f"'state_dict'; it needs no conversion (load it with train.init_checkpoint=...)"
-        )
-    else:
-        state_dict, meta = loaded, {}
-    if not isinstance(state_dict, Mapping) or not state_dict:
-        raise MMDetConversionError(f"{path}: 'state_dict' is empty or not a dict of tensors")
-    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise MMDetConversionError(
-            f"{path}: not an mmdetection checkpoint, {len(not_tensors)} entries are not tensors: "
-            f"{_key_list(map(str, not_tensors))}"
-        )
-    if not isinstance(meta, Mapping):
-        meta = {}
-    return dict(state_dict), dict(meta)
+    state_dict = checkpoint_tensors(loaded, path, entry=MMDETECTION_ENTRY, error=MMDetConversionError)
+    meta = loaded.get("meta") if MMDETECTION_ENTRY in loaded else None
+    return state_dict, dict(meta) if isinstance(meta, Mapping) else {}
 
 
 # Keys that identify each detector, most specific first; all must be present (faster_rcnn: and

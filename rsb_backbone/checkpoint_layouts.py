@@ -1,0 +1,57 @@
+"""The tensors of a loaded checkpoint, by the library whose layout it has.
+
+Detectron2 saves ``{"model": tensors, ...}``, mmdetection (mmcv) ``{"state_dict": tensors,
+"meta": ...}``; published and converted files may be a bare ``{name: tensor}`` dict. A loader
+that expects one layout and finds the other says which tool turns it into the expected one.
+"""
+
+from typing import Any, Dict, Type
+
+import torch
+
+from .tensor_files import WeightFileError
+
+__all__ = ["DETECTRON2_ENTRY", "MMDETECTION_ENTRY", "checkpoint_tensors"]
+
+DETECTRON2_ENTRY = "model"
+MMDETECTION_ENTRY = "state_dict"
+
+_WHAT_TO_DO = {
+    DETECTRON2_ENTRY: "the layout of a Detectron2 checkpoint, not mmdetection's 'state_dict'; it needs no "
+    "conversion (load it with train.init_checkpoint=...)",
+    MMDETECTION_ENTRY: "the layout of an mmdetection checkpoint; convert it first with "
+    "projects/mmdet_checkpoints/convert_mmdet_checkpoint.py",
+}
+
+
+def checkpoint_tensors(
+    loaded: Any, path: str, *, entry: str, error: Type[WeightFileError] = WeightFileError
+) -> Dict[str, torch.Tensor]:
+    """The dict of tensors under ``entry`` of a loaded checkpoint (or the checkpoint itself when
+    it is a bare dict of tensors).
+
+    Args:
+        loaded: what tensors-only loading of ``path`` returned.
+        path: the file, named in errors.
+        entry: :data:`DETECTRON2_ENTRY` or :data:`MMDETECTION_ENTRY`, the layout expected.
+        error: the exception class to raise.
+
+    Raises:
+        ``error``: not a dict, the other library's layout, empty, or holding something other than
+        tensors.
+    """
+    if not isinstance(loaded, dict):
+        raise error(f"{path}: expected a dict checkpoint, got a {type(loaded).__name__}")
+    other = MMDETECTION_ENTRY if entry == DETECTRON2_ENTRY else DETECTRON2_ENTRY
+    if entry not in loaded and other in loaded:
+        raise error(f"{path}: has a {other!r} entry, {_WHAT_TO_DO[other]}")
+    tensors = loaded.get(entry, loaded)
+    if not isinstance(tensors, dict) or not tensors:
+        raise error(f"{path}: {entry!r} is empty or not a dict of tensors")
+    not_tensors = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise error(
+            f"{path}: {entry!r} entry {not_tensors[0]!r} is a {type(tensors[not_tensors[0]]).__name__}, "
+            f"not a tensor ({len(not_tensors)} such entries)"
+        )
+    return dict(tensors)
