@@ -5,44 +5,19 @@ other file is read with ``torch.load(weights_only=True)``, which refuses pickles
 Python objects other than tensors and plain containers (and so never runs their code).
 """
 
-import logging
 import os
 import pickle
-from typing import Any, Dict
+from typing import Any
 
 import torch
-
-logger = logging.getLogger(__name__)
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 __all__ = ["WeightFileError", "load_tensor_file"]
 
 
 class WeightFileError(ValueError):
     """A weight or checkpoint file that cannot be used; the message names the file."""
-
-
-def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightFileError(f"{path}: not a readable safetensors file ({_one_line(e)})") from e
-
-
-def _load_torch_file(path: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise WeightFileError(
-            f"{path}: refused to load, the file holds Python objects other than tensors "
-            f"(only weights_only=True pickles and .safetensors files are accepted)"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise WeightFileError(
-            f"{path}: not a readable PyTorch checkpoint, truncated or corrupted ({_one_line(e)})"
-        ) from e
 
 
 def _one_line(error: BaseException) -> str:
@@ -68,11 +43,19 @@ def load_tensor_file(path: str) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: weight file does not exist")
-    if path.endswith(".safetensors"):
-        return _load_safetensors(path)
     if path.endswith(".pkl"):
         raise WeightFileError(
             f"{path}: .pkl files are plain pickles, which can run code when loaded; "
             f"convert them to .safetensors or a weights_only PyTorch file first"
         )
-    return _load_torch_file(path)
+    safetensors = path.endswith(".safetensors")
+    try:
+        return load_file(path, device="cpu") if safetensors else torch.load(path, "cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightFileError(
+            f"{path}: refused to load, the file holds Python objects other than tensors "
+            f"(only weights_only=True pickles and .safetensors files are accepted)"
+        ) from e
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        kind = "safetensors file" if safetensors else "PyTorch checkpoint, truncated or corrupted"
+        raise WeightFileError(f"{path}: not a readable {kind} ({_one_line(e)})") from e

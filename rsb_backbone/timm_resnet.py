@@ -1,6 +1,5 @@
 """timm's ResNet family (RSB weights included) as a Detectron2 :class:`Backbone`."""
 
-import logging
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -13,9 +12,7 @@ from detectron2.modeling import Backbone
 from detectron2.utils.registry import locate
 
 from .norm_modes import FROZEN_STATS_BN, check_norm_mode, convert_norm, set_batchnorm_eval
-from .timm_weights import check_state_dict_fits, read_backbone_state_dict, resolve_weights_file
-
-logger = logging.getLogger(__name__)
+from .timm_weights import load_backbone_weights
 
 __all__ = ["TimmResNet", "STAGE_NAMES", "skip_pretrained_weights", "stage_channels"]
 
@@ -81,8 +78,9 @@ class TimmResNet(Backbone):
                 is not part of it: pass ``weights="resnet50.a1_in1k"`` instead.
             weights: None for random init (timm's init, last BN of each block zeroed); a timm
                 pretrained name such as ``"resnet50.a1_in1k"`` (downloaded from the Hugging Face
-                hub or read from its local cache); or a local ``.safetensors``/``.pth`` file in
-                timm, torchvision or mmpretrain layout. Loading never unpickles arbitrary objects.
+                hub or read from its local cache); a local ``.safetensors``/``.pth`` file in timm,
+                torchvision or mmpretrain layout; or an ``https://`` address of such a file.
+                Loading never unpickles arbitrary objects.
             out_features: which of ``res2``..``res5`` to return. Stages after the last requested
                 one are dropped from the model.
             freeze_at: Detectron2's meaning: 0 trains everything, 1 freezes the stem, 2 the stem
@@ -107,7 +105,7 @@ class TimmResNet(Backbone):
 
         model = _create_timm_resnet(model_name)
         if weights:
-            self._load_weights(model, str(weights))
+            load_backbone_weights(model, str(weights))
 
         feature_info = {info["module"]: info for info in model.feature_info}
         num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1
@@ -128,15 +126,6 @@ class TimmResNet(Backbone):
         self.freeze(freeze_at)
         if norm == FROZEN_STATS_BN:
             set_batchnorm_eval(self)
-
-    @staticmethod
-    def _load_weights(model: nn.Module, weights: str) -> None:
-        path = resolve_weights_file(weights)
-        state_dict = read_backbone_state_dict(path)
-        expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-        check_state_dict_fits(state_dict, expected, path)
-        model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
-        logger.info("Loaded %d backbone tensors from %s", len(expected), path)
 
     def freeze(self, freeze_at: int = 0) -> "TimmResNet":
         """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages.

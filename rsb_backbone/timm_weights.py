@@ -1,189 +1,130 @@
-"""Resolve the ``weights`` argument of :class:`TimmResNet` to a state dict in timm's key names.
+"""Load the ``weights`` argument of :class:`TimmResNet` into a timm ResNet by timm's key names.
 
 Four sources are understood:
 
-* a timm pretrained name such as ``"resnet50.a1_in1k"``: the file is fetched from the Hugging Face
-  hub through ``huggingface_hub`` (offline, it is taken from the local hub cache);
-* a local file in timm's or torchvision's layout (``conv1.weight``, ``layer1.0.bn1.weight``, ...,
-  optionally with a ``fc.*`` classifier and a ``module.`` prefix), ``.safetensors`` or ``.pth``;
+* a timm pretrained name such as ``"resnet50.a1_in1k"``: fetched by timm's hub code from the
+  Hugging Face hub (offline, from the ``huggingface_hub`` cache);
+* a local ``.safetensors``/``.pth`` file in timm's or torchvision's layout (``conv1.weight``,
+  ``layer1.0.bn1.weight``, ..., optionally with a ``fc.*`` classifier and a ``module.`` prefix);
 * a local mmpretrain/mmcls checkpoint: tensors under ``state_dict`` with a ``backbone.`` prefix and
   a ``head.*`` classifier, as in mmpretrain's RSB release;
-* an ``https://`` address of such a file (OpenMMLab's downloads, say): fetched once into
-  PyTorch's hub cache (``$TORCH_HOME/hub/checkpoints``), checked against the hash prefix its
-  name carries, and read from there afterwards.
+* an ``https://`` address of such a file (OpenMMLab's downloads, say): fetched once by timm into
+  PyTorch's hub cache (``$TORCH_HOME/hub/checkpoints``), checked against the hash prefix its name
+  carries, and read from there afterwards.
+
+Files are read by :func:`~rsb_backbone.tensor_files.load_tensor_file`, not by timm's
+``load_pretrained``/``load_checkpoint``: timm reads tensors only too (safetensors or
+``torch.load(weights_only=True)``), but its errors do not name the file (a truncated checkpoint is
+"PytorchStreamReader failed ...", a refused pickle a RuntimeError like any other), it has no plain
+refusal of Detectron2 ``.pkl`` files, and its strict load reports a misfit as a many-line list.
 """
 
 import logging
 import os
-from typing import Dict, Mapping, Optional
+from typing import Dict
 from urllib.parse import urlparse
 
 import torch
+from torch import nn
 
-from .tensor_files import WeightFileError, load_tensor_file
+from .tensor_files import WeightFileError, _one_line, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "resolve_weights_file",
-    "read_backbone_state_dict",
-    "check_state_dict_fits",
-    "is_weight_file_path",
-    "is_weight_url",
-]
+__all__ = ["resolve_weights_file", "load_backbone_weights"]
 
 _WEIGHT_FILE_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl")
-# Hub files tried in order; timm publishes safetensors for every RSB tag.
-_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # tried in order, as timm does
 
 
-def is_weight_file_path(weights: str) -> bool:
-    """Whether ``weights`` names a local file rather than a timm pretrained name."""
-    return (
-        os.path.exists(weights)
-        or weights.endswith(_WEIGHT_FILE_EXTENSIONS)
-        or os.sep in weights
-        or weights.startswith(("~", "."))
-    )
-
-
-def _download_from_hub(pretrained_name: str) -> str:
-    import timm
-    from huggingface_hub import hf_hub_download
+def _download_from_hub(name: str) -> str:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from timm.models import get_pretrained_cfg, list_pretrained
+    from timm.models._hub import download_from_hf
 
     try:
-        pretrained_cfg = timm.models.get_pretrained_cfg(pretrained_name)
+        hf_hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
     except RuntimeError:  # a known architecture with an unknown tag
-        pretrained_cfg = None
-    if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
-        known = ", ".join(timm.list_pretrained("resnet50.*"))
+        hf_hub_id = None
+    if not hf_hub_id:
         raise ValueError(
-            f"weights={pretrained_name!r} is neither an existing file nor a timm pretrained name "
-            f"with hub weights (e.g. {known})"
+            f"weights={name!r} is neither an existing file nor a timm pretrained name with hub "
+            f"weights (e.g. {', '.join(list_pretrained('resnet50.*'))})"
         )
-    repo_id = pretrained_cfg.hf_hub_id
-    last_error: Optional[Exception] = None
     for filename in _HUB_FILENAMES:
         try:
-            path = hf_hub_download(repo_id=repo_id, filename=filename)
-        except LocalEntryNotFoundError as e:  # offline or unreachable, and not in the cache
-            raise WeightFileError(
-                f"weights={pretrained_name!r}: could not fetch {repo_id}/{filename} from the "
-                f"Hugging Face hub and no cached copy exists; download it on a connected machine "
-                f"(or set HF_HUB_CACHE to a cache holding it) or pass a local file"
+            return download_from_hf(hf_hub_id, filename)
+        except Exception as e:
+            if isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
+                continue  # the repository has no file of that name
+            raise WeightFileError(  # offline or unreachable without a cached copy, network errors
+                f"weights={name!r}: could not fetch {hf_hub_id}/{filename} from the Hugging Face "
+                f"hub and no cached copy exists ({type(e).__name__}); download it on a connected "
+                f"machine (or set HF_HUB_CACHE to a cache holding it) or pass a local file"
             ) from e
-        except EntryNotFoundError as e:  # the repository has no file of that name
-            last_error = e
-            continue
-        except Exception as e:  # network errors, offline mode without a cached copy
-            raise WeightFileError(
-                f"weights={pretrained_name!r}: could not fetch {repo_id}/{filename} from the "
-                f"Hugging Face hub and no cached copy exists ({type(e).__name__}); download it "
-                f"on a connected machine or pass a local file"
-            ) from e
-        logger.info("Using hub weights %s from %s", pretrained_name, path)
-        return path
-    raise WeightFileError(f"weights={pretrained_name!r}: {repo_id} has no weight file ({last_error})")
-
-
-def is_weight_url(weights: str) -> bool:
-    """Whether ``weights`` is a web address of a weight file."""
-    return weights.startswith(("https://", "http://"))
-
-
-def _download_url(url: str) -> str:
-    """The hub-cache copy of ``url``, downloaded first if it is not there yet."""
-    filename = os.path.basename(urlparse(url).path)
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    if os.path.isfile(cached):
-        logger.info("Using cached weights %s for %s", cached, url)
-        return cached
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    hash_match = torch.hub.HASH_REGEX.search(filename)  # name-<sha256 prefix>.pth, as OpenMMLab names files
-    try:
-        torch.hub.download_url_to_file(url, cached, hash_prefix=hash_match.group(1) if hash_match else None)
-    except Exception as e:  # no network, HTTP errors, hash mismatch
-        raise WeightFileError(
-            f"weights={url!r}: download failed ({type(e).__name__}: {e}); put the file at {cached} "
-            f"or pass a local file"
-        ) from e
-    return cached
+    raise WeightFileError(f"weights={name!r}: {hf_hub_id} has none of {', '.join(_HUB_FILENAMES)}")
 
 
 def resolve_weights_file(weights: str) -> str:
     """Return a local file path for ``weights`` (a path, an address or a timm pretrained name)."""
-    if is_weight_url(weights):
-        return _download_url(weights)
-    if is_weight_file_path(weights):
-        path = os.path.expanduser(weights)
+    if weights.startswith(("https://", "http://")):
+        from timm.models._hub import download_cached_file, get_cache_dir
+
+        try:  # no-op when cached; else downloads, checking the name's sha256 prefix (name-<hash>.pth)
+            return download_cached_file(weights, check_hash=True)
+        except Exception as e:  # no network, HTTP errors, hash mismatch
+            cached = os.path.join(get_cache_dir(), os.path.basename(urlparse(weights).path))
+            raise WeightFileError(
+                f"weights={weights!r}: download failed ({type(e).__name__}: {_one_line(e)}); put "
+                f"the file at {cached} or pass a local file"
+            ) from e
+    path = os.path.expanduser(weights)
+    if os.path.exists(path) or path.endswith(_WEIGHT_FILE_EXTENSIONS) or os.sep in path or path[:1] == ".":
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: backbone weight file does not exist")
         return path
     return _download_from_hub(weights)
 
 
-def _unwrap_container(checkpoint, path: str) -> Mapping[str, torch.Tensor]:
-    if isinstance(checkpoint, Mapping):
-        for key in ("state_dict", "model", "state_dict_ema"):
-            inner = checkpoint.get(key)
-            if isinstance(inner, Mapping) and inner:
-                return inner
-        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return checkpoint
-    raise WeightFileError(
-        f"{path}: expected a state dict of tensors (optionally under 'state_dict' or 'model'), "
-        f"got {type(checkpoint).__name__}"
-    )
+def _backbone_state_dict(checkpoint, path: str) -> Dict[str, torch.Tensor]:
+    """Tensors of ``checkpoint`` by timm's ResNet names, containers unwrapped, classifier dropped."""
+    from timm.models import clean_state_dict
 
-
-def _to_timm_names(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Normalize key names of the supported layouts to timm's ResNet names, classifier dropped."""
-    keys = list(state_dict.keys())
-    if any(k.startswith("module.") for k in keys):  # saved from DistributedDataParallel
-        state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    if isinstance(checkpoint, dict):
+        containers = [checkpoint.get(key) for key in ("state_dict", "model", "state_dict_ema")]
+        checkpoint = next((c for c in containers if isinstance(c, dict) and c), checkpoint)
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise WeightFileError(
+            f"{path}: expected a state dict of tensors (optionally under 'state_dict' or 'model'), "
+            f"got {type(checkpoint).__name__}"
+        )
+    state_dict = clean_state_dict(checkpoint)  # drops DDP's "module." (and torch.compile's) prefix
     if any(k.startswith("backbone.") for k in state_dict):  # mmpretrain / mmcls classifier
         state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    return {
-        k: v
-        for k, v in state_dict.items()
-        if isinstance(v, torch.Tensor) and not k.startswith(("fc.", "head.", "neck."))
-    }
+    return {k: v for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and not k.startswith(("fc.", "head.", "neck."))}
 
 
-def read_backbone_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Read a local weight file of any supported layout as a timm-named state dict.
+def load_backbone_weights(model: nn.Module, weights: str) -> None:
+    """Load ``weights`` (see the module's docstring) into a timm ResNet; its ``fc`` stays as is.
 
-    Args:
-        path: a ``.safetensors`` or PyTorch file in timm, torchvision or mmpretrain layout.
-
-    Returns:
-        dict mapping timm parameter/buffer names to tensors, with the classifier dropped.
+    Raises:
+        WeightFileError: naming the file when it is unreadable or unsafe, when no key matches
+            the model, or when a tensor has the wrong shape or is missing (``num_batches_tracked``
+            counters excepted; keys the model does not have are logged, not fatal).
     """
-    checkpoint = load_tensor_file(path)
-    return _to_timm_names(_unwrap_container(checkpoint, path))
-
-
-def check_state_dict_fits(
-    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: str
-) -> None:
-    """Raise :class:`WeightFileError` unless ``state_dict`` provides every tensor of ``expected``.
-
-    Missing ``num_batches_tracked`` counters are tolerated (they do not affect the function);
-    unexpected keys are logged, not fatal.
-    """
+    path = resolve_weights_file(weights)
+    state_dict = _backbone_state_dict(load_tensor_file(path), path)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     matched = [k for k in expected if k in state_dict]
     if not matched:
-        sample = ", ".join(list(state_dict)[:3])
         raise WeightFileError(
-            f"{path}: no key matches the backbone (file keys look like {sample}); expected timm/"
-            f"torchvision ResNet names such as conv1.weight, layer1.0.conv1.weight"
+            f"{path}: no key matches the backbone (file keys look like "
+            f"{', '.join(list(state_dict)[:3])}); expected timm/torchvision ResNet names such as "
+            f"conv1.weight, layer1.0.conv1.weight"
         )
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in matched if state_dict[k].shape != expected[k].shape]
     if mismatched:
         raise WeightFileError(
             f"{path}: {len(mismatched)} tensors have the wrong shape for this architecture, "
@@ -196,9 +137,8 @@ def check_state_dict_fits(
         )
     unexpected = [k for k in state_dict if k not in expected]
     if unexpected:
-        logger.warning(
-            "%s: ignoring %d keys that the backbone does not have: %s",
-            path,
-            len(unexpected),
-            ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else ""),
-        )
+        more = " ..." if len(unexpected) > 10 else ""
+        logger.warning("%s: ignoring %d keys that the backbone does not have: %s%s", path,
+                       len(unexpected), ", ".join(unexpected[:10]), more)
+    model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
+    logger.info("Loaded %d backbone tensors from %s", len(matched), path)

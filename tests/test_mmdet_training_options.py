@@ -17,7 +17,8 @@ from detectron2.utils.events import EventStorage
 from conftest import REPO_ROOT
 from rsb_backbone.data.image_size_filter import drop_small_images, get_detection_dataset_dicts_min_size
 from rsb_backbone.modeling import MMDetMatcher, anchors_on_image
-from rsb_backbone.timm_weights import WeightFileError, resolve_weights_file
+from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
+from rsb_backbone.timm_weights import resolve_weights_file
 from train_net_runner import FAST_OVERRIDES, dataset_args, read_metrics, run_train_net
 
 RPN_MATCHER = dict(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True)
@@ -242,12 +243,37 @@ def test_mmdet_configs_name_openmmlab_rsb_a1_weights():
         assert weights.startswith("https://download.openmmlab.com/")
 
 
-def test_weights_address_is_read_from_the_hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cached = tmp_path / "hub" / "checkpoints" / "rsb-a1-20e21305.pth"
-    cached.parent.mkdir(parents=True)
-    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, cached)
-    assert resolve_weights_file("https://example.org/weights/rsb-a1-20e21305.pth") == str(cached)
+def test_weights_address_is_downloaded_once_with_its_hash_checked(tmp_path, monkeypatch):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.arange(4.0)}}, served / "w.pth")
+    data = (served / "w.pth").read_bytes()
+    good = f"rsb-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    (served / good).write_bytes(data)
+    (served / "rsb-00000000.pth").write_bytes(data)  # the name's hash prefix does not match
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/"
+        path = resolve_weights_file(base + good)
+        assert path == str(tmp_path / "torch" / "hub" / "checkpoints" / good)
+        assert torch.equal(load_tensor_file(path)["state_dict"]["backbone.conv1.weight"], torch.arange(4.0))
+        (served / good).unlink()  # the second time, the cached copy is used
+        assert resolve_weights_file(base + good) == path
+        with pytest.raises(WeightFileError, match=r"rsb-00000000\.pth.*invalid hash value"):
+            resolve_weights_file(base + "rsb-00000000.pth")
+        assert not (tmp_path / "torch" / "hub" / "checkpoints" / "rsb-00000000.pth").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_unreachable_weights_address_is_one_clear_line(tmp_path, monkeypatch):

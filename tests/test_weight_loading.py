@@ -33,9 +33,10 @@ def test_timm_safetensors_file(timm_resnet50_state_dict, tmp_path):
     assert_loaded_exactly(model, timm_resnet50_state_dict)
 
 
-def test_timm_pth_file(timm_resnet50_state_dict, tmp_path):
+@pytest.mark.parametrize("prefix", ["", "module."])  # "module.": saved from DistributedDataParallel
+def test_timm_pth_file(timm_resnet50_state_dict, tmp_path, prefix):
     path = tmp_path / "resnet50.pth"
-    torch.save(timm_resnet50_state_dict, path)
+    torch.save({prefix + k: v for k, v in timm_resnet50_state_dict.items()}, path)
     assert_loaded_exactly(TimmResNet(weights=str(path), norm="BN"), timm_resnet50_state_dict)
 
 
@@ -137,6 +138,13 @@ def test_foreign_checkpoint_names_it(tmp_path):
     path = tmp_path / "detector.pth"
     torch.save({"model": {"roi_heads.box_predictor.cls_score.weight": torch.zeros(81, 1024)}}, path)
     with pytest.raises(WeightFileError, match="detector.pth.*no key matches"):
+        TimmResNet(weights=str(path))
+
+
+def test_file_without_a_state_dict_names_it(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(WeightFileError, match="list.pth: expected a state dict of tensors"):
         TimmResNet(weights=str(path))
 
 
