@@ -93,22 +93,27 @@ class KeyRule:
         return self.target(match) if callable(self.target) else match.expand(self.target)
 
 
-_PARAM = r"(weight|bias)"
+_PARAM = r"(?P<p>weight|bias)"  # named, so that _per_cascade_stage can add a group
 
 # mmdet ResNet and timm's ResNet share every parameter name (conv1/bn1, layerX.Y.convZ/bnZ,
 # downsample.0/1), and TimmResNet keeps timm's names: a prefix change only.
 _BACKBONE = (KeyRule(r"backbone\.(.+)", r"backbone.bottom_up.\1"),)
 
-# FPN on C2..C5 (start_level 0): Detectron2 names laterals/outputs by log2(stride) = index + 2.
-_RCNN_NECK = (
-    KeyRule(
-        rf"neck\.lateral_convs\.([0-3])\.conv\.{_PARAM}",
-        lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.{m[2]}",
-    ),
-    KeyRule(
-        rf"neck\.fpn_convs\.([0-3])\.conv\.{_PARAM}", lambda m: f"backbone.fpn_output{int(m[1]) + 2}.{m[2]}"
-    ),
-)
+
+def _fpn_neck(levels: int, first_level: int) -> Tuple[KeyRule, ...]:
+    """Rules for an mmdetection FPN whose ``levels`` laterals/outputs start at P{first_level}:
+    Detectron2 names them by log2(stride), mmdetection by index (``start_level`` 0 -> P2)."""
+    return tuple(
+        KeyRule(
+            rf"neck\.{mm}\.([0-{levels - 1}])\.conv\.{_PARAM}",
+            lambda m, d2=d2: f"backbone.{d2}{int(m[1]) + first_level}.{m[2]}",
+        )
+        for mm, d2 in (("lateral_convs", "fpn_lateral"), ("fpn_convs", "fpn_output"))
+    )
+
+
+# FPN on C2..C5 (start_level 0).
+_RCNN_NECK = _fpn_neck(4, first_level=2)
 
 _RPN = (
     KeyRule(rf"rpn_head\.rpn_conv\.{_PARAM}", r"proposal_generator.rpn_head.conv.\1"),
@@ -118,53 +123,52 @@ _RPN = (
 
 # Shared2FCBBoxHead: shared_fcs.0/1 -> fc1/fc2. Class layout (background last, class-major deltas)
 # is the same in both libraries.
+
+
+def _one_based(template: str) -> Callable[[re.Match], str]:
+    """A target that formats ``template`` with the matched index ``i`` + 1 and parameter ``p``."""
+    return lambda m: template.format(int(m["i"]) + 1, m["p"])
+
+
 _BOX_HEAD = (
-    KeyRule(
-        rf"roi_head\.bbox_head\.shared_fcs\.([01])\.{_PARAM}",
-        lambda m: f"roi_heads.box_head.fc{int(m[1]) + 1}.{m[2]}",
-    ),
-    KeyRule(rf"roi_head\.bbox_head\.fc_cls\.{_PARAM}", r"roi_heads.box_predictor.cls_score.\1"),
-    KeyRule(rf"roi_head\.bbox_head\.fc_reg\.{_PARAM}", r"roi_heads.box_predictor.bbox_pred.\1"),
+    KeyRule(rf"roi_head\.bbox_head\.shared_fcs\.(?P<i>[01])\.{_PARAM}", _one_based("roi_heads.box_head.fc{}.{}")),
+    KeyRule(rf"roi_head\.bbox_head\.fc_cls\.{_PARAM}", r"roi_heads.box_predictor.cls_score.\g<p>"),
+    KeyRule(rf"roi_head\.bbox_head\.fc_reg\.{_PARAM}", r"roi_heads.box_predictor.bbox_pred.\g<p>"),
 )
 
 # FCNMaskHead: 4 ConvModules, a stride-2 deconv, 1x1 logits.
 _MASK_HEAD = (
     KeyRule(
-        rf"roi_head\.mask_head\.convs\.([0-3])\.conv\.{_PARAM}",
-        lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}",
+        rf"roi_head\.mask_head\.convs\.(?P<i>[0-3])\.conv\.{_PARAM}", _one_based("roi_heads.mask_head.mask_fcn{}.{}")
     ),
-    KeyRule(rf"roi_head\.mask_head\.upsample\.{_PARAM}", r"roi_heads.mask_head.deconv.\1"),
-    KeyRule(rf"roi_head\.mask_head\.conv_logits\.{_PARAM}", r"roi_heads.mask_head.predictor.\1"),
+    KeyRule(rf"roi_head\.mask_head\.upsample\.{_PARAM}", r"roi_heads.mask_head.deconv.\g<p>"),
+    KeyRule(rf"roi_head\.mask_head\.conv_logits\.{_PARAM}", r"roi_heads.mask_head.predictor.\g<p>"),
 )
 
-# Cascade: one box head and one mask head per stage s; Detectron2 keeps them in ModuleLists, and
-# MMDetCascadeROIHeads holds the three mask heads as roi_heads.mask_head.{s}.
-_CASCADE_HEADS = (
-    KeyRule(
-        rf"roi_head\.bbox_head\.([0-2])\.shared_fcs\.([01])\.{_PARAM}",
-        lambda m: f"roi_heads.box_head.{m[1]}.fc{int(m[2]) + 1}.{m[3]}",
-    ),
-    KeyRule(rf"roi_head\.bbox_head\.([0-2])\.fc_cls\.{_PARAM}", r"roi_heads.box_predictor.\1.cls_score.\2"),
-    KeyRule(rf"roi_head\.bbox_head\.([0-2])\.fc_reg\.{_PARAM}", r"roi_heads.box_predictor.\1.bbox_pred.\2"),
-    KeyRule(
-        rf"roi_head\.mask_head\.([0-2])\.convs\.([0-3])\.conv\.{_PARAM}",
-        lambda m: f"roi_heads.mask_head.{m[1]}.mask_fcn{int(m[2]) + 1}.{m[3]}",
-    ),
-    KeyRule(rf"roi_head\.mask_head\.([0-2])\.upsample\.{_PARAM}", r"roi_heads.mask_head.\1.deconv.\2"),
-    KeyRule(rf"roi_head\.mask_head\.([0-2])\.conv_logits\.{_PARAM}", r"roi_heads.mask_head.\1.predictor.\2"),
-)
 
-# RetinaNet FPN on C3..C5 (start_level 1): lateral/output index + 3; fpn_convs.3 is P6 on C5
-# ("on_input"), fpn_convs.4 is P7 on P6. Head convs sit at even indices of Detectron2's
-# Sequential(conv, ReLU, ...).
-_RETINANET = (
-    KeyRule(
-        rf"neck\.lateral_convs\.([0-2])\.conv\.{_PARAM}",
-        lambda m: f"backbone.fpn_lateral{int(m[1]) + 3}.{m[2]}",
-    ),
-    KeyRule(
-        rf"neck\.fpn_convs\.([0-2])\.conv\.{_PARAM}", lambda m: f"backbone.fpn_output{int(m[1]) + 3}.{m[2]}"
-    ),
+def _per_cascade_stage(rule: KeyRule) -> KeyRule:
+    """``rule`` of a single-stage head for the heads of cascade stage s = 0, 1, 2.
+
+    mmdetection numbers the stages after the head (``roi_head.bbox_head.{s}.fc_cls``); Detectron2
+    keeps the stages in ModuleLists (``roi_heads.box_predictor.{s}.cls_score``), and
+    MMDetCascadeROIHeads holds its three mask heads as ``roi_heads.mask_head.{s}``.
+    """
+    head = rule.pattern.split(r"\.")[1]
+    prefix = rf"roi_head\.{head}\."
+    pattern = prefix + r"(?P<s>[0-2])\." + rule.pattern[len(prefix):]
+
+    def target(match: re.Match) -> str:
+        parts = (rule.target(match) if callable(rule.target) else match.expand(rule.target)).split(".")
+        return ".".join(parts[:2] + [match["s"]] + parts[2:])
+
+    return KeyRule(pattern, target, rule.transform)
+
+
+_CASCADE_HEADS = tuple(_per_cascade_stage(rule) for rule in _BOX_HEAD + _MASK_HEAD)
+
+# RetinaNet FPN on C3..C5 (start_level 1); fpn_convs.3 is P6 on C5 ("on_input"), fpn_convs.4 is
+# P7 on P6. Head convs sit at even indices of Detectron2's Sequential(conv, ReLU, ...).
+_RETINANET = _fpn_neck(3, first_level=3) + (
     KeyRule(rf"neck\.fpn_convs\.3\.conv\.{_PARAM}", r"backbone.top_block.p6.\1"),
     KeyRule(rf"neck\.fpn_convs\.4\.conv\.{_PARAM}", r"backbone.top_block.p7.\1"),
     KeyRule(
