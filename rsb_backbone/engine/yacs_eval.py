@@ -7,22 +7,17 @@ configs build the same modules. Usage::
         MODEL.WEIGHTS output/model_final.pth
 """
 
-import logging
 import os
-from collections import OrderedDict
 from typing import Any, Dict, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
-from detectron2.utils import comm
 
 from ..config import YACS, config_file_kind, load_yacs_config, resolve_device, sync_num_classes
 from .outcomes import user_input_stage
 from .training import load_eval_checkpoint, write_eval_results
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["is_yacs_config", "setup_yacs_config", "evaluate_yacs"]
 
@@ -71,14 +66,9 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
         model = build_model(cfg)
         model.eval()
         load_eval_checkpoint(model, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, resume=resume, key="MODEL.WEIGHTS")
-    results = OrderedDict()
-    for name in cfg.DATASETS.TEST:
-        evaluator = COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
-        results[name] = inference_on_dataset(model, build_detection_test_loader(cfg, name), evaluator)
-        if comm.is_main_process():
-            logger.info("Results on %s:", name)
-            print_csv_format(results[name])
-    if len(results) == 1:
-        results = next(iter(results.values()))
+    evaluators = [
+        COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name)) for name in cfg.DATASETS.TEST
+    ]
+    results = DefaultTrainer.test(cfg, model, evaluators)
     write_eval_results(results, cfg.OUTPUT_DIR)
     return results
