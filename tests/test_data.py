@@ -22,7 +22,6 @@ import shapes_generator as shapes  # projects/shapes_demo, on sys.path through c
 from rsb_backbone.data import (
     SkippingDatasetMapper,
     load_coco_instances_checked,
-    num_classes_of,
     parse_register_coco_arg,
     register_coco_from_arg,
     register_coco_instances_checked,
@@ -38,6 +37,7 @@ from shapes_registration import (
 TINY = dict(num_train=3, num_val=2, min_size=64, max_size=96)
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
 SQUARE_POLYGON = [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]
+REGISTRATION_LOGGER = "rsb_backbone.data.coco_registration"  # Detectron2 logs warnings of its own
 
 
 def _unique_name(prefix: str) -> str:
@@ -199,7 +199,6 @@ def test_demo_names_are_registered():
         assert meta.evaluator_type == "coco"
         assert meta.json_file.endswith(os.path.join("shapes", f"{split}.json"))
         assert meta.image_root.endswith(os.path.join("shapes", split))
-        assert num_classes_of(name) == 3
 
 
 def test_datasets_root_from_environment(tmp_path, monkeypatch):
@@ -281,15 +280,10 @@ def test_register_sets_metadata_and_loads(tmp_path):
     assert meta.thing_classes == ["ant", "zebra"]  # ordered by category id
     assert meta.thing_dataset_id_to_contiguous_id == {5: 0, 9: 1}
     assert (meta.json_file, meta.image_root, meta.evaluator_type) == (json_file, image_root, "coco")
-    assert num_classes_of(name) == 2
+    assert len(MetadataCatalog.get(name).thing_classes) == 2
     (record,) = DatasetCatalog.get(name)
     assert [a["category_id"] for a in record["annotations"]] == [1, 0]
     assert record["file_name"] == os.path.join(image_root, "1.jpg")
-
-
-def test_num_classes_of_unregistered():
-    with pytest.raises(ValueError, match="no_such_dataset"):
-        num_classes_of("no_such_dataset")
 
 
 @pytest.mark.parametrize(
@@ -332,6 +326,40 @@ def test_missing_image_file_fails_at_load(tmp_path):
     assert "image id 2" in message and "1 more missing" in message
 
 
+def test_registered_set_parses_once_per_load_and_checks_files_once(tmp_path, monkeypatch):
+    json_file, image_root = _write_coco(tmp_path, [_annotation(1, image_id=2)], num_images=2)
+    parses = []
+    json_load = json.load
+    monkeypatch.setattr(json, "load", lambda f, **kw: parses.append(f.name) or json_load(f, **kw))
+    name = _unique_name("test_cached")
+    register_coco_instances_checked(name, json_file, image_root)
+    assert [r["image_id"] for r in DatasetCatalog.get(name)] == [1, 2]
+    assert parses == [json_file]  # the first load reuses the registration's parse
+    os.remove(os.path.join(image_root, "1.jpg"))  # later loads (evaluations) do not stat again
+    _, second = DatasetCatalog.get(name)
+    assert second["annotations"][0]["bbox"] == [2, 2, 10, 10] and parses == [json_file] * 2
+    with pytest.raises(ValueError, match="image id 1"):  # a direct load checks the files
+        load_coco_instances_checked(json_file, image_root)
+
+
+@pytest.mark.parametrize(
+    "annotation, message",
+    [
+        (_annotation(5, image_id=9), "annotation id 5 refers to image id 9"),
+        (_annotation(1), "id 1 appears twice in 'annotations'"),
+        ({**_annotation(5), "bbox": [1, 2, 3]}, "annotation id 5 has bbox"),
+        (_annotation(5, segmentation=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), "annotation id 5 has a segm"),
+        ({**_annotation(5), "ignore": 1}, "not supported"),
+        ({"id": 5, "image_id": 1, "bbox": [1, 1, 2, 2]}, r"annotations\[1\] lacks one of"),
+    ],
+)
+def test_malformed_annotation(tmp_path, annotation, message):
+    json_file, image_root = _write_coco(tmp_path, [_annotation(1), annotation])
+    with pytest.raises(ValueError, match=message) as info:
+        load_coco_instances_checked(json_file, image_root)
+    assert str(info.value).startswith(json_file) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_image_is_skipped_by_mapper(tmp_path, caplog, damage):
     json_file, image_root = _write_coco(
@@ -363,11 +391,13 @@ def test_unknown_category_id(tmp_path):
     message = str(info.value)
     assert message.startswith(json_file) and "annotation id 77" in message
     assert "category_id 3" in message
+    with pytest.raises(ValueError, match="annotation id 77"):  # already at registration
+        register_coco_instances_checked(_unique_name("test_unknown"), json_file, image_root)
 
 
 def test_images_without_annotations_are_kept(tmp_path, caplog):
     json_file, image_root = _write_coco(tmp_path, [_annotation(1, image_id=2)], num_images=3)
-    with caplog.at_level(logging.INFO, logger="rsb_backbone.data.coco_registration"):
+    with caplog.at_level(logging.INFO, logger=REGISTRATION_LOGGER):
         records = load_coco_instances_checked(json_file, image_root)
     assert [r["image_id"] for r in records] == [1, 2, 3]
     assert "2 images have no annotations" in caplog.text
@@ -383,10 +413,10 @@ def test_degenerate_and_outside_boxes(tmp_path, caplog):
         _annotation(5, bbox=(-5, 20, 20, 20)),  # partly outside: clipped
     ]
     json_file, image_root = _write_coco(tmp_path, annotations)
-    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.coco_registration"):
+    with caplog.at_level(logging.WARNING, logger=REGISTRATION_LOGGER):
         (record,) = load_coco_instances_checked(json_file, image_root)
     assert [a["bbox"] for a in record["annotations"]] == [[2, 2, 10, 10], [0, 20, 15, 10]]
-    (summary,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == REGISTRATION_LOGGER]
     assert summary.startswith(json_file) and "skipped 3 annotations" in summary
     assert "2 with degenerate box (ids [2, 3])" in summary
     assert "1 with box outside the image (ids [4])" in summary
@@ -399,11 +429,13 @@ def test_short_polygons(tmp_path, caplog):
         _annotation(1, segmentation=[triangle, [1.0, 1.0, 5.0, 5.0]]),  # one polygon dropped
         _annotation(2, segmentation=[[1.0, 1.0, 5.0, 5.0]]),  # none left: skipped
         _annotation(3, segmentation=[[1.0, 1.0, 5.0, 5.0, 9.0]]),  # odd length: skipped
+        {**_annotation(4, segmentation=[]), "keypoints": [3, 3, 2]},  # a box; keypoints not loaded
     ]
     json_file, image_root = _write_coco(tmp_path, annotations)
-    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.coco_registration"):
+    with caplog.at_level(logging.WARNING, logger=REGISTRATION_LOGGER):
         (record,) = load_coco_instances_checked(json_file, image_root)
-    assert [a["segmentation"] for a in record["annotations"]] == [[triangle]]
-    (summary,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [a.get("segmentation") for a in record["annotations"]] == [[triangle], None]
+    assert not any("keypoints" in a or "id" in a for a in record["annotations"])
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == REGISTRATION_LOGGER]
     assert "2 with no valid polygon (ids [2, 3])" in summary
     assert "dropped 3 polygons" in summary

@@ -6,9 +6,7 @@ Importing this package registers no data set. The synthetic shapes demo set and 
 
 from .coco_registration import (
     load_coco_instances_checked,
-    num_classes_of,
     parse_register_coco_arg,
-    read_coco_json,
     register_coco_from_arg,
     register_coco_instances_checked,
 )
@@ -19,9 +17,7 @@ __all__ = [
     "EvaluationDatasetMapper",
     "UnreadableImageError",
     "load_coco_instances_checked",
-    "num_classes_of",
     "parse_register_coco_arg",
-    "read_coco_json",
     "register_coco_from_arg",
     "register_coco_instances_checked",
 ]
