@@ -13,14 +13,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-__all__ = ["WeightFileError", "load_tensor_file"]
+__all__ = ["WeightFileError", "load_tensor_file", "one_line_summary"]
 
 
 class WeightFileError(ValueError):
     """A weight or checkpoint file that cannot be used; the message names the file."""
 
 
-def _one_line(error: BaseException) -> str:
+def one_line_summary(error: BaseException) -> str:
+    """The message of ``error`` on one line, shortened to 200 characters, for a one-line error."""
     text = " ".join(str(error).split())
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -58,4 +59,4 @@ def load_tensor_file(path: str) -> Any:
         ) from e
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
         kind = "safetensors file" if safetensors else "PyTorch checkpoint, truncated or corrupted"
-        raise WeightFileError(f"{path}: not a readable {kind} ({_one_line(e)})") from e
+        raise WeightFileError(f"{path}: not a readable {kind} ({one_line_summary(e)})") from e

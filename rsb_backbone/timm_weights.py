@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .tensor_files import WeightFileError, _one_line, load_tensor_file
+from .tensor_files import WeightFileError, one_line_summary, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def resolve_weights_file(weights: str) -> str:
         except Exception as e:  # no network, HTTP errors, hash mismatch
             cached = os.path.join(get_cache_dir(), os.path.basename(urlparse(weights).path))
             raise WeightFileError(
-                f"weights={weights!r}: download failed ({type(e).__name__}: {_one_line(e)}); put "
+                f"weights={weights!r}: download failed ({type(e).__name__}: {one_line_summary(e)}); put "
                 f"the file at {cached} or pass a local file"
             ) from e
     path = os.path.expanduser(weights)
