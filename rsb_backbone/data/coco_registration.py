@@ -3,48 +3,12 @@
 ``train_net.py --register-coco NAME=JSON:IMAGE_DIR`` calls :func:`register_coco_from_arg`, which
 parses the value (:func:`parse_register_coco_arg`) and calls
 :func:`register_coco_instances_checked`. The dataset dicts come from Detectron2's
-``load_coco_json``; this module checks its input and cleans its output. What happens with each
-kind of bad input:
-
-=================================  ===============================================================
-Problem                            Behaviour
-=================================  ===============================================================
-``NAME=JSON:IMAGE_DIR`` malformed  ValueError naming the argument and the expected form (at
-                                   argument parsing).
-JSON file missing, not valid       ValueError naming the JSON file (at registration, before
-JSON, or not COCO (no ``images``/  anything else runs).
-``annotations``/``categories``)
-Image folder missing               ValueError naming the folder (at registration).
-Image file missing                 ValueError naming the file and its image id, plus how many
-                                   others are missing (at the first load in each process, before
-                                   training starts; later loads do not check again).
-Image file unreadable or corrupt   Not checked at load time (that would decode every image).
-                                   During training the ``SkippingDatasetMapper`` skips it with a
-                                   warning naming the file (once per file) and counts the skips;
-                                   Detectron2 then samples another image.
-Annotation with a category id not  ValueError naming the JSON file and the annotation id (at
-in ``categories``                  registration).
-Image without annotations          Kept (evaluation uses it); the count is logged. Training drops
-                                   it through Detectron2's ``filter_empty`` (LazyConfig
-                                   ``dataloader.train.dataset.filter_empty``, yacs
-                                   ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``; on by default).
-Box with width or height <= 0      Annotation skipped; counted in one warning line with the first
-                                   few annotation ids.
-Box entirely outside the image     Annotation skipped; counted in the same line.
-Box partly outside the image       Clipped to the image; counted in the same line.
-Polygon with fewer than 3 points   That polygon dropped; counted in the same line.
-(or an odd number of coordinates)
-Annotation left with no valid      Annotation skipped; counted in the same line.
-polygon
-=================================  ===============================================================
-
-Other malformed entries (an image without ``id``/``file_name``/``height``/``width``, an
-annotation without ``id``/``image_id``/``category_id``/``bbox``, a ``bbox`` that is not four
-numbers, a ``segmentation`` that is neither a list of polygons nor an RLE dict, a category id
-that is not an integer, duplicate ids, an annotation of an image id that is not in ``images``,
-a non-zero ``ignore``, which Detectron2 does not support) raise ValueError naming the JSON file
-and the entry. Annotations without a ``segmentation`` (or with an empty list) are kept as boxes;
-RLE masks are kept as they are. Keypoints are not loaded.
+``load_coco_json``; this module checks its input and cleans its output. What each kind of bad
+input leads to is listed in the README ("Data problems in COCO-format sets"): the JSON file and
+its entries are checked at registration, image files at the first load in each process (later
+loads, e.g. at every evaluation, do not check again), and unreadable images are left to the
+training mapper (``SkippingDatasetMapper``). Annotations without a ``segmentation`` (or with an
+empty list) are kept as boxes; RLE masks are kept as they are; keypoints are not loaded.
 """
 
 import contextlib
