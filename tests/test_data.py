@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -429,13 +429,33 @@ def test_short_polygons(tmp_path, caplog):
         _annotation(1, segmentation=[triangle, [1.0, 1.0, 5.0, 5.0]]),  # one polygon dropped
         _annotation(2, segmentation=[[1.0, 1.0, 5.0, 5.0]]),  # none left: skipped
         _annotation(3, segmentation=[[1.0, 1.0, 5.0, 5.0, 9.0]]),  # odd length: skipped
-        {**_annotation(4, segmentation=[]), "keypoints": [3, 3, 2]},  # a box; keypoints not loaded
+        {**_annotation(4), "keypoints": [3, 3, 2]},  # keypoints not loaded
     ]
     json_file, image_root = _write_coco(tmp_path, annotations)
     with caplog.at_level(logging.WARNING, logger=REGISTRATION_LOGGER):
         (record,) = load_coco_instances_checked(json_file, image_root)
-    assert [a.get("segmentation") for a in record["annotations"]] == [[triangle], None]
+    assert [a.get("segmentation") for a in record["annotations"]] == [[triangle], SQUARE_POLYGON]
     assert not any("keypoints" in a or "id" in a for a in record["annotations"])
     (summary,) = [r.getMessage() for r in caplog.records if r.name == REGISTRATION_LOGGER]
     assert "2 with no valid polygon (ids [2, 3])" in summary
     assert "dropped 3 polygons" in summary
+
+
+def test_boxes_without_masks_kept_alone_dropped_among_masks(tmp_path, caplog):
+    """A set of boxes only stays one; in a set with masks, an annotation without one is skipped,
+    so that Detectron2's mapper can build every image's masks for mask training."""
+    boxes_only = [_annotation(1, segmentation=[]), {**_annotation(2), "segmentation": None}]
+    json_file, image_root = _write_coco(tmp_path / "boxes", boxes_only)
+    (record,) = load_coco_instances_checked(json_file, image_root)
+    assert len(record["annotations"]) == 2 and not any("segmentation" in a for a in record["annotations"])
+
+    mixed = [_annotation(1, segmentation=[]), _annotation(2), _annotation(3, image_id=2, segmentation=[])]
+    json_file, image_root = _write_coco(tmp_path / "mixed", mixed, num_images=2)
+    with caplog.at_level(logging.WARNING, logger=REGISTRATION_LOGGER):
+        first, second = load_coco_instances_checked(json_file, image_root)
+    assert [a["segmentation"] for a in first["annotations"]] == [SQUARE_POLYGON] and not second["annotations"]
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == REGISTRATION_LOGGER]
+    assert "2 with no mask in a set with masks (ids [1, 3])" in summary
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True)
+    (polygons,) = mapper(first)["instances"].gt_masks.polygons  # one instance, with its mask
+    np.testing.assert_allclose(polygons[0], SQUARE_POLYGON[0])

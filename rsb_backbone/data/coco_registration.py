@@ -213,6 +213,23 @@ def _log_changes(json_file: str, skipped: Dict[str, list], num_polygons: int, nu
         )
 
 
+def _drop_boxes_without_masks(records: List[dict]) -> List[Any]:
+    """Drop the annotations without a ``segmentation`` when others have one; return their ids.
+
+    A set of boxes only is kept as it is. In a set with masks, Detectron2's mapper takes an
+    image's masks only when its first annotation has one, and then needs one in every annotation
+    (``annotations_to_instances``), so mask training would fail on a mix.
+    """
+    with_mask = [("segmentation" in obj) for r in records for obj in r["annotations"]]
+    if all(with_mask) or not any(with_mask):
+        return []
+    dropped = []
+    for record in records:
+        dropped += [obj["id"] for obj in record["annotations"] if "segmentation" not in obj]
+        record["annotations"] = [obj for obj in record["annotations"] if "segmentation" in obj]
+    return dropped
+
+
 def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> List[dict]:
     """Detectron2's ``load_coco_json`` on a file read by :func:`_read_coco`, then the cleaning.
 
@@ -232,7 +249,8 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
     if check_files:
         _check_image_files(json_file, records)
     num_polygons, emptied = _dropped_polygons(coco, records)
-    skipped = {"degenerate box": [], "box outside the image": [], "no valid polygon": emptied}
+    skipped = {"degenerate box": [], "box outside the image": [], "no valid polygon": emptied,
+               "no mask in a set with masks": _drop_boxes_without_masks(records)}
     id_map, num_clipped = _categories(coco)[1], 0
     for record in records:
         kept = []
