@@ -48,13 +48,12 @@ class MMDetRPN(PaddingAnchorMatching, RPN):
     def label_and_sample_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
         if not self.ignore_padding_anchors:
             return super().label_and_sample_anchors(anchors, gt_instances)
-        gt_labels, matched_gt_boxes = [], []
-        for instances in gt_instances:
-            # mmdet allowed_border >= 0 (the cascade's 0): anchors must also lie inside the image
-            _, labels, boxes = self.match_anchors_on_image(anchors, instances, self.anchor_boundary_thresh)
-            gt_labels.append(self._subsample_labels(labels.to(instances.gt_boxes.device)))
-            matched_gt_boxes.append(boxes)
-        return gt_labels, matched_gt_boxes
+        # mmdet allowed_border >= 0 (the cascade's 0): anchors must also lie inside the image
+        matched = [self.match_anchors_on_image(anchors, x, self.anchor_boundary_thresh) for x in gt_instances]
+        gt_labels = [
+            self._subsample_labels(labels.to(x.gt_boxes.device)) for (_, labels, _), x in zip(matched, gt_instances)
+        ]
+        return gt_labels, [boxes for _, _, boxes in matched]
 
     @torch.jit.unused
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
