@@ -8,10 +8,8 @@ __all__ = ["run_command"]
 
 
 def run_command(main: Callable[[], int]) -> None:
-    """Run a command's ``main`` with INFO logging and exit with its return code.
-
-    Bad input (a missing file, a wrong value, an unreadable image) is logged as one line and
-    exits with code 2; anything else keeps its traceback.
+    """Run a command's ``main`` with INFO logging and exit with its return code; bad input (a
+    missing file, a wrong value, an unreadable image) is one logged line and exit code 2.
 
     Args:
         main: the command's entry point, returning its exit code.
@@ -19,6 +17,6 @@ def run_command(main: Callable[[], int]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(main())
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
         logging.getLogger(main.__module__).error("%s", e)
         sys.exit(2)

@@ -6,15 +6,10 @@ __all__ = ["UserInputError"]
 
 
 def _original_message(message: str, class_name: str) -> str:
-    """The message an exception had before a DataLoader worker wrapped it.
-
-    PyTorch re-raises an exception from a DataLoader worker in the main process as
-    ``type(e)("Caught X in DataLoader worker process 0.\\nOriginal Traceback ...\\nX: message")``;
-    the last line holds the original message.
-    """
+    """The message before PyTorch re-raised it from a DataLoader worker as ``type(e)("Caught X in
+    DataLoader worker process 0.\\nOriginal Traceback ...\\nX: message")`` (its last line)."""
     if message.startswith(f"Caught {class_name} in DataLoader worker") and "Original Traceback" in message:
-        last_line = message.rstrip().splitlines()[-1]
-        match = re.match(rf"^(?:[\w.]+\.)?{class_name}: (.*)$", last_line)
+        match = re.match(rf"^(?:[\w.]+\.)?{class_name}: (.*)$", message.rstrip().splitlines()[-1])
         if match:
             return match.group(1)
     return message

@@ -1,18 +1,5 @@
-"""How a training or evaluation run ends: the exceptions that stand for an expected end, and the
-exit code and one-line message of each.
-
-Three kinds of expected ends are reported as one line on stderr, without a traceback:
-
-- :class:`UserInputError` (exit code 2): bad input, naming the file, key or value. Errors of the
-  types in :data:`SETUP_ERROR_TYPES` raised while a run is being set up (config, data sets, model,
-  checkpoint) become one inside :func:`user_input_stage`; later they are bugs and keep their
-  traceback.
-- :class:`NonFiniteLossError` (exit code 1): a loss stopped being finite.
-- :class:`TrainingInterrupted` (exit code 128 + signal): a stop signal arrived; the checkpoint is
-  saved.
-
-Everything else is unexpected: exit code 1 with the full traceback.
-"""
+"""The expected ends of a run (exceptions) and the exit code and one-line message of each; anything
+else is unexpected and keeps its traceback. The table is in the README's "Failure behaviour"."""
 
 import contextlib
 from typing import Iterator, NamedTuple, Optional
@@ -21,13 +8,7 @@ from ..errors import UserInputError
 from ..tensor_files import WeightFileError
 
 __all__ = [
-    "UserInputError",
-    "NonFiniteLossError",
-    "TrainingInterrupted",
-    "SETUP_ERROR_TYPES",
-    "RunOutcome",
-    "outcome_of",
-    "user_input_stage",
+    "UserInputError", "NonFiniteLossError", "TrainingInterrupted", "RunOutcome", "outcome_of", "user_input_stage",
 ]
 
 
@@ -36,10 +17,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(Exception):
-    """Raised on every process after a stop signal, once the checkpoint is saved.
-
-    Deliberately not a ``KeyboardInterrupt``: process launchers treat that as "killed by the
-    parent" and would report success.
+    """Raised on every process after a stop signal, once the checkpoint is saved. Not a
+    ``KeyboardInterrupt``: launchers take that for "killed by the parent" and report success.
 
     Args:
         message: what happened, e.g. "stopped by SIGTERM after iteration 12; checkpoint saved".
@@ -54,19 +33,14 @@ class TrainingInterrupted(Exception):
         return (type(self), (self.args[0], self.signum))
 
 
-# Raised while a run is set up, these mean bad input: a missing file, a wrong value, an unknown
-# data set name, an unreadable checkpoint.
+# Raised while a run is set up, these mean bad input (a missing file, a wrong value, an unknown name).
 SETUP_ERROR_TYPES = (FileNotFoundError, ValueError, KeyError, WeightFileError)
 
 
 @contextlib.contextmanager
 def user_input_stage() -> Iterator[None]:
-    """Within this block, :data:`SETUP_ERROR_TYPES` errors are reported as bad input.
-
-    Use it around reading configs, registering data sets, building the model, data loaders and
-    optimizer, and loading checkpoints; not around training itself, where such an error is a bug
-    whose traceback must be kept.
-    """
+    """Within this block (setting a run up), :data:`SETUP_ERROR_TYPES` errors become
+    :class:`UserInputError`; during training they are bugs and keep their traceback."""
     try:
         yield
     except UserInputError:
