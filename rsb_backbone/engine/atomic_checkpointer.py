@@ -1,11 +1,8 @@
-"""A Detectron2 checkpointer that never leaves a half-written checkpoint behind.
+"""A Detectron2 checkpointer that never leaves a half-written checkpoint behind: each file is
+written to a temporary file, flushed and renamed into place, ``last_checkpoint`` only after the
+checkpoint is complete (README, "Failure behaviour"); files are read as tensors only."""
 
-Each checkpoint is written to a temporary file in the output folder, flushed to disk, then renamed
-over its final name; the ``last_checkpoint`` pointer is replaced the same way, only after the
-checkpoint file is complete. A process killed at any moment therefore leaves ``last_checkpoint``
-naming a complete file. Files are read with ``weights_only=True`` (or as safetensors).
-"""
-
+import contextlib
 import logging
 import os
 import re
@@ -22,29 +19,22 @@ __all__ = ["AtomicCheckpointer", "atomic_write_bytes", "atomic_torch_save", "rem
 
 
 def _fsync_dir(directory: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-_TEMPORARY_SUFFIX = ".tmp"
 # What tempfile.mkstemp names the temporary file of a save of TARGET: ".TARGET.<random>.tmp".
-_TEMPORARY_NAME = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+_TEMPORARY_NAME = re.compile(r"^\.(.+\.pth|last_checkpoint)\.[a-z0-9_]{8}\.tmp$")
 
 
 def _atomic_write(path: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=_TEMPORARY_SUFFIX, dir=directory
-    )
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -69,17 +59,12 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 class AtomicCheckpointer(TensorsOnlyCheckpointer):
-    """:class:`DetectionCheckpointer` with atomic saves and tensors-only loading.
-
-    Args are those of :class:`DetectionCheckpointer` (model, save_dir, checkpointables...).
-    """
+    """:class:`DetectionCheckpointer` (same arguments) with atomic saves and tensors-only loading."""
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        data = {key: obj.state_dict() for key, obj in {"model": self.model, **self.checkpointables}.items()}
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -88,17 +73,12 @@ class AtomicCheckpointer(TensorsOnlyCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write_bytes(
-            os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode("utf-8")
-        )
+        atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
 
 
 def remove_stale_temporary_files(directory: str) -> List[str]:
-    """Delete the temporary files that saves killed midway left in ``directory``.
-
-    A save writes ``.NAME.XXXXXXXX.tmp`` next to its target and renames it when complete, so such
-    a file is never a usable checkpoint; with the optimizer state one can be half a gigabyte.
-    Call it when training starts or resumes, before any save of this run.
+    """Delete the temporary files (``.NAME.XXXXXXXX.tmp``, never usable, maybe half a gigabyte) that
+    saves killed midway left in ``directory``; call it before the first save of a run.
 
     Args:
         directory: a training output folder.
@@ -106,18 +86,13 @@ def remove_stale_temporary_files(directory: str) -> List[str]:
     Returns:
         the paths removed.
     """
-    if not directory or not os.path.isdir(directory):
-        return []
     removed = []
-    for name in sorted(os.listdir(directory)):
-        match = _TEMPORARY_NAME.match(name)
-        if match and (match.group(1).endswith(".pth") or match.group(1) == "last_checkpoint"):
-            path = os.path.join(directory, name)
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                continue
-            removed.append(path)
+    for name in sorted(os.listdir(directory)) if directory and os.path.isdir(directory) else []:
+        if _TEMPORARY_NAME.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
     if removed:
-        logger.warning("Removed %d temporary files of interrupted checkpoint saves in %s", len(removed), directory)
+        logger.warning("Removed %d temporary files of interrupted checkpoint saves in %s", len(removed),
+                       directory)
     return removed
