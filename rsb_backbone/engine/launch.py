@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -30,12 +30,10 @@ def started_by_torchrun() -> bool:
 
 
 def _run_under_torchrun(main_func: Callable, args: Sequence) -> Optional[RunOutcome]:
-    local_rank = int(os.environ["LOCAL_RANK"])
     has_gpu = torch.cuda.is_available()
     if has_gpu:
-        torch.cuda.set_device(local_rank)
-    # torchrun exports MASTER_ADDR/MASTER_PORT, so the env:// rendezvous needs no URL. The same
-    # collective timeout as --num-gpus (Detectron2's), not torch's default.
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    # torchrun exports MASTER_ADDR/MASTER_PORT for env://; Detectron2's collective timeout, as with --num-gpus.
     dist.init_process_group(backend="nccl" if has_gpu else "gloo", init_method="env://", timeout=DEFAULT_TIMEOUT)
     comm.create_local_process_group(int(os.environ["LOCAL_WORLD_SIZE"]))
     comm.synchronize()
@@ -60,21 +58,14 @@ def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[Run
     return None
 
 
-# What a spawned training process puts on the launcher's queue when it ends.
-_SUCCESS = RunOutcome(0, "")
-
-
 def _report_to_launcher(main_func: Callable, outcomes, args: Sequence) -> None:
-    """Body of a spawned training process: run, tell the launcher how it ended, exit with it.
+    """Body of a spawned training process: run, put ``(rank, outcome)`` on the launcher's queue.
 
-    A process that ends with an expected outcome exits with its code (not 0), so that the
-    launcher stops the other processes at once if they are still waiting for this one. A process
-    that finished normally leaves the process group first: when the interpreter shuts down with
-    the group still alive, gloo's threads now and then abort the process (SIGABRT, "terminate
-    called without an active exception"; pytorch/pytorch#190489). Its last collective is behind
-    it then, so leaving waits for nothing.
+    An expected end exits with its code, so that the launcher stops the other processes at once.
+    A normal end leaves the process group first (its last collective is behind it): a gloo group
+    alive at interpreter shutdown now and then aborts the process (pytorch/pytorch#190489).
     """
-    outcome = _run_expecting_outcomes(main_func, args) or _SUCCESS
+    outcome = _run_expecting_outcomes(main_func, args) or RunOutcome(0, "")
     outcomes.put((comm.get_rank(), tuple(outcome)))
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
@@ -82,53 +73,33 @@ def _report_to_launcher(main_func: Callable, outcomes, args: Sequence) -> None:
         dist.destroy_process_group()
 
 
-def _drain(outcomes) -> List[Tuple[int, RunOutcome]]:
-    reported = []
-    while not outcomes.empty():
-        rank, outcome = outcomes.get()
-        reported.append((rank, RunOutcome(*outcome)))
-    return sorted(reported)
-
-
-def _launch_and_collect(
-    main_func: Callable, num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str,
-    args: Sequence,
-) -> Optional[RunOutcome]:
+def _launch_and_collect(main_func: Callable, num_gpus_per_machine: int, args: Sequence, **launch_kwargs):
     outcomes = multiprocessing.get_context("spawn").SimpleQueue()
-    received = []
-
-    def remember(signum):
-        received.append(signum)
-
     failure: Optional[ProcessExitedException] = None
     # When one process ends, torch logs that it terminates the others; with an expected end they
     # are ending too, and the run's own one-line message says what happened.
     spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
     spawn_level = spawn_logger.level
     spawn_logger.setLevel(logging.ERROR)
-    with forward_stop_signals(on_signal=remember):
+    with forward_stop_signals() as received:
         try:
-            launch(
-                _report_to_launcher,
-                num_gpus_per_machine,
-                num_machines=num_machines,
-                machine_rank=machine_rank,
-                dist_url=dist_url,
-                args=(main_func, outcomes, tuple(args)),
-            )
+            launch(_report_to_launcher, num_gpus_per_machine, args=(main_func, outcomes, tuple(args)),
+                   **launch_kwargs)
         except ProcessExitedException as e:  # a process exited with a code or a signal
             failure = e
         finally:
             spawn_logger.setLevel(spawn_level)
-    failures = [(rank, o) for rank, o in _drain(outcomes) if o.exit_code]
+    reported = []
+    while not outcomes.empty():
+        reported.append(outcomes.get())
+    failures = sorted((rank, RunOutcome(*outcome)) for rank, outcome in reported if outcome[0])
     if failures:
         return failures[0][1]  # the lowest rank's: all processes agree on stops and divergence
     stop = received[0] if received else None
-    if failure is not None:
-        if failure.exit_code < 0 and stop is None and -failure.exit_code in STOP_SIGNALS:
-            stop = -failure.exit_code
-        if stop is None:
+    if failure is not None and stop is None:
+        if -failure.exit_code not in STOP_SIGNALS:
             raise failure
+        stop = -failure.exit_code  # killed by a stop signal that the launcher did not receive
     if stop is not None:  # stopped outside the training loop: before it, or while evaluating
         name = signal.Signals(stop).name
         return RunOutcome(128 + stop, f"train_net.py: stopped by {name} outside the training loop; "
@@ -137,32 +108,24 @@ def _launch_and_collect(
 
 
 def launch_workers(
-    main_func: Callable,
-    *,
-    num_gpus_per_machine: int,
-    num_machines: int = 1,
-    machine_rank: int = 0,
-    dist_url: str = "auto",
-    args: Sequence = (),
+    main_func: Callable, *, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
+    dist_url: str = "auto", args: Sequence = (),
 ) -> Optional[RunOutcome]:
     """Run ``main_func(*args)`` in every training process; return how the run ended.
 
-    Under ``torchrun`` the process group is formed from its environment and the flags below are
-    ignored; otherwise Detectron2's ``launch`` spawns ``num_gpus_per_machine`` processes on this
-    machine (NCCL on CUDA, gloo on CPU), or runs ``main_func`` in this process when there is one.
-    The launcher passes SIGTERM/SIGINT on to the processes it spawned.
+    Under ``torchrun`` the process group comes from its environment and the flags below are
+    ignored; otherwise Detectron2's ``launch`` spawns the processes (NCCL on CUDA, gloo on CPU),
+    or runs ``main_func`` in this process when there is one, passing SIGTERM/SIGINT on to them.
 
     Args:
         main_func: the per-process entry point.
         num_gpus_per_machine: processes on this machine (one per GPU; on CPU any number).
-        num_machines: machines taking part.
-        machine_rank: this machine's rank, 0 for the one at ``dist_url``.
-        dist_url: rendezvous URL, e.g. ``tcp://10.0.0.1:29500``; "auto" for one machine.
+        num_machines, machine_rank, dist_url: as for Detectron2's ``launch``.
         args: arguments passed to ``main_func``.
 
     Returns:
-        None when every process finished normally; otherwise the :class:`RunOutcome` (exit code
-        and one-line message) of an expected end: bad input, a non-finite loss, a stop signal.
+        None when every process finished normally; otherwise the :class:`RunOutcome` of an
+        expected end (bad input, a non-finite loss, a stop signal).
 
     Raises:
         anything unexpected, with its traceback (from a spawned process:
@@ -179,4 +142,5 @@ def launch_workers(
         )
     if num_machines * num_gpus_per_machine == 1:
         return _run_expecting_outcomes(main_func, args)
-    return _launch_and_collect(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args)
+    return _launch_and_collect(main_func, num_gpus_per_machine, args, num_machines=num_machines,
+                               machine_rank=machine_rank, dist_url=dist_url)
