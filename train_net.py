@@ -8,13 +8,9 @@ Examples:
     # COCO, 8 GPUs:
     python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --num-gpus 8
 
-    # Evaluate a checkpoint:
+    # Evaluate a checkpoint (or through a yacs config of configs/yacs: MODEL.WEIGHTS output/model_final.pth):
     python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --eval-only \
         train.init_checkpoint=output/model_final.pth
-
-    # Evaluate it through a yacs config (configs/yacs; the checkpoint loads unchanged):
-    python3 train_net.py --config-file configs/yacs/mask_rcnn_rsb_r50_fpn_1x.yaml --eval-only \
-        MODEL.WEIGHTS output/model_final.pth
 
     # Your own COCO-format data:
     python3 train_net.py --config-file configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py \
@@ -29,21 +25,14 @@ import sys
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 
-from rsb_backbone.config import load_config_with_overrides, resolve_device, sync_num_classes
+from rsb_backbone.config import (
+    YACS, config_file_kind, load_config_with_overrides, resolve_device, sync_num_classes,
+)
 from rsb_backbone.data import register_coco_from_arg
 from rsb_backbone.engine import (
-    UserInputError,
-    do_test,
-    do_train,
-    launch_workers,
-    load_eval_checkpoint,
-    outcome_of,
-    user_input_stage,
-    wrap_ddp,
-    write_eval_results,
+    RunOutcome, UserInputError, do_test, do_train, evaluate_yacs, launch_workers, load_eval_checkpoint,
+    outcome_of, setup_yacs_config, user_input_stage, wrap_ddp, write_eval_results,
 )
-from rsb_backbone.engine.outcomes import RunOutcome
-from rsb_backbone.engine.yacs_eval import evaluate_yacs, is_yacs_config, setup_yacs_config
 from rsb_backbone.model_metadata import training_model_metadata
 from rsb_backbone.timm_resnet import skip_pretrained_weights
 
@@ -56,10 +45,7 @@ from shapes_registration import register_shapes_demo_datasets  # noqa: E402
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument(
-        "--register-coco",
-        action="append",
-        default=[],
-        metavar="NAME=JSON:IMAGE_DIR",
+        "--register-coco", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
         help="register a COCO-format data set under NAME (repeatable); "
         "point the config at it with dataloader.train.dataset.names=NAME",
     )
@@ -71,7 +57,7 @@ def setup_config(args):
     register_shapes_demo_datasets()
     for spec in args.register_coco:
         register_coco_from_arg(spec)
-    if is_yacs_config(args.config_file):
+    if config_file_kind(args.config_file) == YACS:
         return setup_yacs_config(args.config_file, args.opts, eval_only=args.eval_only)
     cfg = load_config_with_overrides(args.config_file, args.opts)
     cfg.train.device = resolve_device(cfg.train.get("device", "auto"))
@@ -99,7 +85,7 @@ def main(args):
     with user_input_stage():
         cfg = setup_config(args)
         default_setup(cfg, args)
-    if is_yacs_config(args.config_file):
+    if config_file_kind(args.config_file) == YACS:
         return evaluate_yacs(cfg, resume=args.resume)
     if args.eval_only:
         return evaluate(cfg, args)
@@ -111,14 +97,8 @@ def invoke_main() -> None:
     try:
         with user_input_stage():
             setup_config(args)  # fail fast, before any worker starts
-        outcome = launch_workers(
-            main,
-            num_gpus_per_machine=args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        outcome = launch_workers(main, num_gpus_per_machine=args.num_gpus, num_machines=args.num_machines,
+                                 machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except UserInputError as e:
         outcome = outcome_of(e)
     except KeyboardInterrupt:  # Ctrl-C before the training loop took over SIGINT

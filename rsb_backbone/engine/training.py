@@ -1,12 +1,15 @@
-"""Training and evaluation loops for LazyConfigs (what ``train_net.py`` runs in each worker)."""
+"""Training and evaluation loops for LazyConfigs (what ``train_net.py`` runs in each process), with
+the trainers' finite-loss check and gradient clipping."""
 
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
+
+import torch
 
 from detectron2.config import instantiate
-from detectron2.engine import default_writers, hooks
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -14,21 +17,86 @@ from detectron2.utils import comm
 from ..detector_checkpoint import load_detector_checkpoint
 from ..model_metadata import ModelMetadataState, training_model_metadata
 from .atomic_checkpointer import AtomicCheckpointer, remove_stale_temporary_files
-from .hooks import GradientClipHook
 from .outcomes import NonFiniteLossError, user_input_stage
-from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers
-from .trainers import build_trainer
+from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers, max_over_processes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["do_test", "do_train", "load_eval_checkpoint", "wrap_ddp", "write_eval_results"]
+__all__ = [
+    "GradientClipHook", "build_trainer", "do_test", "do_train", "load_eval_checkpoint", "wrap_ddp",
+    "write_eval_results",
+]
+
+
+class GradientClipHook(HookBase):
+    """Clip the global gradient norm after each backward pass (unscaled first under AMP).
+
+    Args:
+        max_norm: largest allowed norm of all gradients together.
+        norm_type: p of the p-norm (2.0: Euclidean; ``inf``: largest absolute value).
+    """
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0):
+        if max_norm <= 0:
+            raise ValueError(f"clip_grad.max_norm={max_norm}: expected a positive number")
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+
+    def after_backward(self):
+        grad_scaler = getattr(self.trainer, "grad_scaler", None)
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            grad_scaler.unscale_(self.trainer.optimizer)
+        params = [p for group in self.trainer.optimizer.param_groups for p in group["params"]]
+        params = [p for p in params if p.grad is not None]
+        total_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type)
+        self.trainer.storage.put_scalar("grad_norm", float(total_norm), smoothing_hint=True)
+
+
+class _FiniteLossCheck:
+    """Checks every loss before metrics are written, which is before ``optimizer.step``, so the
+    failing iteration's update is never applied. The processes agree on the result, so all raise
+    :class:`NonFiniteLossError` at the same iteration instead of waiting for the collective timeout."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+        if max_over_processes(int(bool(bad))):
+            suffix = " (process {})" if comm.get_world_size() > 1 else ""
+            described = "; ".join(", ".join(f"{k}={v}" for k, v in losses.items()) + suffix.format(rank)
+                                  for rank, losses in enumerate(comm.all_gather(bad)) if losses)
+            iteration = self.iter if iter is None else iter
+            raise NonFiniteLossError(f"loss became non-finite at iteration {iteration}: {described}")
+        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+
+
+class _CheckedSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
+    pass
+
+
+class _CheckedAMPTrainer(_FiniteLossCheck, AMPTrainer):
+    pass
+
+
+def build_trainer(model, data_loader, optimizer, *, amp: bool):
+    """Detectron2's ``AMPTrainer`` (``amp``, CUDA only) or ``SimpleTrainer``, checking that losses
+    stay finite.
+
+    Args:
+        model: the (possibly DDP-wrapped) model in training mode.
+        data_loader: an iterable of training batches.
+        optimizer: the optimizer.
+        amp: mixed precision.
+    """
+    if amp:
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"train.amp.enabled=True needs a CUDA model; this one is on {device}")
+        return _CheckedAMPTrainer(model, data_loader, optimizer)
+    return _CheckedSimpleTrainer(model, data_loader, optimizer)
 
 
 def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
-    """Wrap ``model`` in DistributedDataParallel when several workers run.
-
-    Detectron2's ``create_ddp_model`` always passes ``device_ids``, which DDP rejects for CPU
-    modules; CPU workers (gloo) are wrapped without them.
+    """Wrap ``model`` in DistributedDataParallel when several processes run; Detectron2's
+    ``create_ddp_model`` passes ``device_ids``, which DDP rejects for CPU modules.
 
     Args:
         model: the model, already on its device.
@@ -39,16 +107,12 @@ def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
         return model
     if next(model.parameters()).device.type == "cuda":
         return create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, **kwargs)
+    return torch.nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
 def load_eval_checkpoint(model, output_dir: str, checkpoint: str, *, resume: bool, key: str) -> None:
-    """Load the checkpoint that ``--eval-only`` evaluates into ``model``, strictly.
-
-    A checkpoint of another detector (or with other classes) is an error naming the keys, not an
-    evaluation of randomly initialized heads.
+    """Load the checkpoint that ``--eval-only`` evaluates into ``model``, strictly (another
+    detector's checkpoint is an error naming the keys).
 
     Args:
         model: the detector.
@@ -65,27 +129,24 @@ def load_eval_checkpoint(model, output_dir: str, checkpoint: str, *, resume: boo
     load_detector_checkpoint(model, checkpoint)
 
 
-def write_eval_results(results: Dict[str, Any], output_dir: str, filename: str = "eval_results.json") -> Optional[str]:
-    """Save evaluation results as JSON in ``output_dir`` (main process only); return the path."""
-    if not comm.is_main_process() or not output_dir:
-        return None
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, filename)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    logger.info("Evaluation results written to %s", path)
-    return path
+def write_eval_results(results: Dict[str, Any], output_dir: str) -> None:
+    """Save evaluation results as ``eval_results.json`` in ``output_dir`` (main process only)."""
+    if comm.is_main_process() and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "eval_results.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        logger.info("Evaluation results written to %s", path)
 
 
 def do_test(cfg, model) -> Dict[str, Any]:
     """Run COCO evaluation of ``model`` on ``dataloader.test``; returns the results dict."""
     if "evaluator" not in cfg.dataloader:
         return {}
-    evaluator_cfg = cfg.dataloader.evaluator
-    if "output_dir" not in evaluator_cfg or not evaluator_cfg.output_dir:
-        evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+    if not cfg.dataloader.evaluator.get("output_dir"):
+        cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
     test_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.test))
-    results = inference_on_dataset(model, test_loader, instantiate(evaluator_cfg))
+    results = inference_on_dataset(model, test_loader, instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -110,22 +171,20 @@ def do_train(cfg, *, resume: bool) -> None:
         metadata = ModelMetadataState(training_model_metadata(cfg))  # class names, saved with the weights
         checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer, metadata=metadata)
         clip = cfg.train.get("clip_grad", {}) or {}
+        main_process = comm.is_main_process()
         trainer.register_hooks(
             [
                 hooks.IterationTimer(),
                 hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
                 GradientClipHook(clip["max_norm"], clip.get("norm_type", 2.0)) if clip.get("enabled") else None,
                 CheckpointOnSignalHook(checkpointer),
-                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
                 hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-                hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-                )
-                if comm.is_main_process()
-                else None,
+                hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                                     period=cfg.train.log_period) if main_process else None,
             ]
         )
-        if comm.is_main_process():
+        if main_process:
             remove_stale_temporary_files(cfg.train.output_dir)
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that just finished: start at the next one.

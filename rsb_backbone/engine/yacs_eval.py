@@ -1,11 +1,5 @@
-"""``train_net.py --eval-only`` for yacs configs (``configs/yacs``): COCO evaluation with pycocotools.
-
-Training stays on LazyConfigs; their checkpoints evaluate here unchanged, because the yacs
-configs build the same modules. Usage::
-
-    python3 train_net.py --config-file configs/yacs/mask_rcnn_rsb_r50_fpn_1x.yaml --eval-only \
-        MODEL.WEIGHTS output/model_final.pth
-"""
+"""``train_net.py --eval-only`` for yacs configs (``configs/yacs``), which build the same modules
+as the LazyConfigs, so their checkpoints evaluate unchanged; training stays on LazyConfigs."""
 
 import os
 from typing import Any, Dict, Sequence
@@ -15,16 +9,11 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 
-from ..config import YACS, config_file_kind, load_yacs_config, resolve_device, sync_num_classes
+from ..config import load_yacs_config, resolve_device, sync_num_classes
 from .outcomes import user_input_stage
 from .training import load_eval_checkpoint, write_eval_results
 
-__all__ = ["is_yacs_config", "setup_yacs_config", "evaluate_yacs"]
-
-
-def is_yacs_config(config_file: str) -> bool:
-    """Whether ``config_file`` is a yacs config (see :func:`~rsb_backbone.config.config_file_kind`)."""
-    return config_file_kind(config_file) == YACS
+__all__ = ["setup_yacs_config", "evaluate_yacs"]
 
 
 def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool) -> CfgNode:
@@ -33,7 +22,7 @@ def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool)
     Args:
         config_file: a yacs YAML file.
         opts: ``KEY VALUE`` pairs or ``KEY=VALUE`` overrides (e.g. ``MODEL.WEIGHTS=model.pth``).
-        eval_only: must be True: yacs configs are not used for training here.
+        eval_only: must be True (no training from yacs configs).
 
     Returns:
         the frozen config.
