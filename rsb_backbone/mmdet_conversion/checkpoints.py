@@ -9,26 +9,20 @@ from ..checkpoint_layouts import MMDETECTION_ENTRY, checkpoint_tensors
 from ..tensor_files import WeightFileError, load_tensor_file
 from .key_maps import DETECTORS
 
-__all__ = ["MMDetConversionError", "detect_detector", "load_mmdet_checkpoint"]
-
-
 class MMDetConversionError(WeightFileError):
     """A checkpoint that cannot be converted; the message names the file and the keys."""
 
 
 def _key_list(keys, limit: int = 8) -> str:
+    """The first ``limit`` of the sorted ``keys``, and how many more there are."""
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def load_mmdet_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read an mmdetection checkpoint tensors-only.
-
-    mmdetection saves ``{"meta": {...}, "state_dict": {...}}`` (``mmcv.runner.save_checkpoint``;
-    ``publish_model.py`` drops ``optimizer``); ``meta`` holds plain values (class names, config
-    text, versions), which ``weights_only`` loading accepts. A bare ``{name: tensor}`` dict is
-    accepted too.
+    """Read an mmdetection checkpoint (``{"meta": {...}, "state_dict": {...}}``, ``meta`` of plain
+    values, or a bare ``{name: tensor}`` dict) tensors-only.
 
     Args:
         path: the ``.pth`` file.
@@ -48,23 +42,21 @@ def load_mmdet_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str,
     return state_dict, dict(meta) if isinstance(meta, Mapping) else {}
 
 
-# Keys that identify each detector, most specific first; all must be present (faster_rcnn: and
-# no mask head).
+# Keys that identify each detector besides "backbone.conv1.weight", most specific first; all must
+# be present (faster_rcnn: and no mask head).
 _SIGNATURES = {
-    "retinanet": ("backbone.conv1.weight", "bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight"),
+    "retinanet": ("bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight"),
     "cascade_mask_rcnn": (
-        "backbone.conv1.weight",
         "rpn_head.rpn_cls.weight",
         "roi_head.bbox_head.0.fc_cls.weight",
         "roi_head.mask_head.0.conv_logits.weight",
     ),
     "mask_rcnn": (
-        "backbone.conv1.weight",
         "rpn_head.rpn_cls.weight",
         "roi_head.bbox_head.fc_cls.weight",
         "roi_head.mask_head.conv_logits.weight",
     ),
-    "faster_rcnn": ("backbone.conv1.weight", "rpn_head.rpn_cls.weight", "roi_head.bbox_head.fc_cls.weight"),
+    "faster_rcnn": ("rpn_head.rpn_cls.weight", "roi_head.bbox_head.fc_cls.weight"),
 }
 
 
@@ -84,8 +76,9 @@ def detect_detector(state_dict: Mapping[str, Any], source: str = "<state_dict>")
     keys = set(state_dict)
     has_mask_head = any(k.startswith("roi_head.mask_head.") for k in keys)
     for detector, signature in _SIGNATURES.items():  # most specific first
-        if all(k in keys for k in signature) and not (detector == "faster_rcnn" and has_mask_head):
-            return detector
+        if keys.issuperset(signature) and "backbone.conv1.weight" in keys:
+            if not (detector == "faster_rcnn" and has_mask_head):
+                return detector
     if "roi_head.bbox_head.0.fc_cls.weight" in keys and not has_mask_head:
         hint = "a Cascade R-CNN without mask heads, which has no config here"
     else:

@@ -1,11 +1,7 @@
 """Converting mmdetection v2.x checkpoints of the four RSB detectors to Detectron2 checkpoints.
 
-Every tensor is accounted for: each mmdetection key must match a rule of its detector
-(:mod:`.key_maps`), each rule's target must be a parameter or buffer of the model built from our
-LazyConfig, every parameter and buffer of that model must be produced, and shapes must agree.
-Nothing is skipped silently; the one tensor that may be dropped on purpose is a BatchNorm's
-``num_batches_tracked`` counter when the target layer is a ``FrozenBatchNorm2d`` without one
-(listed in the report).
+Every tensor is accounted for (:func:`convert_state_dict`); the only one dropped on purpose, and
+reported, is a ``num_batches_tracked`` counter whose target is a ``FrozenBatchNorm2d`` without one.
 """
 
 import logging
@@ -24,14 +20,6 @@ from .checkpoints import MMDetConversionError, _key_list, detect_detector, load_
 from .key_maps import DETECTORS, TENSOR_TRANSFORMS, map_key
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_CONFIGS",
-    "ConversionReport",
-    "build_target_model",
-    "convert_mmdet_checkpoint",
-    "convert_state_dict",
-]
 
 # The LazyConfig each detector converts to, relative to the repository root: the `_mmdet` configs,
 # which describe mmdetection-trained models (the cascade needs their three mask heads, RetinaNet
@@ -81,15 +69,6 @@ class ConversionReport:
         return text
 
 
-def _check_cascade_target(detector: str, target_keys, source: str, target_name: str) -> None:
-    if detector == "cascade_mask_rcnn" and "roi_heads.mask_head.mask_fcn1.weight" in target_keys:
-        raise MMDetConversionError(
-            f"{source}: mmdetection's Cascade Mask R-CNN has three mask heads (one per stage, "
-            f"averaged at test time) but {target_name} has one; convert for "
-            f"{DEFAULT_CONFIGS['cascade_mask_rcnn']} (MMDetCascadeROIHeads), which keeps all three"
-        )
-
-
 def convert_state_dict(
     mmdet_state_dict: Mapping[str, torch.Tensor],
     detector: str,
@@ -98,7 +77,9 @@ def convert_state_dict(
     source: str = "<state_dict>",
     target_name: str = "the target model",
 ) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
-    """Rename and transform an mmdetection state dict into ``target_state_dict``'s keys.
+    """Rename and transform an mmdetection state dict into ``target_state_dict``'s keys: each key
+    must match a rule of ``detector`` (:mod:`.key_maps`) whose target is in ``target_state_dict``,
+    every target key must be produced once, and shapes must agree.
 
     Args:
         mmdet_state_dict: mmdetection's ``state_dict`` entry.
@@ -117,7 +98,12 @@ def convert_state_dict(
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector={detector!r}: expected one of {', '.join(DETECTORS)}")
-    _check_cascade_target(detector, target_state_dict, source, target_name)
+    if detector == "cascade_mask_rcnn" and "roi_heads.mask_head.mask_fcn1.weight" in target_state_dict:
+        raise MMDetConversionError(
+            f"{source}: mmdetection's Cascade Mask R-CNN has three mask heads (one per stage, "
+            f"averaged at test time) but {target_name} has one; convert for "
+            f"{DEFAULT_CONFIGS['cascade_mask_rcnn']} (MMDetCascadeROIHeads), which keeps all three"
+        )
     converted: Dict[str, torch.Tensor] = {}
     report = ConversionReport(source=source, detector=detector, num_tensors=0)
     unmatched, no_place, duplicated, mismatched = [], [], [], []
@@ -148,19 +134,17 @@ def convert_state_dict(
             continue
         converted[target_key] = tensor.to(dtype=expected.dtype) if tensor.is_floating_point() else tensor
     missing = [k for k in target_state_dict if k not in provided]
-    problems = []
-    if unmatched:
-        problems.append(f"{len(unmatched)} keys match no {detector} rule: {_key_list(unmatched)}")
-    if no_place:
-        problems.append(f"{len(no_place)} keys have no place in {target_name}: {_key_list(no_place)}")
-    if duplicated:
-        problems.append(f"{len(duplicated)} target keys are produced twice: {_key_list(duplicated)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shapes differ: {_key_list(mismatched, 4)}")
-    if missing:
-        problems.append(
-            f"{len(missing)} keys of {target_name} are not in the checkpoint: {_key_list(missing)}"
+    problems = [
+        f"{len(keys)} {what}: {_key_list(keys, 4 if keys is mismatched else 8)}"
+        for keys, what in (
+            (unmatched, f"keys match no {detector} rule"),
+            (no_place, f"keys have no place in {target_name}"),
+            (duplicated, "target keys are produced twice"),
+            (mismatched, "shapes differ"),
+            (missing, f"keys of {target_name} are not in the checkpoint"),
         )
+        if keys
+    ]
     if problems:
         raise MMDetConversionError(
             f"{source}: cannot convert this mmdetection {detector} checkpoint to {target_name}: "
@@ -179,13 +163,6 @@ def build_target_model(config_file: str) -> nn.Module:
     cfg = LazyConfig.load(config_file)
     skip_pretrained_weights(cfg.model)  # the checkpoint provides every weight
     return instantiate(cfg.model).eval()
-
-
-def _resolve_config(detector: str, config_file: Optional[str]) -> str:
-    if config_file:
-        return os.fspath(config_file)
-    # DEFAULT_CONFIGS names them as in the repository; the model zoo finds them installed too.
-    return get_config_file(os.path.relpath(DEFAULT_CONFIGS[detector], "configs"))
 
 
 def _plain_meta(meta: Mapping) -> Dict[str, object]:
@@ -225,13 +202,10 @@ def convert_mmdet_checkpoint(
 ) -> ConversionReport:
     """Convert an mmdetection checkpoint file into a Detectron2 checkpoint for our config.
 
-    Reads ``input_path`` tensors-only, detects the detector (or checks ``detector``), builds the
-    model of ``config_file`` (default :data:`DEFAULT_CONFIGS`), converts, loads the result into
-    that model with ``strict=True``, and writes ``{"model": state_dict, "__author__": ...,
-    "mmdet_conversion": {...}, "metadata": {...}}`` to ``output_path`` atomically. ``metadata``
-    holds the checkpoint's class names (``meta["CLASSES"]``), with COCO's category ids when they
-    are COCO's 80 classes (see :mod:`rsb_backbone.model_metadata`); it is left out when the
-    checkpoint names no classes.
+    Reads ``input_path`` tensors-only, detects the detector (or checks ``detector``), converts for
+    the model of ``config_file``, loads the result into it with ``strict=True`` and writes
+    ``{"model", "__author__", "mmdet_conversion", "metadata"}`` atomically; ``metadata`` (left out
+    without class names) holds ``meta["CLASSES"]``, with COCO's category ids for COCO's 80 classes.
 
     Args:
         input_path: mmdetection ``.pth`` file.
@@ -251,7 +225,9 @@ def convert_mmdet_checkpoint(
         raise MMDetConversionError(
             f"{input_path}: --detector {detector} given, but the checkpoint holds a {found}"
         )
-    config_file = _resolve_config(found, config_file)
+    # DEFAULT_CONFIGS names them as in the repository; the model zoo finds them installed too.
+    default_config = os.path.relpath(DEFAULT_CONFIGS[found], "configs")
+    config_file = os.fspath(config_file or get_config_file(default_config))
     model = build_target_model(config_file)
     converted, report = convert_state_dict(
         state_dict, found, model.state_dict(), source=input_path, target_name=config_file
