@@ -1,5 +1,4 @@
-"""Reading detector checkpoints tensors-only, and loading a whole one for evaluation or inference
-with every key accounted for."""
+"""Reading detector checkpoints tensors-only; loading a whole one with every key accounted for."""
 
 import logging
 import os
@@ -10,13 +9,11 @@ from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .model_metadata import METADATA_KEY, parse_model_metadata, read_model_metadata
-from .tensor_files import WeightFileError, load_tensor_file
+from .tensor_files import WeightFileError, first_items, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TensorsOnlyCheckpointer", "load_detector_checkpoint"]
-
-_KEYS_SHOWN = 5  # keys named in the error message, per kind of mismatch
 
 
 class TensorsOnlyCheckpointer(DetectionCheckpointer):
@@ -51,13 +48,13 @@ class _CheckedCheckpointer(TensorsOnlyCheckpointer):
         incompatible = super()._load_model(checkpoint)
         problems = []
         if incompatible.missing_keys:
-            problems.append(f"missing {_first(incompatible.missing_keys)}")
+            problems.append(f"missing {first_items(incompatible.missing_keys)}")
         if incompatible.unexpected_keys:
-            problems.append(f"not in the model {_first(incompatible.unexpected_keys)}")
+            problems.append(f"not in the model {first_items(incompatible.unexpected_keys)}")
         if incompatible.incorrect_shapes:
             shapes = [f"{k}: {tuple(c)} vs {tuple(m)}" for k, c, m in incompatible.incorrect_shapes]
             problems.append(
-                f"other shapes (checkpoint vs model) {_first(shapes)}; if these are the class "
+                f"other shapes (checkpoint vs model) {first_items(shapes)}; if these are the class "
                 f"layers, set the config's number of classes to the checkpoint's"
             )
         if problems:
@@ -67,30 +64,21 @@ class _CheckedCheckpointer(TensorsOnlyCheckpointer):
         return incompatible
 
 
-def _first(items) -> str:
-    shown = ", ".join(str(i) for i in items[:_KEYS_SHOWN])
-    more = f", ... ({len(items)} in all)" if len(items) > _KEYS_SHOWN else ""
-    return f"[{shown}{more}]"
-
-
 def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict[str, Any]]:
-    """Load a detector checkpoint (e.g. ``model_final.pth`` from ``train_net.py``) into ``model``.
+    """Load a detector checkpoint into ``model``, tensors-only (:class:`TensorsOnlyCheckpointer`).
 
-    Files are read with :class:`TensorsOnlyCheckpointer`: ``.safetensors`` or
-    ``torch.load(weights_only=True)``, never arbitrary pickles. Training checkpoints, published
-    files (``.pth`` in any precision, ``.safetensors``) and converted mmdetection checkpoints
-    are all accepted.
+    Training checkpoints, published files (``.pth`` in any precision, ``.safetensors``) and
+    converted mmdetection checkpoints are all accepted.
 
     Args:
         model: the detector, built from the config the checkpoint was trained with.
         checkpoint: path of the checkpoint file.
 
     Raises:
-        ValueError: ``checkpoint`` is empty.
+        ValueError: ``checkpoint`` is empty, or the file's model metadata is malformed.
         FileNotFoundError: the file does not exist.
         WeightFileError: unreadable file, or its weights do not fit ``model`` (missing or extra
             keys, other shapes); the message names the file and the keys.
-        ValueError: the file's model metadata is malformed.
 
     Returns:
         the model metadata stored with the weights (class names, category ids; see

@@ -1,46 +1,29 @@
 """A trained model's class names and its data set's category ids, kept with the model.
 
-The data set a model was trained on is registered only in the training process (Detectron2's
-``MetadataCatalog``). What inference needs of it travels with the model as a small JSON-able
-dict, its *model metadata*::
-
-    {"thing_classes": ["box", "ring", "wedge"],
-     "thing_dataset_id_to_contiguous_id": {"3": 0, "7": 1, "42": 2}}
-
-``thing_classes`` is indexed by the model's class index; the optional
-``thing_dataset_id_to_contiguous_id`` maps the data set's category ids to those indices (keys are
-strings in stored form, as JSON writes them; :func:`parse_model_metadata` turns them back into
-ints). Where it is stored:
-
-- training checkpoints and published ``.pth`` files: under :data:`METADATA_KEY` next to ``"model"``;
-- published ``.safetensors`` files: as JSON in the header's string metadata, under
-  :data:`METADATA_KEY`;
-- the ``config.yaml`` that ``train_net.py`` saves: the top-level ``metadata`` node.
-
-Predictors use it in preference to the data set their config names (:func:`detectron2_metadata`).
+Its *model metadata* is ``{"thing_classes": [...], "thing_dataset_id_to_contiguous_id": {...}}``
+(the second key optional), stored under :data:`METADATA_KEY` in checkpoints, published files and
+the saved ``config.yaml`` (README, "Class names and publishing a model"). In memory the category
+ids are ints; where it is written they are strings, as JSON and YAML keep them
+(:func:`storable_model_metadata`), and :func:`parse_model_metadata` reads them back.
 """
 
+import copy
 import json
 import logging
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .tensor_files import WeightFileError, first_items, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "METADATA_KEY",
-    "ModelMetadataState",
-    "collect_model_metadata",
-    "config_model_metadata",
-    "detectron2_metadata",
-    "metadata_from_safetensors_header",
-    "metadata_to_safetensors_header",
-    "parse_model_metadata",
-    "read_model_metadata",
-    "storable_model_metadata",
-    "training_model_metadata",
+    "METADATA_KEY", "ModelMetadataState", "collect_model_metadata", "config_model_metadata",
+    "detectron2_metadata", "metadata_from_safetensors_header", "metadata_to_safetensors_header",
+    "parse_model_metadata", "read_model_metadata", "storable_model_metadata", "training_model_metadata",
 ]
 
 METADATA_KEY = "metadata"  # checkpoint key, safetensors header key and LazyConfig node
@@ -63,24 +46,17 @@ def parse_model_metadata(raw: Any, source: str) -> Optional[Dict[str, Any]]:
     Raises:
         ValueError: malformed metadata; the message names ``source`` and the key.
     """
-    if raw is None:
-        return None
-    raw = _plain(raw)
-    if not isinstance(raw, dict):
+    if isinstance(raw, (DictConfig, ListConfig)):
+        raw = OmegaConf.to_container(raw, resolve=True)
+    if raw is not None and not isinstance(raw, dict):
         raise ValueError(f"{source}: model metadata is a {type(raw).__name__}; expected a dict")
     if not raw:
         return None
-    classes = raw.get(_CLASSES)
+    classes, id_map = raw.get(_CLASSES), raw.get(_IDS)
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise ValueError(f"{source}: model metadata {_CLASSES} = {classes!r}; expected a list of class names")
-    parsed: Dict[str, Any] = {_CLASSES: list(classes)}
-    id_map = raw.get(_IDS)
-    if id_map is not None:
-        parsed[_IDS] = _parse_id_map(id_map, len(classes), source)
-    return parsed
-
-
-def _parse_id_map(id_map: Any, num_classes: int, source: str) -> Dict[int, int]:
+    if id_map is None:
+        return {_CLASSES: list(classes)}
     if not isinstance(id_map, dict):
         raise ValueError(f"{source}: model metadata {_IDS} is a {type(id_map).__name__}; expected a dict")
     parsed: Dict[int, int] = {}
@@ -88,31 +64,21 @@ def _parse_id_map(id_map: Any, num_classes: int, source: str) -> Dict[int, int]:
         try:
             dataset_id = int(key)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"{source}: model metadata {_IDS} has the key {key!r}; expected a category id"
-            ) from None
+            message = f"{source}: model metadata {_IDS} has the key {key!r}; expected a category id"
+            raise ValueError(message) from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{source}: model metadata {_IDS}[{key!r}] = {value!r}; expected a class index")
         parsed[dataset_id] = value
-    if sorted(parsed.values()) != list(range(num_classes)):
+    if sorted(parsed.values()) != list(range(len(classes))):
         raise ValueError(
             f"{source}: model metadata {_IDS} maps to the class indices {sorted(parsed.values())}; "
-            f"expected each of 0..{num_classes - 1} once (one per thing_classes entry)"
+            f"expected each of 0..{len(classes) - 1} once (one per thing_classes entry)"
         )
-    return parsed
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf nodes as plain Python containers; other values unchanged."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+    return {_CLASSES: list(classes), _IDS: parsed}
 
 
 def storable_model_metadata(metadata: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
-    """Model metadata in stored form (category ids as string keys, as JSON and YAML keep them).
+    """Model metadata as it is written: category ids as string keys, in class-index order.
 
     Args:
         metadata: parsed or stored model metadata, or None.
@@ -124,13 +90,12 @@ def storable_model_metadata(metadata: Optional[Mapping[str, Any]]) -> Optional[D
         return None
     stored: Dict[str, Any] = {_CLASSES: list(metadata[_CLASSES])}
     if metadata.get(_IDS) is not None:
-        by_index = sorted(metadata[_IDS].items(), key=lambda item: int(item[1]))
-        stored[_IDS] = {str(k): int(v) for k, v in by_index}
+        stored[_IDS] = {str(k): int(v) for k, v in sorted(metadata[_IDS].items(), key=lambda kv: int(kv[1]))}
     return stored
 
 
 def collect_model_metadata(dataset_name: str) -> Optional[Dict[str, Any]]:
-    """The model metadata of a registered data set, in stored form.
+    """The model metadata of a registered data set, checked, in stored form.
 
     Args:
         dataset_name: a name in Detectron2's ``MetadataCatalog`` (e.g. the training set).
@@ -143,12 +108,8 @@ def collect_model_metadata(dataset_name: str) -> Optional[Dict[str, Any]]:
     classes = catalog.get(_CLASSES, None)
     if not classes:
         return None
-    metadata: Dict[str, Any] = {_CLASSES: [str(c) for c in classes]}
-    id_map = catalog.get(_IDS, None)
-    if id_map:
-        metadata[_IDS] = dict(id_map)
-    parsed = parse_model_metadata(storable_model_metadata(metadata), f"data set {dataset_name!r}")
-    return storable_model_metadata(parsed)
+    raw = {_CLASSES: [str(c) for c in classes], _IDS: dict(catalog.get(_IDS, None) or {}) or None}
+    return storable_model_metadata(parse_model_metadata(raw, f"data set {dataset_name!r}"))
 
 
 def training_model_metadata(cfg) -> Optional[Dict[str, Any]]:
@@ -161,12 +122,10 @@ def training_model_metadata(cfg) -> Optional[Dict[str, Any]]:
     Returns:
         see :func:`collect_model_metadata`; None when the config has no training data set.
     """
-    dataset = cfg.dataloader.get("train", {}).get("dataset", None)
-    names = dataset.get("names", None) if dataset is not None else None
+    names = OmegaConf.select(cfg, "dataloader.train.dataset.names")
     if not names:
         return None
-    first = names if isinstance(names, str) else list(names)[0]
-    return collect_model_metadata(first)
+    return collect_model_metadata(names if isinstance(names, str) else names[0])
 
 
 def config_model_metadata(cfg, source: str = "config") -> Optional[Dict[str, Any]]:
@@ -175,24 +134,15 @@ def config_model_metadata(cfg, source: str = "config") -> Optional[Dict[str, Any
     Args:
         cfg: a loaded LazyConfig, e.g. the ``config.yaml`` that ``train_net.py`` saved.
         source: the config's name, for error messages.
-
-    Returns:
-        see :func:`parse_model_metadata`; None when the config has no ``metadata`` node.
     """
     return parse_model_metadata(cfg.get(METADATA_KEY, None), f"{source}: {METADATA_KEY}")
 
 
 def metadata_to_safetensors_header(metadata: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
-    """The string metadata of a safetensors header that carries ``metadata``.
+    """``{"metadata": JSON text}`` for a safetensors header; None when there is no metadata.
 
     A single entry: safetensors writes the entries of its header in no fixed order, and a file
     whose bytes depend only on its content keeps its hash (and so its published name).
-
-    Args:
-        metadata: parsed or stored model metadata, or None.
-
-    Returns:
-        ``{"metadata": JSON text}``, or None when there is no metadata to store.
     """
     stored = storable_model_metadata(metadata)
     return {METADATA_KEY: json.dumps(stored, sort_keys=True)} if stored else None
@@ -220,34 +170,24 @@ def metadata_from_safetensors_header(
 def read_model_metadata(path: str) -> Optional[Dict[str, Any]]:
     """The model metadata stored in a checkpoint or published file; None when it holds none.
 
-    ``.safetensors`` files: only the header is read. Other files are read tensors-only
-    (:func:`~rsb_backbone.tensor_files.load_tensor_file`).
-
     Args:
-        path: a ``train_net.py`` checkpoint, a published ``.pth`` or ``.safetensors`` file, or a
-            converted mmdetection checkpoint.
+        path: a ``train_net.py`` checkpoint, a published ``.pth`` or ``.safetensors`` file (only
+            its header is read), or a converted mmdetection checkpoint (read tensors-only).
     """
-    from .tensor_files import WeightFileError, load_tensor_file
+    from safetensors import SafetensorError, safe_open
 
     path = str(path)
     if path.endswith(".safetensors"):
-        return metadata_from_safetensors_header(_safetensors_header(path), path)
+        try:
+            with safe_open(path, framework="pt") as f:
+                header = f.metadata()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightFileError(f"{path}: not a readable safetensors file ({e})") from e
+        return metadata_from_safetensors_header(header, path)
     loaded = load_tensor_file(path)
     if not isinstance(loaded, dict):
         raise WeightFileError(f"{path}: expected a dict checkpoint, got {type(loaded).__name__}")
     return parse_model_metadata(loaded.get(METADATA_KEY), f"{path}: {METADATA_KEY}")
-
-
-def _safetensors_header(path: str) -> Optional[Dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    from .tensor_files import WeightFileError
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return f.metadata()
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightFileError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def detectron2_metadata(
@@ -267,23 +207,11 @@ def detectron2_metadata(
     """
     if not stored:
         return fallback
-    metadata = Metadata(name=name)
-    metadata.thing_classes = list(stored[_CLASSES])
-    if stored.get(_IDS) is not None:
-        metadata.thing_dataset_id_to_contiguous_id = dict(stored[_IDS])
+    metadata = Metadata(name=name, **copy.deepcopy(dict(stored)))
     if fallback is not None and fallback.get(_CLASSES, None) not in (None, metadata.thing_classes):
-        logger.info(
-            "Class names from %s (%s) instead of those of %s",
-            name,
-            _short(metadata.thing_classes),
-            fallback.name,
-        )
+        shown = first_items(metadata.thing_classes)
+        logger.info("Class names from %s (%s) instead of those of %s", name, shown, fallback.name)
     return metadata
-
-
-def _short(names: Sequence[str], shown: int = 5) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 class ModelMetadataState:
@@ -309,6 +237,6 @@ class ModelMetadataState:
             logger.warning(
                 "The resumed checkpoint was trained on other classes (%s); checkpoints from now "
                 "on store those of the current training set (%s)",
-                _short(resumed[_CLASSES]) if resumed else "none stored",
-                _short(self.metadata[_CLASSES]) if self.metadata else "none",
+                first_items(resumed[_CLASSES]) if resumed else "none stored",
+                first_items(self.metadata[_CLASSES]) if self.metadata else "none",
             )

@@ -7,13 +7,13 @@ Python objects other than tensors and plain containers (and so never runs their 
 
 import os
 import pickle
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-__all__ = ["WeightFileError", "load_tensor_file", "one_line_summary"]
+__all__ = ["WeightFileError", "first_items", "load_tensor_file", "one_line_summary"]
 
 
 class WeightFileError(ValueError):
@@ -24,6 +24,12 @@ def one_line_summary(error: BaseException) -> str:
     """The message of ``error`` on one line, shortened to 200 characters, for a one-line error."""
     text = " ".join(str(error).split())
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def first_items(items: Sequence[Any], shown: int = 5) -> str:
+    """``[a, b, c, d, e, ... (7 in all)]``: the first ``shown`` of ``items``, for one-line messages."""
+    more = f", ... ({len(items)} in all)" if len(items) > shown else ""
+    return "[" + ", ".join(str(i) for i in items[:shown]) + more + "]"
 
 
 def load_tensor_file(path: str) -> Any:
