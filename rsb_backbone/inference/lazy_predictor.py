@@ -1,6 +1,5 @@
 """``DefaultPredictor``'s interface for a detector described by a LazyConfig."""
 
-import copy
 import logging
 import os
 from typing import Any, Dict, Sequence, Union
@@ -10,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import detectron2.data.transforms as T
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
@@ -27,56 +26,20 @@ __all__ = ["LazyConfigPredictor"]
 _INPUT_FORMATS = ("RGB", "BGR")
 
 
-def _load_cfg(config_file_or_cfg: Union[str, DictConfig], overrides: Sequence[str]) -> DictConfig:
-    if isinstance(config_file_or_cfg, (str, os.PathLike)):
-        return load_config_with_overrides(os.fspath(config_file_or_cfg), overrides)
-    if not isinstance(config_file_or_cfg, DictConfig):
-        raise ValueError(
-            f"config_file_or_cfg is a {type(config_file_or_cfg).__name__}; expected a LazyConfig "
-            f"file path or the DictConfig that LazyConfig.load returns"
-        )
-    cfg = copy.deepcopy(config_file_or_cfg)  # the caller's config stays as it is
-    return LazyConfig.apply_overrides(cfg, list(overrides)) if overrides else cfg
-
-
-def _test_mapper(cfg: DictConfig) -> DictConfig:
-    mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
-    if mapper is None or "augmentations" not in mapper:
-        raise ValueError(
-            "the LazyConfig has no dataloader.test.mapper.augmentations; the predictor resizes "
-            "images with the test augmentations of the config the model was evaluated with"
-        )
-    return mapper
-
-
-def _test_metadata(cfg: DictConfig) -> Metadata:
-    """Metadata of the config's first test data set; empty Metadata when it names none."""
-    dataset = cfg.dataloader.test.get("dataset", None)
-    names = dataset_names(dataset.names) if dataset is not None and dataset.get("names") else []
-    return MetadataCatalog.get(names[0]) if names else Metadata()
-
-
 class LazyConfigPredictor:
     """A detector from a LazyConfig and a checkpoint, called like ``DefaultPredictor``.
 
-    For each image it converts the BGR input to the model's input format, resizes it with the
-    config's test augmentations (``dataloader.test.mapper.augmentations``, as evaluation does),
-    runs the model and returns the detections in the coordinates of the original image.
+    Each BGR image is converted to the model's input format and resized with the config's
+    ``dataloader.test.mapper.augmentations`` (as evaluation does); detections come back in the
+    coordinates of the original image.
 
     Attributes:
         cfg: the LazyConfig (with overrides applied).
         model: the detector, in eval mode on ``device``.
-        metadata: class names and category ids of the model: those stored in the checkpoint,
-            else those the config records (the ``metadata`` node of a saved ``config.yaml``),
-            else those of the config's first test data set; empty when there are none.
+        metadata: class names and category ids: the checkpoint's, else those the config records
+            (a saved ``config.yaml``'s ``metadata``), else its first test data set's; else empty.
         input_format: "RGB" or "BGR", what the model takes.
         augmentations: the test-time resizing.
-
-    Example::
-
-        predictor = LazyConfigPredictor("configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py",
-                                        "output/shapes/mask_rcnn/model_final.pth")
-        instances = predictor(cv2.imread("image.jpg"))["instances"]
     """
 
     def __init__(
@@ -92,19 +55,27 @@ class LazyConfigPredictor:
         """
         Args:
             config_file_or_cfg: a LazyConfig ``.py`` file, the ``config.yaml`` that
-                ``train_net.py`` saves in its output folder, or a loaded LazyConfig.
-            checkpoint: detector checkpoint trained with this config (e.g. ``model_final.pth``,
-                or its published ``.pth``/``.safetensors``); read tensors-only, and every
-                weight of the model must be in it. The backbone's
-                own pretrained weights (``weights=`` of the TimmResNet) are not loaded.
+                ``train_net.py`` saves, or a loaded LazyConfig (not changed).
+            checkpoint: detector checkpoint trained with this config (``.pth``/``.safetensors``),
+                read tensors-only; every weight of the model must be in it, so the backbone's
+                own pretrained weights are not loaded.
             device: "cpu", "cuda", "cuda:N", or "auto" for CUDA when present.
             score_threshold: smallest score of a returned detection, in [0, 1].
             overrides: ``KEY=VALUE`` config overrides, as on ``train_net.py``'s command line.
-            fuse: run the deployment form of the model: norm layers folded into the
-                convolutions before them (:func:`rsb_backbone.deploy.to_deployment_form`).
+            fuse: run the deployment form of the model (:func:`rsb_backbone.deploy.to_deployment_form`).
         """
-        self.cfg = _load_cfg(config_file_or_cfg, overrides)
-        mapper = _test_mapper(self.cfg)
+        if not isinstance(config_file_or_cfg, (str, os.PathLike, DictConfig)):
+            raise ValueError(
+                f"config_file_or_cfg is a {type(config_file_or_cfg).__name__}; expected a LazyConfig "
+                f"file path or the DictConfig that LazyConfig.load returns"
+            )
+        self.cfg = load_config_with_overrides(config_file_or_cfg, overrides)
+        mapper = OmegaConf.select(self.cfg, "dataloader.test.mapper", default=None)
+        if mapper is None or "augmentations" not in mapper:
+            raise ValueError(
+                "the LazyConfig has no dataloader.test.mapper.augmentations; the predictor resizes "
+                "images with the test augmentations of the config the model was evaluated with"
+            )
         self.device = resolve_device(device)
         if skip_pretrained_weights(self.cfg.model):
             logger.info("Backbone pretrained weights not loaded: the detector checkpoint holds them")
@@ -127,24 +98,21 @@ class LazyConfigPredictor:
         if stored is None:
             source = config_file_or_cfg if isinstance(config_file_or_cfg, (str, os.PathLike)) else "config"
             stored = config_model_metadata(self.cfg, os.fspath(source))
-        self.metadata = detectron2_metadata(stored, _test_metadata(self.cfg), name=os.fspath(source))
+        names = dataset_names(OmegaConf.select(self.cfg, "dataloader.test.dataset.names", default=None) or [])
+        test_metadata = MetadataCatalog.get(names[0]) if names else Metadata()
+        self.metadata = detectron2_metadata(stored, test_metadata, name=os.fspath(source))
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """
         Args:
-            original_image: one image, shape (H, W, 3), dtype uint8, **BGR** channel order (as
-                ``cv2.imread`` returns it), like ``DefaultPredictor``. It is converted to the
-                model's input format here: pass ``image[:, :, ::-1]`` for an RGB array.
+            original_image: (H, W, 3) uint8 image in **BGR** order (as ``cv2.imread`` returns it),
+                like ``DefaultPredictor``; pass ``image[:, :, ::-1]`` for an RGB array.
 
         Returns:
             ``{"instances": Instances}`` with ``pred_boxes``, ``scores``, ``pred_classes`` (and
             ``pred_masks`` for mask models), all in original image coordinates, on ``device``.
         """
-        if not (
-            isinstance(original_image, np.ndarray)
-            and original_image.ndim == 3
-            and original_image.shape[2] == 3
-        ):
+        if not isinstance(original_image, np.ndarray) or original_image.shape[2:] != (3,):  # (H, W, 3)
             shape = getattr(original_image, "shape", None)
             raise ValueError(f"original_image has shape {shape}; expected a (H, W, 3) BGR numpy array")
         with torch.no_grad():
