@@ -1,8 +1,6 @@
-"""The tensors of a loaded checkpoint, by the library whose layout it has.
-
-Detectron2 saves ``{"model": tensors, ...}``, mmdetection (mmcv) ``{"state_dict": tensors,
-"meta": ...}``; published and converted files may be a bare ``{name: tensor}`` dict. A loader
-that expects one layout and finds the other says which tool turns it into the expected one.
+"""The tensors of a loaded checkpoint: Detectron2's ``{"model": ...}``, mmdetection's
+``{"state_dict": ..., "meta": ...}`` or a bare ``{name: tensor}`` dict. Finding the other library's
+layout, a loader says which tool turns it into the expected one.
 """
 
 from typing import Any, Dict, Type
@@ -27,8 +25,7 @@ _WHAT_TO_DO = {
 def checkpoint_tensors(
     loaded: Any, path: str, *, entry: str, error: Type[WeightFileError] = WeightFileError
 ) -> Dict[str, torch.Tensor]:
-    """The dict of tensors under ``entry`` of a loaded checkpoint (or the checkpoint itself when
-    it is a bare dict of tensors).
+    """The dict of tensors under ``entry`` of a loaded checkpoint (or the bare dict of tensors).
 
     Args:
         loaded: what tensors-only loading of ``path`` returned.

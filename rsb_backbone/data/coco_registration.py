@@ -1,14 +1,9 @@
-"""Registering a user's COCO-format instance data set, with checks that fail early and clearly.
+"""Registering a user's COCO-format instance data set (``train_net.py --register-coco``), checked.
 
-``train_net.py --register-coco NAME=JSON:IMAGE_DIR`` calls :func:`register_coco_from_arg`, which
-parses the value (:func:`parse_register_coco_arg`) and calls
-:func:`register_coco_instances_checked`. The dataset dicts come from Detectron2's
-``load_coco_json``; this module checks its input and cleans its output. What each kind of bad
-input leads to is listed in the README ("Data problems in COCO-format sets"): the JSON file and
-its entries are checked at registration, image files at the first load in each process (later
-loads, e.g. at every evaluation, do not check again), and unreadable images are left to the
-training mapper (``SkippingDatasetMapper``). Annotations without a ``segmentation`` (or with an
-empty list) are kept as boxes; RLE masks are kept as they are; keypoints are not loaded.
+The dataset dicts come from Detectron2's ``load_coco_json``; this module checks its input and
+cleans its output, as the README's "Data problems in COCO-format sets" lists: the JSON file and its
+entries at registration, image files at the first load in each process, unreadable images in the
+training mapper (``SkippingDatasetMapper``). RLE masks are kept as they are; keypoints are dropped.
 """
 
 import contextlib
@@ -23,17 +18,15 @@ import pycocotools.coco
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..tensor_files import first_items
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "parse_register_coco_arg",
-    "register_coco_from_arg",
-    "register_coco_instances_checked",
+    "parse_register_coco_arg", "register_coco_from_arg", "register_coco_instances_checked",
     "load_coco_instances_checked",
 ]
 
-_NUMBER = (int, float)
-_MAX_IDS_SHOWN = 5  # annotation ids named in the summary line of skipped annotations
 # The lists of a COCO instances file, and the keys that each of their entries must have.
 _REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
@@ -64,8 +57,21 @@ def parse_register_coco_arg(value: str) -> Tuple[str, str, str]:
     return name.strip(), json_file, image_root
 
 
-def _check_structure(json_file: str, dataset: Any) -> None:
-    """Check the top-level lists of ``dataset``, parsed from ``json_file``, and their entries."""
+def _read_coco(json_file: str) -> pycocotools.coco.COCO:
+    """Parse and check a COCO instances file, indexed as pycocotools' ``COCO(json_file)`` is.
+
+    Parsed here, not by ``COCO(json_file)``, so that the checks see the raw entries before the
+    index drops duplicates; :func:`_load_records` hands the result to ``load_coco_json``.
+    """
+    if not os.path.isfile(json_file):
+        raise ValueError(f"{json_file}: COCO json file does not exist")
+    try:
+        with open(json_file) as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_file}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise ValueError(f"{json_file}: cannot read the COCO json file ({e.strerror})") from e
     keys = list(_REQUIRED_KEYS)
     is_dict = isinstance(dataset, dict)
     missing = [k for k in keys if not isinstance(dataset.get(k), list)] if is_dict else keys
@@ -86,6 +92,13 @@ def _check_structure(json_file: str, dataset: Any) -> None:
             seen.add(entry["id"])
     if not all(isinstance(c["id"], int) for c in dataset["categories"]):  # sorted for the mapping
         raise ValueError(f"{json_file}: category ids must be integers")
+    coco = pycocotools.coco.COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
+        coco.createIndex()
+    for ann in dataset["annotations"]:
+        _check_annotation(json_file, ann, coco)
+    return coco
 
 
 def _check_annotation(json_file: str, ann: dict, coco: pycocotools.coco.COCO) -> None:
@@ -100,73 +113,23 @@ def _check_annotation(json_file: str, ann: dict, coco: pycocotools.coco.COCO) ->
             f"(ids {sorted(coco.cats)})"
         )
     if not (
-        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, _NUMBER) for v in bbox)
+        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
     ):
         raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
     if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
         raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
 
 
-def _read_coco(json_file: str) -> pycocotools.coco.COCO:
-    """Parse and check a COCO instances file, indexed as pycocotools' ``COCO(json_file)`` is.
-
-    The file is parsed here rather than by ``COCO(json_file)`` so that the checks see the raw
-    entries before the index drops duplicates; :func:`_load_records` then hands this object to
-    ``load_coco_json``, so each load parses the file once.
-
-    Args:
-        json_file: path of the file.
-    """
-    if not os.path.isfile(json_file):
-        raise ValueError(f"{json_file}: COCO json file does not exist")
-    try:
-        with open(json_file) as f:
-            dataset = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{json_file}: not valid JSON ({e})") from e
-    except OSError as e:
-        raise ValueError(f"{json_file}: cannot read the COCO json file ({e.strerror})") from e
-    _check_structure(json_file, dataset)
-    coco = pycocotools.coco.COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
-        coco.createIndex()
-    for ann in dataset["annotations"]:
-        _check_annotation(json_file, ann, coco)
-    return coco
-
-
 def _categories(coco: pycocotools.coco.COCO) -> Tuple[List[str], Dict[Any, int]]:
-    """Class names, and COCO category id -> contiguous id (0..K-1), in category-id order.
-
-    load_coco_json's own mapping, done here because registration needs it before any load and
-    :func:`load_coco_instances_checked` has no data set name to give load_coco_json.
-    """
+    """Class names, and COCO category id -> contiguous id (0..K-1): load_coco_json's mapping,
+    which it makes only for a named data set and registration needs before any load."""
     cat_ids = sorted(coco.cats)
     return [str(coco.cats[i]["name"]) for i in cat_ids], {c: i for i, c in enumerate(cat_ids)}
 
 
-def _check_image_files(json_file: str, records: List[dict]) -> None:
-    """ValueError naming the first image file that does not exist, and how many others don't."""
-    missing = [r for r in records if not os.path.isfile(r["file_name"])]
-    if missing:
-        others = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        raise ValueError(
-            f"{missing[0]['file_name']}: image file of image id {missing[0]['image_id']} in "
-            f"{json_file} does not exist{others}"
-        )
-
-
 def _dropped_polygons(coco: pycocotools.coco.COCO, records: List[dict]) -> Tuple[int, List[Any]]:
-    """Polygons that load_coco_json dropped: fewer than 3 points or an odd number of coordinates.
-
-    It drops them, and the annotations left without any, without naming them. Every other raw
-    annotation reaches its output (those of unknown images were rejected before), so comparing
-    the raw entries with the output's annotation ids tells which.
-
-    Returns:
-        the number of polygons dropped, and the ids of the annotations dropped with them.
-    """
+    """How many polygons load_coco_json dropped silently (under 3 points or an odd number of
+    coordinates), and the ids of the annotations it dropped with them (raw vs loaded ids)."""
     loaded = {obj["id"]: obj.get("segmentation") for r in records for obj in r["annotations"]}
     raw = [a for a in coco.dataset["annotations"] if isinstance(a.get("segmentation"), list)]
     emptied = [a["id"] for a in raw if a["id"] not in loaded]
@@ -192,33 +155,11 @@ def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
     return "clipped"
 
 
-def _first_ids(ids: List[Any]) -> str:
-    shown = ", ".join(str(i) for i in ids[:_MAX_IDS_SHOWN])
-    return f"[{shown}, ...]" if len(ids) > _MAX_IDS_SHOWN else f"[{shown}]"
-
-
-def _log_changes(json_file: str, skipped: Dict[str, list], num_polygons: int, num_clipped: int):
-    """One warning line for the annotations skipped or changed while loading, if any."""
-    num_skipped = sum(len(ids) for ids in skipped.values())
-    if num_skipped or num_polygons or num_clipped:
-        parts = [f"{len(n)} with {why} (ids {_first_ids(n)})" for why, n in skipped.items() if n]
-        logger.warning(
-            "%s: skipped %d annotations%s; dropped %d polygons with fewer than 3 points; "
-            "clipped %d boxes to their image",
-            json_file,
-            num_skipped,
-            f" ({'; '.join(parts)})" if parts else "",
-            num_polygons,
-            num_clipped,
-        )
-
-
 def _drop_boxes_without_masks(records: List[dict]) -> List[Any]:
     """Drop the annotations without a ``segmentation`` when others have one; return their ids.
 
-    A set of boxes only is kept as it is. In a set with masks, Detectron2's mapper takes an
-    image's masks only when its first annotation has one, and then needs one in every annotation
-    (``annotations_to_instances``), so mask training would fail on a mix.
+    Detectron2's mapper takes an image's masks when its first annotation has one, and then needs
+    one in every annotation, so mask training would fail on a mix.
     """
     with_mask = [("segmentation" in obj) for r in records for obj in r["annotations"]]
     if all(with_mask) or not any(with_mask):
@@ -231,23 +172,21 @@ def _drop_boxes_without_masks(records: List[dict]) -> List[Any]:
 
 
 def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> List[dict]:
-    """Detectron2's ``load_coco_json`` on a file read by :func:`_read_coco`, then the cleaning.
-
-    Args:
-        json_file: the COCO instances file.
-        image_root: folder that the images' ``file_name`` entries are relative to.
-        coco: ``_read_coco(json_file)``.
-        check_files: whether to check that the image files exist.
-    """
-    # load_coco_json builds its own COCO(json_file), which would parse the file again; it looks
-    # the class up when called, so it is given the object already parsed and checked.
+    """Detectron2's ``load_coco_json`` on ``coco`` (default: ``_read_coco(json_file)``), then the cleaning."""
+    coco = coco or _read_coco(json_file)
+    # load_coco_json looks pycocotools' COCO up when called: given the parsed file, it parses none.
     with mock.patch.object(pycocotools.coco, "COCO", lambda _path: coco):
         try:
             records = load_coco_json(json_file, image_root, extra_annotation_keys=["id"])
         except (AssertionError, KeyError, ValueError) as e:  # e.g. an annotation with "ignore"
             raise ValueError(f"{json_file}: {e}".replace("\n", " ")) from e
-    if check_files:
-        _check_image_files(json_file, records)
+    missing = [r for r in records if not os.path.isfile(r["file_name"])] if check_files else []
+    if missing:
+        others = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"{missing[0]['file_name']}: image file of image id {missing[0]['image_id']} in "
+            f"{json_file} does not exist{others}"
+        )
     num_polygons, emptied = _dropped_polygons(coco, records)
     skipped = {"degenerate box": [], "box outside the image": [], "no valid polygon": emptied,
                "no mask in a set with masks": _drop_boxes_without_masks(records)}
@@ -265,7 +204,14 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
                 kept.append(obj)
                 num_clipped += outcome == "clipped"
         record["annotations"] = kept
-    _log_changes(json_file, skipped, num_polygons, num_clipped)
+    num_skipped = sum(len(ids) for ids in skipped.values())
+    if num_skipped or num_polygons or num_clipped:
+        parts = [f"{len(ids)} with {why} (ids {first_items(ids)})" for why, ids in skipped.items() if ids]
+        logger.warning(
+            "%s: skipped %d annotations%s; dropped %d polygons with fewer than 3 points; "
+            "clipped %d boxes to their image",
+            json_file, num_skipped, f" ({'; '.join(parts)})" if parts else "", num_polygons, num_clipped,
+        )  # fmt: skip
     num_empty = sum(1 for r in records if not r["annotations"])
     msg = "%s: %d images have no annotations (kept for evaluation; filter_empty drops them)"
     logger.info(msg, json_file, num_empty)
@@ -273,10 +219,7 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
 
 
 def load_coco_instances_checked(json_file: str, image_root: str) -> List[Dict[str, Any]]:
-    """Load a COCO instances file as Detectron2 dataset dicts, applying the module's checks.
-
-    Category ids become contiguous ids 0..K-1 in the order of the COCO ids, and images are
-    sorted by id, as in Detectron2's ``load_coco_json``.
+    """Load a COCO instances file as Detectron2 dataset dicts (as ``load_coco_json`` does), checked.
 
     Args:
         json_file: COCO instances JSON file.
@@ -286,22 +229,18 @@ def load_coco_instances_checked(json_file: str, image_root: str) -> List[Dict[st
         list of dataset dicts (``file_name``, ``height``, ``width``, ``image_id``,
         ``annotations``), one per image, including images without annotations.
     """
-    return _load_records(json_file, image_root, _read_coco(json_file), check_files=True)
+    return _load_records(json_file, image_root, None, check_files=True)
 
 
 def _registered_loader(json_file: str, image_root: str, coco: pycocotools.coco.COCO):
-    """The function to register in DatasetCatalog; Detectron2 calls it at every evaluation.
-
-    The first call uses ``coco``, the file parsed at registration; later ones parse it again
-    rather than keep the dicts in memory for the whole run. Image files are checked until a call
-    succeeds, not at every evaluation in every process.
-    """
+    """The function to register in DatasetCatalog (called at every evaluation): the first call
+    uses ``coco``, parsed at registration, later ones parse again rather than keep the dicts in
+    memory; image files are checked until a call succeeds."""
     files_checked = False
 
     def load() -> List[Dict[str, Any]]:
         nonlocal coco, files_checked
-        parsed = coco if coco is not None else _read_coco(json_file)
-        coco = None  # the registration's parse serves the first call only
+        parsed, coco = coco, None  # the registration's parse serves the first call only
         records = _load_records(json_file, image_root, parsed, check_files=not files_checked)
         files_checked = True
         return records
@@ -312,9 +251,8 @@ def _registered_loader(json_file: str, image_root: str, coco: pycocotools.coco.C
 def register_coco_instances_checked(name: str, json_file: str, image_root: str) -> None:
     """Register a COCO-format instance data set in Detectron2's catalogs, checked.
 
-    The JSON file, its entries and the image folder are checked now, the image files when the
-    data set is first loaded (``DatasetCatalog.get(name)``); see the module docstring.
-    Registering the same name again with the same files does nothing.
+    The JSON file, its entries and the image folder are checked now, the image files at the first
+    ``DatasetCatalog.get(name)``. Registering the same name again with the same files does nothing.
 
     Args:
         name: data set name for ``cfg.DATASETS.TRAIN``/``TEST``.
@@ -342,9 +280,7 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
         image_root=image_root,
         evaluator_type="coco",
     )
-    logger.info(
-        "Registered %r: %d classes, %s, %s", name, len(thing_classes), json_file, image_root
-    )
+    logger.info("Registered %r: %d classes, %s, %s", name, len(thing_classes), json_file, image_root)
 
 
 def register_coco_from_arg(value: str) -> str:

@@ -1,11 +1,6 @@
-"""Drop training images with a side under a minimum, as mmdetection v2's COCO data set does.
-
-mmdetection's ``CocoDataset._filter_imgs`` keeps a training image only if
-``min(width, height) >= min_size`` (32 in its COCO configs, next to ``filter_empty_gt=True``);
-Detectron2's ``get_detection_dataset_dicts`` has the empty-image filter but no size filter.
-:func:`get_detection_dataset_dicts_min_size` is that function with the size filter added, so a
-LazyConfig switches it on by replacing ``dataloader.train.dataset._target_`` and setting
-``min_size``, and keeps every other key (``names``, ``filter_empty``) where it was.
+"""Drop training images with a side under a minimum, as mmdetection v2's ``CocoDataset._filter_imgs``
+does (docs/mmdet_rsb_settings.md); Detectron2's ``get_detection_dataset_dicts`` has no such filter.
+A LazyConfig switches it on by replacing ``dataloader.train.dataset._target_`` and setting ``min_size``.
 """
 
 import logging
@@ -21,8 +16,7 @@ logger = logging.getLogger(__name__)
 def drop_small_images(dataset_dicts: List[Dict], min_size: int = 32) -> List[Dict]:
     """
     Args:
-        dataset_dicts: Detectron2 dataset dicts with ``width`` and ``height`` (as
-            ``load_coco_json`` returns them).
+        dataset_dicts: Detectron2 dataset dicts with ``width`` and ``height``.
         min_size: the smallest side an image may have.
 
     Returns:
