@@ -9,6 +9,7 @@ from ..checkpoint_layouts import MMDETECTION_ENTRY, checkpoint_tensors
 from ..tensor_files import WeightFileError, load_tensor_file
 from .key_maps import DETECTORS
 
+
 class MMDetConversionError(WeightFileError):
     """A checkpoint that cannot be converted; the message names the file and the keys."""
 

@@ -67,17 +67,17 @@ _RPN = {
 }
 
 
-def _roi_heads(mask: bool, stage: str = "") -> Dict[str, str]:
+def _roi_heads(mask: bool, s: str = "") -> Dict[str, str]:
     """Shared2FCBBoxHead (class layout as in Detectron2: background last, class-major deltas) and
     FCNMaskHead (4 convs, a stride-2 deconv, 1x1 logits). Both libraries number cascade stages
-    after the head (``stage`` "s."): ``bbox_head.{s}.fc_cls`` -> ``box_predictor.{s}.cls_score``."""
-    heads = {f"bbox_head.{stage}shared_fcs.{i}": f"box_head.{stage}fc{i + 1}" for i in range(2)}
-    heads[f"bbox_head.{stage}fc_cls"] = f"box_predictor.{stage}cls_score"
-    heads[f"bbox_head.{stage}fc_reg"] = f"box_predictor.{stage}bbox_pred"
+    after the head: with ``s="1."``, ``bbox_head.1.fc_cls`` -> ``box_predictor.1.cls_score``."""
+    heads = {f"bbox_head.{s}shared_fcs.{i}": f"box_head.{s}fc{i + 1}" for i in range(2)}
+    heads[f"bbox_head.{s}fc_cls"] = f"box_predictor.{s}cls_score"
+    heads[f"bbox_head.{s}fc_reg"] = f"box_predictor.{s}bbox_pred"
     if mask:
-        heads.update({f"mask_head.{stage}convs.{i}.conv": f"mask_head.{stage}mask_fcn{i + 1}" for i in range(4)})
-        heads[f"mask_head.{stage}upsample"] = f"mask_head.{stage}deconv"
-        heads[f"mask_head.{stage}conv_logits"] = f"mask_head.{stage}predictor"
+        heads.update({f"mask_head.{s}convs.{i}.conv": f"mask_head.{s}mask_fcn{i + 1}" for i in range(4)})
+        heads[f"mask_head.{s}upsample"] = f"mask_head.{s}deconv"
+        heads[f"mask_head.{s}conv_logits"] = f"mask_head.{s}predictor"
     return {f"roi_head.{mm}": f"roi_heads.{d2}" for mm, d2 in heads.items()}
 
 
@@ -90,7 +90,7 @@ _MODULES: Dict[str, Dict[str, str]] = {
     "cascade_mask_rcnn": {
         **_fpn(4, first_level=2),
         **_RPN,
-        **{k: v for s in range(3) for k, v in _roi_heads(mask=True, stage=f"{s}.").items()},
+        **{k: v for s in range(3) for k, v in _roi_heads(mask=True, s=f"{s}.").items()},
     },
     "retinanet": {
         **_fpn(3, first_level=3),

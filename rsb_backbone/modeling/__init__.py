@@ -1,13 +1,11 @@
 """Detectron2 modules that reproduce mmdetection v2 behaviour a config cannot express.
 
-Importing this package registers :class:`MMDetCascadeROIHeads` in ``ROI_HEADS_REGISTRY``,
-:class:`MMDetRetinaNet` in ``META_ARCH_REGISTRY`` and :class:`MMDetRPN` in
-``PROPOSAL_GENERATOR_REGISTRY`` (for yacs configs); LazyConfigs name the classes directly
-(``configs/COCO/*_mmdet.py``, ``configs/common/mmdet_training.py``).
+Importing this package registers the cascade RoI heads, RetinaNet and RPN for yacs configs;
+LazyConfigs name the classes directly (``configs/common/mmdet_training.py``).
 """
 
-from .mmdet_cascade import SCORE_AVERAGING, MMDetCascadeROIHeads
-from .mmdet_init import MMDetBoxHead, MMDetFPN, MMDetMaskHead, xavier_uniform_fill_
+from .mmdet_cascade import MMDetCascadeROIHeads
+from .mmdet_init import MMDetBoxHead, MMDetFPN, MMDetMaskHead
 from .mmdet_matcher import MMDetMatcher
 from .mmdet_retinanet import MMDetRetinaNet
 from .mmdet_rpn import MMDetRPN
@@ -21,7 +19,5 @@ __all__ = [
     "MMDetMatcher",
     "MMDetRPN",
     "MMDetRetinaNet",
-    "SCORE_AVERAGING",
     "anchors_on_image",
-    "xavier_uniform_fill_",
 ]

@@ -1,58 +1,29 @@
 """Cascade R-CNN RoI heads that behave like mmdetection v2's ``CascadeRoIHead``.
 
-Detectron2's :class:`CascadeROIHeads` and mmdetection's differ in four ways that a config cannot
-change (``docs/mmdet_rsb_settings.md`` section 1D); :class:`MMDetCascadeROIHeads` reproduces
-mmdetection's side of each, with switches back to Detectron2's:
-
-============================  =====================================  ================================
-behaviour                     mmdetection (default here)             Detectron2 (switch)
-============================  =====================================  ================================
-test-time class scores        mean of the stages' logits, softmax    mean of the stages' softmax
-                                                                      (``score_averaging="probs"``)
-mask heads                    one per stage; at test all run on the  one head on stage-1 samples
-                              final boxes, sigmoid maps averaged     (use ``CascadeROIHeads``)
-stage losses                  box and mask losses x 1 / 0.5 / 0.25,  x 1 each, RoI-feature gradients
-                              no gradient scaling                    x 1/3 (``scale_stage_gradients``)
-RoIs of stages 2 and 3        re-matched and re-sampled (512, 1/4    re-matched only
-                              positive) from the refined boxes, GT   (``resample_each_stage=False``)
-                              boxes added again
-============================  =====================================  ================================
-
-mmdetection sources: ``mmdet/models/roi_heads/cascade_roi_head.py`` (v2.22) ``simple_test``
-(score mean over ``ms_scores`` before ``get_bboxes``' softmax; ``merge_aug_masks`` over the
-stages' sigmoid masks), ``forward_train`` (``stage_loss_weights``, per-stage assigner/sampler,
-``refine_bboxes`` dropping GT-derived RoIs).
+The four differences from Detectron2's :class:`CascadeROIHeads` (test scores, mask heads, stage
+losses, re-sampling) and their mmdetection sources: ``docs/mmdet_rsb_settings.md`` section 1D.
 """
 
-import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import cat
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.modeling.roi_heads.mask_head import build_mask_head
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["MMDetCascadeROIHeads", "SCORE_AVERAGING"]
-
-# mmdet cascade_mask_rcnn_r50_fpn.py: stage_loss_weights=[1, 0.5, 0.25]
-MMDET_STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
 SCORE_AVERAGING = ("logits", "probs")
 
 
 @ROI_HEADS_REGISTRY.register()
 class MMDetCascadeROIHeads(CascadeROIHeads):
-    """:class:`CascadeROIHeads` with mmdetection v2's training and test behaviour (module docstring).
+    """:class:`CascadeROIHeads` with mmdetection v2's training and test behaviour.
 
     Parameter names equal ``CascadeROIHeads``' except the mask heads: ``mask_head.{stage}.*``
     (three heads, like mmdetection's ``roi_head.mask_head.{stage}``).
@@ -63,7 +34,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         self,
         *,
         mask_heads: Optional[Sequence[nn.Module]] = None,
-        stage_loss_weights: Sequence[float] = MMDET_STAGE_LOSS_WEIGHTS,
+        stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25),  # mmdet cascade_mask_rcnn_r50_fpn.py
         score_averaging: str = "logits",
         scale_stage_gradients: bool = False,
         resample_each_stage: bool = True,
@@ -117,9 +88,8 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         ret = super().from_config(cfg, input_shape)
         mask_head = ret.pop("mask_head", None)
         if mask_head is not None:
-            shape = _mask_head_input_shape(cfg, input_shape)
             ret["mask_heads"] = [mask_head] + [
-                build_mask_head(cfg, shape) for _ in range(len(ret["box_heads"]) - 1)
+                cls._init_mask_head(cfg, input_shape)["mask_head"] for _ in range(len(ret["box_heads"]) - 1)
             ]
         return ret
 
@@ -137,22 +107,20 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
     def _forward_train(self, features, proposals, targets) -> Dict[str, torch.Tensor]:
         box_features = [features[f] for f in self.box_in_features]
         image_sizes = [x.image_size for x in proposals]
-        losses = {}
-        storage = get_event_storage()
+        losses, prev_pred_boxes = {}, None
         for stage in range(self.num_cascade_stages):
-            if stage == 0:
-                proposals = self._label_stage(proposals, targets, stage, sample=True)
-            else:
+            if stage > 0:
                 proposals = self._refined_proposals(proposals, prev_pred_boxes, image_sizes)
-                proposals = self._label_stage(proposals, targets, stage, sample=self.resample_each_stage)
+            sample = stage == 0 or self.resample_each_stage
+            proposals = self._label_stage(proposals, targets, stage, sample=sample)
             predictions = self._run_stage(box_features, proposals, stage)
             with torch.no_grad():
                 prev_pred_boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
-            weight = self.stage_loss_weights[stage]
-            with storage.name_scope(f"stage{stage}"):
+            with get_event_storage().name_scope(f"stage{stage}"):
                 stage_losses = self.box_predictor[stage].losses(predictions, proposals)
             if self.mask_on:
                 stage_losses.update(self._mask_loss(features, proposals, stage))
+            weight = self.stage_loss_weights[stage]
             losses.update({f"{k}_stage{stage}": v * weight for k, v in stage_losses.items()})
         return losses
 
@@ -163,22 +131,16 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         return self.mask_head[stage](mask_features, foreground)
 
     def _refined_proposals(self, proposals, pred_boxes, image_sizes) -> List[Instances]:
-        """Next stage's proposals: the refined boxes, without those refined from GT boxes
-        (mmdetection's ``refine_bboxes`` drops them: the sampler adds the GT boxes again)."""
-        if not self.resample_each_stage:
-            return self._create_proposals_from_boxes(pred_boxes, image_sizes)  # clips, drops empty
-        out = []
-        for previous, boxes, image_size in zip(proposals, pred_boxes, image_sizes):
-            keep = ~previous.proposal_is_gt
-            kept = Boxes(boxes[keep].detach())
-            kept.clip(image_size)
-            kept = kept[kept.nonempty()]
-            instances = Instances(image_size)
-            instances.proposal_boxes = kept
+        """Next stage's proposals: the refined boxes, clipped, empty ones dropped; when re-sampling,
+        without those refined from GT boxes (mmdetection's ``refine_bboxes``: the sampler adds the
+        GT boxes again)."""
+        if self.resample_each_stage:
+            pred_boxes = [boxes[~previous.proposal_is_gt] for previous, boxes in zip(proposals, pred_boxes)]
+        refined = self._create_proposals_from_boxes(pred_boxes, image_sizes)
+        for instances in refined:
             # add_ground_truth_to_proposals reads this field's device; RoI heads do not use it.
-            instances.objectness_logits = torch.zeros(len(kept), device=kept.device)
-            out.append(instances)
-        return out
+            instances.objectness_logits = torch.zeros(len(instances), device=instances.proposal_boxes.device)
+        return refined
 
     @torch.no_grad()
     def _label_stage(self, proposals, targets, stage: int, *, sample: bool) -> List[Instances]:
@@ -273,26 +235,10 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         mask_features = [features[f] for f in self.mask_in_features]
         mask_features = self.mask_pooler(mask_features, [x.pred_boxes for x in instances])
         # Every stage's head on the final boxes; their sigmoid maps averaged (merge_aug_masks).
-        probs = sum(_class_mask_probs(head.layers(mask_features), instances) for head in self.mask_head)
-        probs = probs / len(self.mask_head)
-        for prob, instances_per_image in zip(probs.split([len(i) for i in instances]), instances):
-            instances_per_image.pred_masks = prob  # (N, 1, M, M) probabilities, like mask_rcnn_inference
+        probs = []
+        for head in self.mask_head:
+            head(mask_features, instances)  # mask_rcnn_inference: sigmoid of each box's class channel
+            probs.append([x.pred_masks for x in instances])
+        for instances_per_image, per_stage in zip(instances, zip(*probs)):
+            instances_per_image.pred_masks = sum(per_stage) / len(self.mask_head)
         return instances
-
-
-def _class_mask_probs(mask_logits: torch.Tensor, instances: List[Instances]) -> torch.Tensor:
-    """Sigmoid of each box's predicted-class channel, shape (N, 1, M, M)."""
-    if mask_logits.shape[1] == 1:
-        return mask_logits.sigmoid()
-    classes = cat([i.pred_classes for i in instances])
-    index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-    return mask_logits[index, classes][:, None].sigmoid()
-
-
-def _mask_head_input_shape(cfg, input_shape):
-    from detectron2.layers import ShapeSpec
-
-    in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-    resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-    channels = input_shape[in_features[0]].channels
-    return ShapeSpec(channels=channels, width=resolution, height=resolution)

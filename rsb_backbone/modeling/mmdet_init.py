@@ -1,16 +1,8 @@
 """mmdetection v2's initialisation of the layers a detector adds on top of the pretrained trunk.
 
-Where the two libraries initialise new layers differently (everything else, the RPN, RetinaNet
-head, box predictor and mask convolutions, starts from the same distributions):
-
-* FPN convolutions: Xavier-uniform, bias 0 in mmdetection (``FPN`` ``init_cfg``);
-  ``c2_xavier_fill`` (Kaiming-uniform, a=1) in Detectron2.
-* box head FC layers: Xavier-uniform, bias 0 (``ConvFCBBoxHead`` ``init_cfg``); ``c2_xavier_fill``.
-* mask logits convolution: Kaiming-normal fan_out, bias 0 (``FCNMaskHead.init_weights``);
-  normal(0, 0.001).
-
 :class:`MMDetFPN`, :class:`MMDetBoxHead` and :class:`MMDetMaskHead` are Detectron2's modules with
-mmdetection's initialisation and identical parameters, so checkpoints load into either.
+mmdetection's initialisation (``docs/mmdet_parity.md``) and identical parameters, so checkpoints
+load into either.
 """
 
 from torch import nn
@@ -19,15 +11,9 @@ from detectron2.config import configurable
 from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
 
-__all__ = ["MMDetBoxHead", "MMDetFPN", "MMDetMaskHead", "xavier_uniform_fill_"]
 
-
-def xavier_uniform_fill_(module: nn.Module) -> None:
-    """Xavier-uniform weights (gain 1) and zero bias, mmcv's ``xavier_init(distribution="uniform")``.
-
-    Args:
-        module: a convolution or linear layer.
-    """
+def _xavier_uniform_fill_(module: nn.Module) -> None:
+    """Xavier-uniform weights (gain 1) and zero bias, mmcv's ``xavier_init(distribution="uniform")``."""
     nn.init.xavier_uniform_(module.weight)
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
@@ -41,7 +27,7 @@ class MMDetFPN(FPN):
         super().__init__(*args, **kwargs)
         for name, module in self.named_modules():
             if isinstance(module, nn.Conv2d) and name.split(".")[0] != "bottom_up":
-                xavier_uniform_fill_(module)
+                _xavier_uniform_fill_(module)
 
 
 class MMDetBoxHead(FastRCNNConvFCHead):
@@ -51,7 +37,7 @@ class MMDetBoxHead(FastRCNNConvFCHead):
     def __init__(self, input_shape, **kwargs):
         super().__init__(input_shape, **kwargs)
         for fc in self.fcs:
-            xavier_uniform_fill_(fc)
+            _xavier_uniform_fill_(fc)
 
 
 class MMDetMaskHead(MaskRCNNConvUpsampleHead):

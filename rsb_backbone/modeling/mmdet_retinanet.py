@@ -1,23 +1,9 @@
 """RetinaNet whose box post-processing and training targets follow mmdetection v2.
 
-mmdetection decodes each level's top candidates **clipped to the image** (``delta2bbox`` with
-``max_shape=img_shape`` in ``BaseDenseHead._get_bboxes_single``) and runs the class-wise NMS on
-the clipped boxes; Detectron2's ``RetinaNet.inference_single_image`` runs NMS on unclipped boxes
-and clips afterwards (``detector_postprocess``). Boxes crossing the image border can therefore
-suppress each other differently. Everything else (score threshold, 1000 candidates per level,
-NMS 0.5, 100 detections) is equal and set by the config. The other RetinaNet difference, P7
-without a ReLU, lives in the backbone (:class:`rsb_backbone.RetinaNetP6P7`).
-
-Training (each an argument; mmdet ``dense_heads/anchor_head.py``):
-
-* ``ignore_padding_anchors``: anchors on the batch padding are left out of matching and the
-  losses (:mod:`.padding_anchors`); Detectron2 counts them as negatives.
-* ``normalize_by_batch_positives``: the losses are divided by this batch's positive anchors,
-  each image counting at least one (``get_targets``: ``sum(max(num_pos_i, 1))``); Detectron2
-  divides by a moving average of that count (momentum 0.9, starting at 100).
-
-mmdetection's low-quality matching (``min_pos_iou=0``, re-assignment to the claiming ground
-truth) is the matcher's job (:class:`~.mmdet_matcher.MMDetMatcher`).
+mmdetection clips each level's decoded boxes to the image before the class-wise NMS
+(``delta2bbox`` with ``max_shape``), Detectron2 after it, so border boxes can suppress each other
+differently. The training options and their sources: ``docs/mmdet_parity.md``. P7 without a ReLU
+lives in the backbone (:class:`rsb_backbone.RetinaNetP6P7`).
 """
 
 from typing import List, Tuple
@@ -32,12 +18,9 @@ from detectron2.structures import Boxes, Instances
 
 from .padding_anchors import PaddingAnchorMatching
 
-__all__ = ["MMDetRetinaNet"]
-
-
 @META_ARCH_REGISTRY.register()
 class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
-    """:class:`RetinaNet` with mmdetection's test-time clipping and training targets (module docstring)."""
+    """:class:`RetinaNet` with mmdetection's test-time clipping and training targets."""
 
     @configurable
     def __init__(self, *, clip_boxes_before_nms: bool = True, normalize_by_batch_positives: bool = True, **kwargs):

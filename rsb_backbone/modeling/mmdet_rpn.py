@@ -1,16 +1,6 @@
-"""An RPN whose training targets and loss normalisation follow mmdetection v2's ``RPNHead``.
-
-Two training-time differences from Detectron2's :class:`RPN`, each an argument:
-
-* ``ignore_padding_anchors``: anchors on the batch padding are left out of matching, sampling and
-  the losses (:mod:`.padding_anchors`; mmdet ``AnchorHead._get_targets_single``).
-* ``normalize_by_sampled_anchors``: both losses are divided by the number of anchors actually
-  sampled, each image counting at least one positive and one negative (mmdet
-  ``AnchorHead.get_targets``: ``num_total_pos + num_total_neg``, ``sampling=True``); Detectron2
-  divides by ``batch_size_per_image x images`` (256 per image) even when fewer were sampled.
-
-mmdetection's minimum IoU for low-quality matches is the matcher's job
-(:class:`~.mmdet_matcher.MMDetMatcher`, ``min_low_quality_iou=0.3``).
+"""An RPN whose training targets and loss normalisation follow mmdetection v2's ``RPNHead``
+(the options and their sources: ``docs/mmdet_parity.md``); its minimum IoU for low-quality
+matches is the matcher's job (:class:`~.mmdet_matcher.MMDetMatcher`).
 """
 
 from typing import List
@@ -24,12 +14,9 @@ from detectron2.structures import Boxes, Instances
 
 from .padding_anchors import PaddingAnchorMatching
 
-__all__ = ["MMDetRPN"]
-
-
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class MMDetRPN(PaddingAnchorMatching, RPN):
-    """:class:`RPN` with mmdetection's padding-anchor handling and loss normaliser (module docstring)."""
+    """:class:`RPN` with mmdetection's padding-anchor handling and loss normaliser."""
 
     @configurable
     def __init__(self, *, normalize_by_sampled_anchors: bool = True, **kwargs):

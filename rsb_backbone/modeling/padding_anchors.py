@@ -1,11 +1,8 @@
 """Which anchors lie on an image rather than on the batch padding, as mmdetection v2 decides it.
 
-mmdetection pads each image to a multiple of 32 (its ``pad_shape``) and then pads the batch to
-its largest image. Its anchor heads flag an anchor valid when its grid position lies inside
-``ceil(pad_shape / stride)`` (``AnchorGenerator.valid_flags``) and leave invalid anchors out of
-the assignment, the sampling and the losses (``AnchorHead._get_targets_single``). Detectron2 uses
-every anchor of the padded batch. :func:`anchors_on_image` gives mmdetection's mask for one image;
-:class:`PaddingAnchorMatching` matches the ground truth to those anchors only (RPN and RetinaNet).
+mmdetection's anchor heads leave out anchors whose grid position lies outside the image padded
+to a multiple of 32 (``AnchorGenerator.valid_flags``, ``AnchorHead._get_targets_single``);
+Detectron2 uses every anchor of the padded batch.
 """
 
 import math
@@ -14,9 +11,6 @@ from typing import List, Sequence, Tuple
 import torch
 
 from detectron2.structures import Boxes, Instances, pairwise_iou
-
-__all__ = ["PaddingAnchorMatching", "anchors_on_image"]
-
 
 def anchors_on_image(
     anchors: List[Boxes],
