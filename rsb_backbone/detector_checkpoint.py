@@ -8,7 +8,7 @@ from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .model_metadata import METADATA_KEY, parse_model_metadata, read_model_metadata
+from .model_metadata import read_model_metadata
 from .tensor_files import WeightFileError, first_items, load_tensor_file
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,4 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict
         raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist")
     extra = _CheckedCheckpointer(model).load(checkpoint, checkpointables=[])
     logger.info("Loaded the detector weights from %s", checkpoint)
-    if checkpoint.endswith(".safetensors"):
-        return read_model_metadata(checkpoint)  # the header's string metadata
-    return parse_model_metadata(extra.get(METADATA_KEY), f"{checkpoint}: {METADATA_KEY}")
+    return read_model_metadata(checkpoint, extra)

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "METADATA_KEY", "ModelMetadataState", "collect_model_metadata", "config_model_metadata",
-    "detectron2_metadata", "metadata_from_safetensors_header", "metadata_to_safetensors_header",
+    "detectron2_metadata", "metadata_to_safetensors_header",
     "parse_model_metadata", "read_model_metadata", "storable_model_metadata", "training_model_metadata",
 ]
 
@@ -35,13 +35,11 @@ def parse_model_metadata(raw: Any, source: str) -> Optional[Dict[str, Any]]:
     """Check stored model metadata and bring it into its in-memory form.
 
     Args:
-        raw: the stored value: a dict (or OmegaConf node) with ``thing_classes`` and optionally
-            ``thing_dataset_id_to_contiguous_id`` (keys may be strings); None or empty for none.
+        raw: the stored value (a dict or OmegaConf node; ids may be strings), or None or empty.
         source: what it was read from (file name, config key), for error messages.
 
     Returns:
-        ``{"thing_classes": [str, ...], "thing_dataset_id_to_contiguous_id": {int: int}}`` (the
-        second key only when stored), or None when ``raw`` holds no metadata.
+        the metadata with int category ids, or None when ``raw`` holds none.
 
     Raises:
         ValueError: malformed metadata; the message names ``source`` and the key.
@@ -84,7 +82,7 @@ def storable_model_metadata(metadata: Optional[Mapping[str, Any]]) -> Optional[D
         metadata: parsed or stored model metadata, or None.
 
     Returns:
-        a new dict of lists, strings and ints, or None.
+        a new dict, or None.
     """
     if not metadata:
         return None
@@ -101,8 +99,7 @@ def collect_model_metadata(dataset_name: str) -> Optional[Dict[str, Any]]:
         dataset_name: a name in Detectron2's ``MetadataCatalog`` (e.g. the training set).
 
     Returns:
-        its ``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` (when it has one), or
-        None when the data set declares no ``thing_classes``.
+        the metadata, or None when the data set declares no ``thing_classes``.
     """
     catalog = MetadataCatalog.get(dataset_name)
     classes = catalog.get(_CLASSES, None)
@@ -116,8 +113,7 @@ def training_model_metadata(cfg) -> Optional[Dict[str, Any]]:
     """The model metadata of a LazyConfig's (first) training data set, in stored form.
 
     Args:
-        cfg: a LazyConfig with ``dataloader.train.dataset.names``; the data sets must be
-            registered in this process.
+        cfg: a LazyConfig whose ``dataloader.train.dataset.names`` are registered in this process.
 
     Returns:
         see :func:`collect_model_metadata`; None when the config has no training data set.
@@ -148,31 +144,13 @@ def metadata_to_safetensors_header(metadata: Optional[Mapping[str, Any]]) -> Opt
     return {METADATA_KEY: json.dumps(stored, sort_keys=True)} if stored else None
 
 
-def metadata_from_safetensors_header(
-    header: Optional[Mapping[str, str]], source: str
-) -> Optional[Dict[str, Any]]:
-    """Model metadata from a safetensors header's string metadata; None when it has none.
-
-    Args:
-        header: ``safe_open(...).metadata()`` (None when the file has no string metadata).
-        source: the file name, for error messages.
-    """
-    text = (header or {}).get(METADATA_KEY)
-    if text is None:
-        return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{source}: header entry {METADATA_KEY!r} is not JSON ({e})") from e
-    return parse_model_metadata(raw, f"{source}: {METADATA_KEY}")
-
-
-def read_model_metadata(path: str) -> Optional[Dict[str, Any]]:
+def read_model_metadata(path: str, loaded: Any = None) -> Optional[Dict[str, Any]]:
     """The model metadata stored in a checkpoint or published file; None when it holds none.
 
     Args:
         path: a ``train_net.py`` checkpoint, a published ``.pth`` or ``.safetensors`` file (only
             its header is read), or a converted mmdetection checkpoint (read tensors-only).
+        loaded: the content of a file other than ``.safetensors``, when already loaded.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -180,11 +158,14 @@ def read_model_metadata(path: str) -> Optional[Dict[str, Any]]:
     if path.endswith(".safetensors"):
         try:
             with safe_open(path, framework="pt") as f:
-                header = f.metadata()
+                text = (f.metadata() or {}).get(METADATA_KEY)
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightFileError(f"{path}: not a readable safetensors file ({e})") from e
-        return metadata_from_safetensors_header(header, path)
-    loaded = load_tensor_file(path)
+        try:
+            loaded = {METADATA_KEY: None if text is None else json.loads(text)}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: header entry {METADATA_KEY!r} is not JSON ({e})") from e
+    loaded = load_tensor_file(path) if loaded is None else loaded
     if not isinstance(loaded, dict):
         raise WeightFileError(f"{path}: expected a dict checkpoint, got {type(loaded).__name__}")
     return parse_model_metadata(loaded.get(METADATA_KEY), f"{path}: {METADATA_KEY}")
@@ -198,12 +179,10 @@ def detectron2_metadata(
     Args:
         stored: parsed model metadata (:func:`parse_model_metadata`), or None.
         fallback: the metadata of the data set the config names, used when nothing is stored.
-        name: the ``name`` of the returned Metadata (e.g. the checkpoint file), shown in
-            Detectron2's messages.
+        name: the ``name`` of the returned Metadata (e.g. the checkpoint file).
 
     Returns:
-        a new, unregistered :class:`~detectron2.data.catalog.Metadata` with ``thing_classes``
-        (and ``thing_dataset_id_to_contiguous_id``), or ``fallback``.
+        a new, unregistered :class:`~detectron2.data.catalog.Metadata`, or ``fallback``.
     """
     if not stored:
         return fallback
@@ -215,10 +194,8 @@ def detectron2_metadata(
 
 
 class ModelMetadataState:
-    """Model metadata as a checkpointable of Detectron2's checkpointer.
-
-    Passed as ``AtomicCheckpointer(model, output_dir, metadata=ModelMetadataState(...))``, it
-    is saved under :data:`METADATA_KEY` with every checkpoint (periodic, final, on signal).
+    """Model metadata as a checkpointable: ``AtomicCheckpointer(..., metadata=ModelMetadataState(...))``
+    saves it under :data:`METADATA_KEY` with every checkpoint (periodic, final, on signal).
 
     Args:
         metadata: model metadata (stored or parsed form), or None to store none.

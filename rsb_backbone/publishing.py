@@ -20,7 +20,6 @@ from .engine.atomic_checkpointer import atomic_write_bytes
 from .model_metadata import (
     METADATA_KEY,
     metadata_to_safetensors_header,
-    parse_model_metadata,
     read_model_metadata,
     storable_model_metadata,
 )
@@ -80,11 +79,10 @@ def publish_checkpoint(
     input_path, output = os.fspath(input_path), os.fspath(output)
     loaded = load_tensor_file(input_path)
     if input_path.endswith(".safetensors"):
-        tensors, metadata = dict(loaded), read_model_metadata(input_path)
+        tensors = dict(loaded)
     else:
         tensors = checkpoint_tensors(loaded, input_path, entry=DETECTRON2_ENTRY)
-        stored = loaded.get(METADATA_KEY) if DETECTRON2_ENTRY in loaded else None
-        metadata = parse_model_metadata(stored, f"{input_path}: {METADATA_KEY}")
+    metadata = read_model_metadata(input_path, loaded)
     if fp16:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     if safetensors:

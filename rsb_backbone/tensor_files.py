@@ -1,8 +1,5 @@
-"""Reading weight files from outside the project without unpickling arbitrary objects.
-
-Checkpoints written by others are untrusted: ``.safetensors`` files hold tensors only, and every
-other file is read with ``torch.load(weights_only=True)``, which refuses pickles that would build
-Python objects other than tensors and plain containers (and so never runs their code).
+"""Reading untrusted weight files without unpickling arbitrary objects: ``.safetensors`` files, or
+``torch.load(weights_only=True)``, which refuses pickles of anything but tensors and plain containers.
 """
 
 import os
@@ -39,13 +36,11 @@ def load_tensor_file(path: str) -> Any:
         path: the file to read.
 
     Returns:
-        A dict of tensors for ``.safetensors`` files; for PyTorch files whatever tensor
-        container was saved (usually a dict, possibly nested).
+        A dict of tensors (``.safetensors``), or the tensor container saved (usually a dict).
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        WeightFileError: when the file is corrupted, truncated, or would need arbitrary
-            unpickling.
+        WeightFileError: when the file is corrupted, truncated, or would need arbitrary unpickling.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from detectron2.config import LazyConfig
 from detectron2.data import MetadataCatalog
@@ -27,9 +28,9 @@ from rsb_backbone.model_metadata import (
     collect_model_metadata,
     config_model_metadata,
     detectron2_metadata,
-    metadata_from_safetensors_header,
     metadata_to_safetensors_header,
     parse_model_metadata,
+    read_model_metadata,
     storable_model_metadata,
 )
 from rsb_backbone.publishing import publish_checkpoint
@@ -48,7 +49,7 @@ MIN_SIZE, MAX_SIZE = 128, 192  # FAST_OVERRIDES' test resize
 # ---- the metadata format ------------------------------------------------------------------------
 
 
-def test_stored_form_survives_json_and_yaml():
+def test_stored_form_survives_json_and_yaml(tmp_path):
     parsed = {"thing_classes": CLASSES, "thing_dataset_id_to_contiguous_id": {7: 1, 42: 2, 3: 0}}
     stored = storable_model_metadata(parsed)
     assert stored == {
@@ -59,7 +60,9 @@ def test_stored_form_survives_json_and_yaml():
     cfg = OmegaConf.create({"metadata": stored})
     assert config_model_metadata(cfg) == parsed
     assert parse_model_metadata(OmegaConf.create(OmegaConf.to_yaml(cfg)).metadata, "yaml") == parsed
-    assert metadata_from_safetensors_header(metadata_to_safetensors_header(parsed), "x.safetensors") == parsed
+    header = metadata_to_safetensors_header(parsed)
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "x.safetensors"), metadata=header)
+    assert read_model_metadata(str(tmp_path / "x.safetensors")) == parsed
     assert parse_model_metadata({"thing_classes": ["a"]}, "names only") == {"thing_classes": ["a"]}
     assert parse_model_metadata(None, "none") is None and parse_model_metadata({}, "empty") is None
     assert metadata_to_safetensors_header(None) is None

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Set, Tuple
 from detectron2.data import DatasetMapper
 
 from ..errors import UserInputError
+from ..tensor_files import one_line_summary
 
 logger = logging.getLogger(__name__)
 
@@ -16,9 +17,8 @@ __all__ = ["SkippingDatasetMapper", "EvaluationDatasetMapper", "UnreadableImageE
 _UNREADABLE = (OSError, SyntaxError)
 
 
-def _file_and_reason(dataset_dict: Dict[str, Any], error: BaseException) -> Tuple[str, str]:
-    reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    return dataset_dict.get("file_name", "<no file_name>"), reason
+def _file_and_reason(record: Dict[str, Any], error: BaseException) -> Tuple[str, str]:
+    return record.get("file_name", "<no file_name>"), f"{type(error).__name__}: {one_line_summary(error)}"
 
 
 class SkippingDatasetMapper(DatasetMapper):
