@@ -34,8 +34,7 @@ def checkpoint_tensors(
         error: the exception class to raise.
 
     Raises:
-        ``error``: not a dict, the other library's layout, empty, or holding something other than
-        tensors.
+        ``error``: not a dict, the other library's layout, empty, or holding other than tensors.
     """
     if not isinstance(loaded, dict):
         raise error(f"{path}: expected a dict checkpoint, got a {type(loaded).__name__}")

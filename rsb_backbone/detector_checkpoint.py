@@ -17,11 +17,8 @@ __all__ = ["TensorsOnlyCheckpointer", "load_detector_checkpoint"]
 
 
 class TensorsOnlyCheckpointer(DetectionCheckpointer):
-    """:class:`DetectionCheckpointer` that reads ``.safetensors`` or ``torch.load(weights_only=True)``
-    files only, never arbitrary pickles.
-
-    Args are those of :class:`DetectionCheckpointer` (model, save_dir, checkpointables...).
-    """
+    """:class:`DetectionCheckpointer` (same arguments) that reads files tensors-only, never arbitrary
+    pickles (:func:`~rsb_backbone.tensor_files.load_tensor_file`)."""
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         loaded = load_tensor_file(filename)
@@ -81,8 +78,7 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict
             keys, other shapes); the message names the file and the keys.
 
     Returns:
-        the model metadata stored with the weights (class names, category ids; see
-        :mod:`rsb_backbone.model_metadata`), or None when the file holds none.
+        the model metadata stored with the weights (:mod:`rsb_backbone.model_metadata`), or None.
     """
     if not checkpoint:
         raise ValueError("checkpoint='': a detector checkpoint file is needed for inference")

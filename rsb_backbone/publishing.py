@@ -64,10 +64,9 @@ def publish_checkpoint(
             checkpoint, a published file, or a bare ``{name: tensor}`` file; read tensors-only.
         output: requested path; the written file is named by :func:`published_file_name`, and
             written atomically.
-        fp16: store floating point tensors in half precision (halves the size; the loaders cast
-            them back to the model's precision, so results may differ slightly).
-        safetensors: write a ``.safetensors`` file (metadata as JSON in its header) instead of
-            a ``.pth`` file.
+        fp16: store floating point tensors in half precision (the loaders cast them back to the
+            model's precision, so results may differ slightly).
+        safetensors: write a ``.safetensors`` file instead of a ``.pth`` file.
 
     Returns:
         the :class:`PublishedModel`.

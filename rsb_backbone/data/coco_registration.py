@@ -36,10 +36,7 @@ _REQUIRED_KEYS = {
 
 
 def parse_register_coco_arg(value: str) -> Tuple[str, str, str]:
-    """Split ``NAME=JSON:IMAGE_DIR`` into its three parts.
-
-    The name ends at the first ``=`` and the JSON path at the first ``:`` after it, so names
-    cannot contain ``=`` and JSON paths cannot contain ``:``; the image folder may contain both.
+    """Split ``NAME=JSON:IMAGE_DIR`` at the first ``=`` and the first ``:`` after it.
 
     Args:
         value: the command-line value, e.g. ``"mydata_train=ann/train.json:images/train"``.
@@ -127,16 +124,6 @@ def _categories(coco: pycocotools.coco.COCO) -> Tuple[List[str], Dict[Any, int]]
     return [str(coco.cats[i]["name"]) for i in cat_ids], {c: i for i, c in enumerate(cat_ids)}
 
 
-def _dropped_polygons(coco: pycocotools.coco.COCO, records: List[dict]) -> Tuple[int, List[Any]]:
-    """How many polygons load_coco_json dropped silently (under 3 points or an odd number of
-    coordinates), and the ids of the annotations it dropped with them (raw vs loaded ids)."""
-    loaded = {obj["id"]: obj.get("segmentation") for r in records for obj in r["annotations"]}
-    raw = [a for a in coco.dataset["annotations"] if isinstance(a.get("segmentation"), list)]
-    emptied = [a["id"] for a in raw if a["id"] not in loaded]
-    num_kept = sum(len(loaded.get(a["id"]) or []) for a in raw)
-    return sum(len(a["segmentation"]) for a in raw) - num_kept, emptied
-
-
 def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
     """Clip an annotation's XYWH ``bbox`` to its image, in place.
 
@@ -155,22 +142,6 @@ def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
     return "clipped"
 
 
-def _drop_boxes_without_masks(records: List[dict]) -> List[Any]:
-    """Drop the annotations without a ``segmentation`` when others have one; return their ids.
-
-    Detectron2's mapper takes an image's masks when its first annotation has one, and then needs
-    one in every annotation, so mask training would fail on a mix.
-    """
-    with_mask = [("segmentation" in obj) for r in records for obj in r["annotations"]]
-    if all(with_mask) or not any(with_mask):
-        return []
-    dropped = []
-    for record in records:
-        dropped += [obj["id"] for obj in record["annotations"] if "segmentation" not in obj]
-        record["annotations"] = [obj for obj in record["annotations"] if "segmentation" in obj]
-    return dropped
-
-
 def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> List[dict]:
     """Detectron2's ``load_coco_json`` on ``coco`` (default: ``_read_coco(json_file)``), then the cleaning."""
     coco = coco or _read_coco(json_file)
@@ -187,9 +158,17 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
             f"{missing[0]['file_name']}: image file of image id {missing[0]['image_id']} in "
             f"{json_file} does not exist{others}"
         )
-    num_polygons, emptied = _dropped_polygons(coco, records)
+    # load_coco_json drops polygons of under 3 points, and annotations left without any, silently.
+    loaded = {obj["id"]: obj.get("segmentation") for r in records for obj in r["annotations"]}
+    raw = [a for a in coco.dataset["annotations"] if isinstance(a.get("segmentation"), list)]
+    num_polygons = sum(len(a["segmentation"]) - len(loaded.get(a["id"]) or []) for a in raw)
+    # Detectron2's mapper takes an image's masks when its first annotation has one, and then needs one
+    # in every annotation: in a set with masks, those without one are skipped; boxes only stay boxes.
+    with_mask = [segm is not None for segm in loaded.values()]
+    mixed = any(with_mask) and not all(with_mask)
+    emptied = [a["id"] for a in raw if a["id"] not in loaded]
     skipped = {"degenerate box": [], "box outside the image": [], "no valid polygon": emptied,
-               "no mask in a set with masks": _drop_boxes_without_masks(records)}
+               "no mask in a set with masks": []}
     id_map, num_clipped = _categories(coco)[1], 0
     for record in records:
         kept = []
@@ -197,7 +176,10 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
             ann_id = obj.pop("id")
             obj.pop("keypoints", None)  # no keypoint metadata is registered to go with them
             obj["category_id"] = id_map[obj["category_id"]]
-            outcome = _clean_box(obj, record["width"], record["height"])
+            if mixed and "segmentation" not in obj:
+                outcome = "no mask in a set with masks"
+            else:
+                outcome = _clean_box(obj, record["width"], record["height"])
             if outcome in skipped:
                 skipped[outcome].append(ann_id)
             else:
@@ -226,8 +208,7 @@ def load_coco_instances_checked(json_file: str, image_root: str) -> List[Dict[st
         image_root: folder that the images' ``file_name`` entries are relative to.
 
     Returns:
-        list of dataset dicts (``file_name``, ``height``, ``width``, ``image_id``,
-        ``annotations``), one per image, including images without annotations.
+        one dataset dict per image, including images without annotations.
     """
     return _load_records(json_file, image_root, None, check_files=True)
 
@@ -287,7 +268,7 @@ def register_coco_from_arg(value: str) -> str:
     """Register the data set of one ``--register-coco NAME=JSON:IMAGE_DIR`` value.
 
     Args:
-        value: the command-line value; see :func:`parse_register_coco_arg`.
+        value: the command-line value (:func:`parse_register_coco_arg`).
 
     Returns:
         the registered name.
