@@ -23,7 +23,7 @@ from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "GradientClipHook", "build_trainer", "do_test", "do_train", "load_eval_checkpoint", "wrap_ddp",
+    "GradientClipHook", "do_test", "do_train", "load_eval_checkpoint", "wrap_ddp",
     "write_eval_results",
 ]
 
@@ -46,8 +46,8 @@ class GradientClipHook(HookBase):
         grad_scaler = getattr(self.trainer, "grad_scaler", None)
         if grad_scaler is not None and grad_scaler.is_enabled():
             grad_scaler.unscale_(self.trainer.optimizer)
+        # clip_grad_norm_ skips parameters without a gradient.
         params = [p for group in self.trainer.optimizer.param_groups for p in group["params"]]
-        params = [p for p in params if p.grad is not None]
         total_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type)
         self.trainer.storage.put_scalar("grad_norm", float(total_norm), smoothing_hint=True)
 
@@ -74,24 +74,6 @@ class _CheckedSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
 
 class _CheckedAMPTrainer(_FiniteLossCheck, AMPTrainer):
     pass
-
-
-def build_trainer(model, data_loader, optimizer, *, amp: bool):
-    """Detectron2's ``AMPTrainer`` (``amp``, CUDA only) or ``SimpleTrainer``, checking that losses
-    stay finite.
-
-    Args:
-        model: the (possibly DDP-wrapped) model in training mode.
-        data_loader: an iterable of training batches.
-        optimizer: the optimizer.
-        amp: mixed precision.
-    """
-    if amp:
-        device = next(model.parameters()).device
-        if device.type != "cuda":
-            raise ValueError(f"train.amp.enabled=True needs a CUDA model; this one is on {device}")
-        return _CheckedAMPTrainer(model, data_loader, optimizer)
-    return _CheckedSimpleTrainer(model, data_loader, optimizer)
 
 
 def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
@@ -166,8 +148,11 @@ def do_train(cfg, *, resume: bool) -> None:
         optimizer = instantiate(cfg.optimizer)
         train_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.train))
 
+        if cfg.train.amp.enabled and torch.device(cfg.train.device).type != "cuda":
+            raise ValueError(f"train.amp.enabled=True needs a CUDA model; this one is on {cfg.train.device}")
         model = wrap_ddp(model, **cfg.train.ddp)
-        trainer = build_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled)
+        trainer_class = _CheckedAMPTrainer if cfg.train.amp.enabled else _CheckedSimpleTrainer
+        trainer = trainer_class(model, train_loader, optimizer)
         metadata = ModelMetadataState(training_model_metadata(cfg))  # class names, saved with the weights
         checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer, metadata=metadata)
         clip = cfg.train.get("clip_grad", {}) or {}
