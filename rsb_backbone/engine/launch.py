@@ -21,15 +21,11 @@ from .stop_signals import STOP_SIGNALS, forward_stop_signals, stop_data_loader_w
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["started_by_torchrun", "launch_workers"]
-
-
-def started_by_torchrun() -> bool:
-    """Whether this process was started by ``torchrun`` (or another elastic launcher)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+__all__ = ["launch_workers"]
 
 
 def _run_under_torchrun(main_func: Callable, args: Sequence) -> Optional[RunOutcome]:
+    logger.info("Started by torchrun: rank %s of %s", os.environ["RANK"], os.environ["WORLD_SIZE"])
     has_gpu = torch.cuda.is_available()
     if has_gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -49,10 +45,9 @@ def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[Run
     try:
         main_func(*args)
     except Exception as e:
-        outcome = outcome_of(e)
-        if outcome is None:
+        if outcome_of(e) is None:
             raise
-        return outcome
+        return outcome_of(e)
     finally:
         stop_data_loader_workers()
     return None
@@ -111,16 +106,13 @@ def launch_workers(
     main_func: Callable, *, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
     dist_url: str = "auto", args: Sequence = (),
 ) -> Optional[RunOutcome]:
-    """Run ``main_func(*args)`` in every training process; return how the run ended.
-
-    Under ``torchrun`` the process group comes from its environment and the flags below are
-    ignored; otherwise Detectron2's ``launch`` spawns the processes (NCCL on CUDA, gloo on CPU),
-    or runs ``main_func`` in this process when there is one, passing SIGTERM/SIGINT on to them.
+    """Run ``main_func(*args)`` in every training process (spawned by Detectron2's ``launch``, which
+    passes SIGTERM/SIGINT on; or this process alone, or under ``torchrun``); return how the run ended.
 
     Args:
         main_func: the per-process entry point.
         num_gpus_per_machine: processes on this machine (one per GPU; on CPU any number).
-        num_machines, machine_rank, dist_url: as for Detectron2's ``launch``.
+        num_machines, machine_rank, dist_url: as for Detectron2's ``launch`` (ignored under torchrun).
         args: arguments passed to ``main_func``.
 
     Returns:
@@ -128,11 +120,9 @@ def launch_workers(
         expected end (bad input, a non-finite loss, a stop signal).
 
     Raises:
-        anything unexpected, with its traceback (from a spawned process:
-        ``torch.multiprocessing.ProcessRaisedException``).
+        anything unexpected (from a spawned process: ``torch.multiprocessing.ProcessRaisedException``).
     """
-    if started_by_torchrun():
-        logger.info("Started by torchrun: rank %s of %s", os.environ["RANK"], os.environ["WORLD_SIZE"])
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")):  # torchrun's
         return _run_under_torchrun(main_func, args)
     if num_gpus_per_machine < 1:
         raise ValueError(f"--num-gpus {num_gpus_per_machine}: expected at least 1")

@@ -8,7 +8,8 @@ from ..errors import UserInputError
 from ..tensor_files import WeightFileError
 
 __all__ = [
-    "UserInputError", "NonFiniteLossError", "TrainingInterrupted", "RunOutcome", "outcome_of", "user_input_stage",
+    "UserInputError", "NonFiniteLossError", "TrainingInterrupted", "RunOutcome", "outcome_of",
+    "user_input_stage",
 ]
 
 
@@ -28,9 +29,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
-
-    def __reduce__(self):
-        return (type(self), (self.args[0], self.signum))
 
 
 # Raised while a run is set up, these mean bad input (a missing file, a wrong value, an unknown name).
@@ -57,17 +55,16 @@ class RunOutcome(NamedTuple):
     message: str
 
 
-def outcome_of(error: BaseException, prog: str = "train_net.py") -> Optional[RunOutcome]:
+def outcome_of(error: BaseException) -> Optional[RunOutcome]:
     """The exit code and one-line message for an expected end, None for anything unexpected.
 
     Args:
         error: the exception that ended the run.
-        prog: the program name that starts the message.
     """
     if isinstance(error, UserInputError):
-        return RunOutcome(2, f"{prog}: error: {error}")
+        return RunOutcome(2, f"train_net.py: error: {error}")
     if isinstance(error, NonFiniteLossError):
-        return RunOutcome(1, f"{prog}: error: {error}; the last complete checkpoint is kept")
+        return RunOutcome(1, f"train_net.py: error: {error}; the last complete checkpoint is kept")
     if isinstance(error, TrainingInterrupted):
-        return RunOutcome(128 + error.signum, f"{prog}: {error}; continue with --resume")
+        return RunOutcome(128 + error.signum, f"train_net.py: {error}; continue with --resume")
     return None

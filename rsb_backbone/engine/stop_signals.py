@@ -42,11 +42,9 @@ def max_over_processes(value: int) -> int:
 
 
 class CheckpointOnSignalHook(HookBase):
-    """On SIGTERM or SIGINT, finish the current iteration, save a checkpoint, then stop.
-
-    After each iteration the processes agree whether any of them received a signal, so all stop
-    after the same one. The main process saves ``model_{iteration:07d}`` (what ``--resume`` picks
-    up); then every process raises :class:`TrainingInterrupted`.
+    """On SIGTERM or SIGINT to any process, all finish the same iteration (they agree after each),
+    the main process saves ``model_{iteration:07d}`` for ``--resume``, and all raise
+    :class:`TrainingInterrupted`.
 
     Args:
         checkpointer: a Detectron2 checkpointer whose ``save`` writes the training state.
@@ -114,11 +112,8 @@ def ignore_stop_signals_in_workers(loader):
 
 
 def stop_data_loader_workers() -> None:
-    """Kill this process's DataLoader workers (its daemonic children); call it when a run ends.
-
-    ``multiprocessing`` stops daemonic children at exit with SIGTERM, which these workers ignore,
-    and would wait for them forever.
-    """
+    """Kill this process's DataLoader workers (its daemonic children) when a run ends: they ignore
+    the SIGTERM with which ``multiprocessing`` stops them at exit, and it would wait forever."""
     workers = [child for child in multiprocessing.active_children() if child.daemon]
     if not workers:
         return
