@@ -1,18 +1,12 @@
 #!/usr/bin/env python3
-"""Train or evaluate an RSB detector from a LazyConfig.
+r"""Train or evaluate an RSB detector from a LazyConfig (README, "Training: train_net.py").
 
-Examples:
-    # CPU demo on the generated shapes data (random init, minutes):
+Examples (CPU demo on the generated shapes; COCO on 8 GPUs; evaluating a checkpoint, also possible
+through a yacs config of configs/yacs with MODEL.WEIGHTS; your own COCO-format data):
     python3 train_net.py --config-file configs/shapes/faster_rcnn_rsb_r50_fpn_shapes.py
-
-    # COCO, 8 GPUs:
     python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --num-gpus 8
-
-    # Evaluate a checkpoint (or through a yacs config of configs/yacs: MODEL.WEIGHTS output/model_final.pth):
     python3 train_net.py --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py --eval-only \
         train.init_checkpoint=output/model_final.pth
-
-    # Your own COCO-format data:
     python3 train_net.py --config-file configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py \
         --register-coco my_train=train.json:images/ --register-coco my_val=val.json:images/ \
         dataloader.train.dataset.names=my_train dataloader.test.dataset.names=my_val
@@ -36,8 +30,7 @@ from rsb_backbone.engine import (
 from rsb_backbone.model_metadata import training_model_metadata
 from rsb_backbone.timm_resnet import skip_pretrained_weights
 
-# The shapes demo's data set names, for its yacs configs and the config.yaml of its runs (its
-# LazyConfigs register them when they load).
+# The shapes demo's data sets, for its yacs configs and its runs' config.yaml (its LazyConfigs register them).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "shapes_demo"))
 from shapes_registration import register_shapes_demo_datasets  # noqa: E402
 
@@ -72,9 +65,8 @@ def evaluate(cfg, args):
     with user_input_stage():
         skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
         model = instantiate(cfg.model).to(cfg.train.device)
-        load_eval_checkpoint(
-            model, cfg.train.output_dir, cfg.train.init_checkpoint, resume=args.resume, key="train.init_checkpoint"
-        )
+        load_eval_checkpoint(model, cfg.train.output_dir, cfg.train.init_checkpoint, resume=args.resume,
+                             key="train.init_checkpoint")
     results = do_test(cfg, wrap_ddp(model))
     write_eval_results(results, cfg.train.output_dir)
     return results
