@@ -1,8 +1,7 @@
 """RSB-Detectron2: timm's "ResNet strikes back" ResNet-50 as a Detectron2 backbone.
 
-Importing this package registers the yacs backbone builders in Detectron2's ``BACKBONE_REGISTRY``
-and nothing else: no data sets (the shapes demo's are registered by its configs, see
-``projects/shapes_demo``) and no OpenCV import.
+Importing it registers the yacs backbone builders in Detectron2's ``BACKBONE_REGISTRY`` and nothing
+else: no data sets (the shapes demo's configs register theirs) and no OpenCV import.
 """
 
 from .fpn import RetinaNetP6P7
@@ -20,17 +19,7 @@ from .yacs_builders import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "TimmResNet",
-    "STAGE_NAMES",
-    "RetinaNetP6P7",
-    "stage_channels",
-    "NORM_MODES",
-    "FROZEN_STATS_BN",
-    "pixel_normalization",
-    "WeightFileError",
-    "load_tensor_file",
-    "add_rsb_config",
-    "build_rsb_resnet_backbone",
-    "build_rsb_resnet_fpn_backbone",
-    "build_rsb_resnet_retinanet_fpn_backbone",
+    "TimmResNet", "STAGE_NAMES", "RetinaNetP6P7", "stage_channels", "NORM_MODES", "FROZEN_STATS_BN",
+    "pixel_normalization", "WeightFileError", "load_tensor_file", "add_rsb_config",
+    "build_rsb_resnet_backbone", "build_rsb_resnet_fpn_backbone", "build_rsb_resnet_retinanet_fpn_backbone",
 ]

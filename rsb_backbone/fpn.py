@@ -21,8 +21,7 @@ class RetinaNetP6P7(nn.Module):
     ):
         """
         Args:
-            in_channels: channels of ``in_feature`` (2048 for C5 of a ResNet-50); the configs
-                compute it from the trunk's ``model_name`` (:func:`rsb_backbone.stage_channels`).
+            in_channels: channels of ``in_feature`` (configs: :func:`rsb_backbone.stage_channels`).
             out_channels: FPN width.
             in_feature: the bottom-up feature P6 is computed from.
             relu_before_p7: True for Detectron2's behaviour, False (default) for mmdetection's.
@@ -33,8 +32,8 @@ class RetinaNetP6P7(nn.Module):
         self.relu_before_p7 = relu_before_p7
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
-        for module in (self.p6, self.p7):
-            weight_init.c2_xavier_fill(module)
+        weight_init.c2_xavier_fill(self.p6)
+        weight_init.c2_xavier_fill(self.p7)
 
     def forward(self, c5):
         p6 = self.p6(c5)

@@ -1,9 +1,4 @@
-"""How the backbone's BatchNorm layers behave during detection training.
-
-``"FrozenStatsBN"`` is mmdetection's RSB setting (``norm_eval=True`` with ``requires_grad=True``):
-the layers stay ``torch.nn.BatchNorm2d`` but are always in eval mode, so the running statistics
-from ImageNet never change, while gamma and beta remain trainable parameters.
-"""
+"""How the backbone's BatchNorm layers behave during detection training (:data:`NORM_MODES`)."""
 
 from typing import Tuple
 
@@ -19,7 +14,9 @@ NORM_MODES: Tuple[str, ...] = (
     "FrozenBN",  # Detectron2's FrozenBatchNorm2d: statistics and affine frozen
     "BN",  # plain BatchNorm2d: batch statistics in training, everything updated
     "SyncBN",  # torch.nn.SyncBatchNorm: batch statistics across all workers (needs CUDA)
-    FROZEN_STATS_BN,  # mmdetection RSB: BatchNorm2d kept in eval mode, gamma/beta trainable
+    # mmdetection's RSB setting (norm_eval=True, requires_grad=True): BatchNorm2d always in eval
+    # mode, so the ImageNet running statistics never change; gamma/beta trainable
+    FROZEN_STATS_BN,
 )
 
 
@@ -31,15 +28,8 @@ def check_norm_mode(norm: str) -> str:
 
 
 def convert_norm(module: nn.Module, norm: str) -> nn.Module:
-    """Convert the BatchNorm layers of ``module`` for ``norm`` (in place where possible).
-
-    Args:
-        module: a module holding ``nn.BatchNorm2d`` layers.
-        norm: one of :data:`NORM_MODES`.
-
-    Returns:
-        The converted module (a new object only when ``module`` itself is a BatchNorm layer).
-    """
+    """Convert the BatchNorm layers of ``module`` for ``norm`` (one of :data:`NORM_MODES`) in place;
+    return it (a new object only when ``module`` itself is a BatchNorm layer)."""
     check_norm_mode(norm)
     if norm == "FrozenBN":
         return FrozenBatchNorm2d.convert_frozen_batchnorm(module)

@@ -8,16 +8,14 @@ __all__ = ["pixel_normalization"]
 def pixel_normalization(pretrained_name: str = "resnet50.a1_in1k") -> Dict[str, Union[List[float], str]]:
     """Detectron2's ``pixel_mean``, ``pixel_std`` and ``input_format`` for a timm model.
 
-    timm models take RGB images scaled to [0, 1]; Detectron2 normalizes 0-255 pixels, so the
-    statistics are multiplied by 255. For the RSB ResNet-50 (ImageNet statistics) this gives
-    mean [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375], mmdetection's values.
+    timm's statistics are for RGB in [0, 1], Detectron2's for 0-255 pixels, hence the factor 255
+    (ImageNet's give mmdetection's mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375]).
 
     Args:
         pretrained_name: a timm name with or without tag (the default tag is used without).
 
     Returns:
-        dict with ``pixel_mean`` and ``pixel_std`` (lists of 3 floats, RGB order) and
-        ``input_format`` ("RGB").
+        dict with ``pixel_mean``, ``pixel_std`` (3 floats each, RGB order) and ``input_format`` "RGB".
     """
     import timm
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from omegaconf import DictConfig, ListConfig
 
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 from detectron2.utils.registry import locate
 
@@ -41,8 +41,8 @@ def _create_timm_resnet(model_name: str) -> nn.Module:
 def stage_channels(model_name: str, stage: str = "res5") -> int:
     """Channels of one output of ``TimmResNet(model_name=...)``, read without building weights.
 
-    A config computes a layer's input width from the trunk's ``model_name`` with it (RetinaNet's
-    P6 conv), so that a trunk override such as ``resnet18`` changes that width too.
+    Configs derive a layer's input width from the trunk's ``model_name`` with it (RetinaNet's P6
+    conv), so that a trunk override such as ``resnet18`` changes that width too.
 
     Args:
         model_name: a timm ResNet-family architecture.
@@ -52,8 +52,8 @@ def stage_channels(model_name: str, stage: str = "res5") -> int:
         raise ValueError(f"stage={stage!r}: expected one of {list(STAGE_NAMES)}")
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = _create_timm_resnet(model_name)
-    channels = {info["module"]: info["num_chs"] for info in model.feature_info}
-    return channels[_TIMM_STAGES[STAGE_NAMES.index(stage)]]
+    timm_name = _TIMM_STAGES[STAGE_NAMES.index(stage)]
+    return next(info["num_chs"] for info in model.feature_info if info["module"] == timm_name)
 
 
 class TimmResNet(Backbone):
@@ -74,75 +74,50 @@ class TimmResNet(Backbone):
     ):
         """
         Args:
-            model_name: a timm ResNet-family architecture, e.g. ``"resnet50"``. A pretrained tag
-                is not part of it: pass ``weights="resnet50.a1_in1k"`` instead.
-            weights: None for random init (timm's init, last BN of each block zeroed); a timm
-                pretrained name such as ``"resnet50.a1_in1k"`` (downloaded from the Hugging Face
-                hub or read from its local cache); a local ``.safetensors``/``.pth`` file in timm,
-                torchvision or mmpretrain layout; or an ``https://`` address of such a file.
-                Loading never unpickles arbitrary objects.
-            out_features: which of ``res2``..``res5`` to return. Stages after the last requested
-                one are dropped from the model.
+            model_name: a timm ResNet-family architecture without pretrained tag, e.g. ``"resnet50"``.
+            weights: None for timm's random init; a timm pretrained name (``"resnet50.a1_in1k"``),
+                a weight file or its ``https://`` address, read tensors-only (``timm_weights``).
+            out_features: which of ``res2``..``res5`` to return; later stages are dropped.
             freeze_at: Detectron2's meaning: 0 trains everything, 1 freezes the stem, 2 the stem
-                and ``res2``, ... 5 everything. Frozen parameters get ``requires_grad=False`` and
-                their BatchNorm layers become ``FrozenBatchNorm2d``.
-            norm: how the other BatchNorm layers train: ``"FrozenBN"``, ``"BN"``, ``"SyncBN"``, or
-                ``"FrozenStatsBN"`` (mmdetection's RSB setting: BatchNorm kept in eval mode so the
-                running statistics never change, gamma/beta trainable).
+                and ``res2``, ... 5 everything (``requires_grad=False``, ``FrozenBatchNorm2d``).
+            norm: how the other BatchNorm layers train, one of :data:`~rsb_backbone.NORM_MODES`.
         """
         super().__init__()
         out_features = list(out_features)
-        unknown = [f for f in out_features if f not in STAGE_NAMES]
-        if not out_features or unknown:
+        if not out_features or not set(out_features) <= set(STAGE_NAMES):
             raise ValueError(
                 f"out_features={out_features!r}: expected a non-empty subset of {list(STAGE_NAMES)}"
             )
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at={freeze_at}: expected 0 (nothing) to 5 (all stages)")
         self._norm = check_norm_mode(norm)
-        self._freeze_at = freeze_at
         self.model_name = model_name
 
         model = _create_timm_resnet(model_name)
         if weights:
             load_backbone_weights(model, str(weights))
 
-        feature_info = {info["module"]: info for info in model.feature_info}
         num_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1
-        for name in _STEM_MODULES:
-            self.add_module(name, getattr(model, name))
         self._stages = list(zip(STAGE_NAMES[:num_stages], _TIMM_STAGES[:num_stages]))
-        for _, timm_name in self._stages:
-            self.add_module(timm_name, getattr(model, timm_name))
-
+        for name in _STEM_MODULES + _TIMM_STAGES[:num_stages]:
+            self.add_module(name, getattr(model, name))
+        # Backbone.output_shape() reads these three.
         self._out_features = out_features
-        self._out_feature_channels = {
-            name: feature_info[timm_name]["num_chs"] for name, timm_name in self._stages
-        }
-        self._out_feature_strides = {
-            name: feature_info[timm_name]["reduction"] for name, timm_name in self._stages
-        }
+        info = {i["module"]: i for i in model.feature_info}
+        self._out_feature_channels = {name: info[timm_name]["num_chs"] for name, timm_name in self._stages}
+        self._out_feature_strides = {name: info[timm_name]["reduction"] for name, timm_name in self._stages}
         convert_norm(self, norm)
         self.freeze(freeze_at)
         if norm == FROZEN_STATS_BN:
             set_batchnorm_eval(self)
 
     def freeze(self, freeze_at: int = 0) -> "TimmResNet":
-        """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages.
-
-        Args:
-            freeze_at: as in the constructor.
-
-        Returns:
-            self.
-        """
-        frozen_groups = [_STEM_MODULES] + [(timm_name,) for _, timm_name in self._stages]
-        for group in frozen_groups[:freeze_at]:
-            for name in group:
-                module = getattr(self, name)
-                for p in module.parameters():
-                    p.requires_grad = False
-                setattr(self, name, FrozenBatchNorm2d.convert_frozen_batchnorm(module))
+        """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages; return self."""
+        groups = [_STEM_MODULES] + [(timm_name,) for _, timm_name in self._stages]
+        for name in (name for group in groups[:freeze_at] for name in group):
+            module = getattr(self, name)
+            module.requires_grad_(False)
+            setattr(self, name, FrozenBatchNorm2d.convert_frozen_batchnorm(module))
         return self
 
     def train(self, mode: bool = True) -> "TimmResNet":
@@ -152,13 +127,7 @@ class TimmResNet(Backbone):
         return self
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            x: images, shape (N, 3, H, W), normalized.
-
-        Returns:
-            dict mapping each of ``out_features`` to its feature map.
-        """
+        """Feature maps of ``out_features`` for normalized images ``x`` of shape (N, 3, H, W)."""
         if x.dim() != 4:
             raise ValueError(f"TimmResNet takes (N, C, H, W) inputs, got shape {tuple(x.shape)}")
         for name in _STEM_MODULES:
@@ -170,21 +139,12 @@ class TimmResNet(Backbone):
                 outputs[name] = x
         return outputs
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
-
 
 def skip_pretrained_weights(node) -> int:
     """Set ``weights=None`` on every :class:`TimmResNet` in a LazyConfig tree; return how many.
 
-    The one place that skips the ImageNet weights when a whole-detector checkpoint will replace
-    them (evaluation, predictors, conversion, benchmarks): loading them first would only cost
-    time, and a download that fails offline.
+    Used wherever a whole-detector checkpoint will replace them (evaluation, predictors,
+    conversion, benchmarks): loading them first would only cost time, or fail offline.
 
     Args:
         node: a LazyConfig (sub)tree, e.g. ``cfg.model``; changed in place.

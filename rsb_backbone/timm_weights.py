@@ -1,22 +1,14 @@
 """Load the ``weights`` argument of :class:`TimmResNet` into a timm ResNet by timm's key names.
 
-Four sources are understood:
+Sources: a timm pretrained name such as ``"resnet50.a1_in1k"`` (from the Hugging Face hub, offline
+from its cache); a local ``.safetensors``/``.pth`` file in timm's or torchvision's layout (optionally
+with ``fc.*`` and a ``module.`` prefix) or mmpretrain's (under ``state_dict``, ``backbone.`` prefix,
+``head.*``); an ``https://`` address of such a file, fetched once into ``$TORCH_HOME/hub/checkpoints``
+and checked against the hash prefix its name carries.
 
-* a timm pretrained name such as ``"resnet50.a1_in1k"``: fetched by timm's hub code from the
-  Hugging Face hub (offline, from the ``huggingface_hub`` cache);
-* a local ``.safetensors``/``.pth`` file in timm's or torchvision's layout (``conv1.weight``,
-  ``layer1.0.bn1.weight``, ..., optionally with a ``fc.*`` classifier and a ``module.`` prefix);
-* a local mmpretrain/mmcls checkpoint: tensors under ``state_dict`` with a ``backbone.`` prefix and
-  a ``head.*`` classifier, as in mmpretrain's RSB release;
-* an ``https://`` address of such a file (OpenMMLab's downloads, say): fetched once by timm into
-  PyTorch's hub cache (``$TORCH_HOME/hub/checkpoints``), checked against the hash prefix its name
-  carries, and read from there afterwards.
-
-Files are read by :func:`~rsb_backbone.tensor_files.load_tensor_file`, not by timm's
-``load_pretrained``/``load_checkpoint``: timm reads tensors only too (safetensors or
-``torch.load(weights_only=True)``), but its errors do not name the file (a truncated checkpoint is
-"PytorchStreamReader failed ...", a refused pickle a RuntimeError like any other), it has no plain
-refusal of Detectron2 ``.pkl`` files, and its strict load reports a misfit as a many-line list.
+Files are read tensors-only by :func:`~rsb_backbone.tensor_files.load_tensor_file`, not by timm's
+loaders: their errors do not name the file, they have no plain refusal of Detectron2 ``.pkl``
+files, and their strict load reports a misfit as a many-line list.
 """
 
 import logging
@@ -106,7 +98,7 @@ def _backbone_state_dict(checkpoint, path: str) -> Dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(model: nn.Module, weights: str) -> None:
-    """Load ``weights`` (see the module's docstring) into a timm ResNet; its ``fc`` stays as is.
+    """Load ``weights`` (a source of the module's docstring) into a timm ResNet; ``fc`` stays as is.
 
     Raises:
         WeightFileError: naming the file when it is unreadable or unsafe, when no key matches

@@ -1,12 +1,5 @@
-"""yacs support: config keys and ``BACKBONE_REGISTRY`` builders reading them once.
-
-Usage::
-
-    cfg = get_cfg()
-    add_rsb_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = "build_rsb_resnet_fpn_backbone"
-    cfg.MODEL.RSB.WEIGHTS = "resnet50.a1_in1k"
-"""
+"""yacs support: the ``MODEL.RSB`` config keys and ``BACKBONE_REGISTRY`` builders reading them
+(usage in the README's yacs section)."""
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.layers import ShapeSpec
@@ -17,13 +10,8 @@ from .fpn import RetinaNetP6P7
 from .norm_modes import FROZEN_STATS_BN
 from .timm_resnet import STAGE_NAMES, TimmResNet
 
-__all__ = [
-    "add_rsb_config",
-    "read_rsb_yacs_config",
-    "build_rsb_resnet_backbone",
-    "build_rsb_resnet_fpn_backbone",
-    "build_rsb_resnet_retinanet_fpn_backbone",
-]
+__all__ = ["add_rsb_config", "read_rsb_yacs_config", "build_rsb_resnet_backbone",
+           "build_rsb_resnet_fpn_backbone", "build_rsb_resnet_retinanet_fpn_backbone"]
 
 
 def add_rsb_config(cfg: CfgNode) -> CfgNode:
@@ -38,70 +26,38 @@ def add_rsb_config(cfg: CfgNode) -> CfgNode:
 
     ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.FPN.*`` keep their Detectron2 meaning.
     """
-    cfg.MODEL.RSB = CfgNode()
-    cfg.MODEL.RSB.MODEL_NAME = "resnet50"
-    cfg.MODEL.RSB.WEIGHTS = ""
-    cfg.MODEL.RSB.NORM = FROZEN_STATS_BN
-    cfg.MODEL.RSB.OUT_FEATURES = list(STAGE_NAMES)
-    cfg.MODEL.RSB.RELU_BEFORE_P7 = False
+    cfg.MODEL.RSB = CfgNode(dict(MODEL_NAME="resnet50", WEIGHTS="", NORM=FROZEN_STATS_BN,
+                                 OUT_FEATURES=list(STAGE_NAMES), RELU_BEFORE_P7=False))
     return cfg
 
 
 def read_rsb_yacs_config(config_file: str) -> CfgNode:
-    """Detectron2's defaults with the ``MODEL.RSB`` keys, merged with a yacs config file.
-
-    Args:
-        config_file: a yacs YAML file (its ``_BASE_`` is read relative to it).
-
-    Returns:
-        an unfrozen CfgNode.
-    """
+    """Detectron2's defaults with the ``MODEL.RSB`` keys, merged with a yacs YAML file (unfrozen)."""
     cfg = add_rsb_config(get_cfg())
     cfg.merge_from_file(config_file)
     return cfg
 
 
-def _check_input(input_shape: ShapeSpec) -> None:
+def _trunk_from_cfg(cfg: CfgNode, input_shape: ShapeSpec, out_features) -> TimmResNet:
     if input_shape.channels != 3:
         raise ValueError(f"input_shape.channels={input_shape.channels}: the timm ResNet takes 3 channels")
-
-
-def _trunk_from_cfg(cfg: CfgNode, out_features) -> TimmResNet:
     rsb = cfg.MODEL.RSB
-    return TimmResNet(
-        model_name=rsb.MODEL_NAME,
-        weights=rsb.WEIGHTS or None,
-        out_features=out_features,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        norm=rsb.NORM,
-    )
+    return TimmResNet(model_name=rsb.MODEL_NAME, weights=rsb.WEIGHTS or None, out_features=out_features,
+                      freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, norm=rsb.NORM)
 
 
 @BACKBONE_REGISTRY.register()
 def build_rsb_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TimmResNet:
     """The trunk alone, with ``MODEL.RSB.OUT_FEATURES`` as outputs."""
-    _check_input(input_shape)
-    return _trunk_from_cfg(cfg, cfg.MODEL.RSB.OUT_FEATURES)
+    return _trunk_from_cfg(cfg, input_shape, cfg.MODEL.RSB.OUT_FEATURES)
 
 
 def _fpn_from_cfg(cfg: CfgNode, input_shape: ShapeSpec, top_block) -> FPN:
-    """Detectron2's FPN on the trunk, reading ``MODEL.FPN.*``.
-
-    Args:
-        cfg: a config with the ``MODEL.RSB`` keys.
-        input_shape: the image input (3 channels).
-        top_block: called with the trunk, returns the FPN's top block.
-    """
-    _check_input(input_shape)
-    trunk = _trunk_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES)
-    return FPN(
-        bottom_up=trunk,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=top_block(trunk),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    """Detectron2's FPN on the trunk, reading ``MODEL.FPN.*``; ``top_block(trunk)`` makes its top block."""
+    trunk = _trunk_from_cfg(cfg, input_shape, cfg.MODEL.FPN.IN_FEATURES)
+    fpn = cfg.MODEL.FPN
+    return FPN(bottom_up=trunk, in_features=fpn.IN_FEATURES, out_channels=fpn.OUT_CHANNELS, norm=fpn.NORM,
+               top_block=top_block(trunk), fuse_type=fpn.FUSE_TYPE)
 
 
 @BACKBONE_REGISTRY.register()
@@ -115,13 +71,6 @@ def build_rsb_resnet_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec
     """P3-P7 FPN for RetinaNet (:class:`RetinaNetP6P7` on the last input feature), reading
     ``MODEL.FPN.*`` and ``MODEL.RSB.RELU_BEFORE_P7``."""
     last = cfg.MODEL.FPN.IN_FEATURES[-1]
-    return _fpn_from_cfg(
-        cfg,
-        input_shape,
-        lambda trunk: RetinaNetP6P7(
-            trunk.output_shape()[last].channels,
-            cfg.MODEL.FPN.OUT_CHANNELS,
-            in_feature=last,
-            relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7,
-        ),
-    )
+    return _fpn_from_cfg(cfg, input_shape, lambda trunk: RetinaNetP6P7(
+        trunk.output_shape()[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last,
+        relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7))
