@@ -9,18 +9,7 @@ from .lazy_overrides import load_config_with_overrides
 from .yacs_configs import ARCHITECTURES, get_rsb_cfg, load_yacs_config, yacs_config_file
 
 __all__ = [
-    "ARCHITECTURES",
-    "LAZY",
-    "YACS",
-    "config_file_kind",
-    "dataset_names",
-    "get_rsb_cfg",
-    "head_config",
-    "load_config_with_overrides",
-    "load_yacs_config",
-    "resolve_device",
-    "score_threshold_of",
-    "set_score_threshold",
-    "sync_num_classes",
-    "yacs_config_file",
+    "ARCHITECTURES", "LAZY", "YACS", "config_file_kind", "dataset_names", "get_rsb_cfg", "head_config",
+    "load_config_with_overrides", "load_yacs_config", "resolve_device", "score_threshold_of",
+    "set_score_threshold", "sync_num_classes", "yacs_config_file",
 ]

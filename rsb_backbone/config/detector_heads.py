@@ -20,12 +20,9 @@ def dataset_names(names) -> List[str]:
 
 
 def head_config(cfg):
-    """The node of a detector config that holds its number of classes.
-
-    Args:
-        cfg: a yacs CfgNode (the node is ``MODEL.RETINANET`` or ``MODEL.ROI_HEADS``, which also
-            hold ``SCORE_THRESH_TEST``) or a LazyConfig (``model.roi_heads`` or ``model``).
-    """
+    """The node of a detector config that holds its number of classes: ``MODEL.RETINANET`` or
+    ``MODEL.ROI_HEADS`` of a yacs CfgNode (with ``SCORE_THRESH_TEST``), ``model.roi_heads`` or
+    ``model`` of a LazyConfig."""
     if isinstance(cfg, CfgNode):
         return cfg.MODEL.RETINANET if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS
     if "roi_heads" in cfg.model and "num_classes" in cfg.model.roi_heads:
@@ -53,14 +50,12 @@ def _thing_classes(name: str) -> List[str]:
 
 
 def sync_num_classes(cfg, *, training: bool = False) -> int:
-    """Set the model's number of classes from the config's data sets, which must declare the same
-    classes in the same order.
+    """Set the model's number of classes from the config's data sets (same classes, same order).
 
     Args:
         cfg: a LazyConfig (its ``dataloader.test`` data sets, and ``dataloader.train``'s when
-            training) or a yacs CfgNode (its ``DATASETS.TEST``, for evaluation).
-        training: whether the LazyConfig's training set is used (for ``--eval-only`` the test
-            set decides).
+            ``training``) or a yacs CfgNode (its ``DATASETS.TEST``, for evaluation).
+        training: whether the LazyConfig's training set counts (not for ``--eval-only``).
 
     Returns:
         the number of classes set.
@@ -92,9 +87,8 @@ def set_score_threshold(target, score_threshold: float) -> int:
     """Set the test score threshold of a detector or of a yacs config.
 
     Args:
-        target: a Detectron2 detector (every layer with a ``test_score_thresh`` attribute:
-            ``FastRCNNOutputLayers``, one per cascade stage, and ``RetinaNet``) or a yacs
-            CfgNode (``SCORE_THRESH_TEST`` of its :func:`head_config`).
+        target: a Detectron2 detector (every layer with a ``test_score_thresh``: each cascade
+            stage's ``FastRCNNOutputLayers``, ``RetinaNet``) or a yacs CfgNode (its :func:`head_config`).
         score_threshold: in [0, 1].
 
     Returns:

@@ -6,15 +6,8 @@ __all__ = ["resolve_device"]
 
 
 def resolve_device(device: str) -> str:
-    """Turn "auto" into "cuda" when a GPU is present, else "cpu"; refuse CUDA without a GPU.
-
-    Args:
-        device: "auto", "cpu", "cuda" or "cuda:N" (``train.device`` of a LazyConfig, the
-            predictors' ``device``, yacs ``MODEL.DEVICE``).
-
-    Returns:
-        the device name to use.
-    """
+    """The device to use for ``device`` ("auto", "cpu", "cuda" or "cuda:N"): "auto" is "cuda" when a
+    GPU is present, else "cpu"; CUDA without a GPU is refused."""
     device = str(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

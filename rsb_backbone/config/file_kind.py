@@ -21,18 +21,11 @@ _KeysOnlyLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader
 
 
 def config_file_kind(config_file: str) -> str:
-    """Whether ``config_file`` is a yacs config or a LazyConfig.
+    """:data:`YACS` or :data:`LAZY`: the kind of the config file at path ``config_file``.
 
-    ``.py`` files are LazyConfigs. A YAML file is a LazyConfig when it has a top-level ``model``
-    key (the ``config.yaml`` that ``train_net.py`` saves in its output folder), and a yacs config
-    when it has ``_BASE_`` or upper-case sections such as ``MODEL``/``INPUT`` (the files in
-    ``configs/yacs``).
-
-    Args:
-        config_file: path of the config file.
-
-    Returns:
-        :data:`YACS` or :data:`LAZY`.
+    ``.py`` files are LazyConfigs; a YAML file is one when it has a top-level ``model`` key (the
+    ``config.yaml`` that ``train_net.py`` saves), a yacs config when it has ``_BASE_`` or upper-case
+    sections such as ``MODEL``.
 
     Raises:
         FileNotFoundError: the file does not exist.

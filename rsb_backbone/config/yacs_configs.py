@@ -1,18 +1,8 @@
-"""yacs configs of the four RSB detectors, ready for ``detectron2.engine.DefaultPredictor``.
+"""yacs configs of the four RSB detectors, ready for ``detectron2.engine.DefaultPredictor``
+(usage in the README's inference section).
 
-Usage::
-
-    from detectron2.engine import DefaultPredictor
-    from rsb_backbone.inference import get_rsb_cfg
-
-    cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/model_final.pth", score_threshold=0.5)
-    predictor = DefaultPredictor(cfg)
-    outputs = predictor(cv2.imread("image.jpg"))  # BGR, as DefaultPredictor expects
-
-The YAML files are ``configs/yacs`` of the repository, found through
-:mod:`rsb_backbone.model_zoo` (package data of an installed copy, or the checkout's folder); they
-mirror the LazyConfigs in ``configs/COCO`` (module for module, so ``train_net.py`` checkpoints
-load without missing keys).
+The YAML files are ``configs/yacs``, found through :mod:`rsb_backbone.model_zoo`; they mirror the
+LazyConfigs in ``configs/COCO`` module for module, so ``train_net.py`` checkpoints load into them.
 """
 
 import os
@@ -45,17 +35,15 @@ def yacs_config_file(arch: str) -> str:
 
 def _pairs(opts: Sequence[str]) -> list:
     """``["A", "1", "B=2"]`` -> ``["A", "1", "B", "2"]``: yacs pairs, ``KEY=VALUE`` also allowed."""
-    flat, pending_key = [], None
-    for token in opts:
-        if pending_key is not None:
-            flat += [pending_key, token]
-            pending_key = None
-        elif "=" in token:
+    flat, tokens = [], iter(opts)
+    for token in tokens:
+        if "=" in token:
             flat += token.split("=", 1)
-        else:
-            pending_key = token
-    if pending_key is not None:
-        raise ValueError(f"config override {pending_key!r} has no value; expected KEY VALUE or KEY=VALUE")
+            continue
+        value = next(tokens, None)
+        if value is None:
+            raise ValueError(f"config override {token!r} has no value; expected KEY VALUE or KEY=VALUE")
+        flat += [token, value]
     return flat
 
 
@@ -110,33 +98,16 @@ def get_rsb_cfg(
 
     Args:
         arch: "faster_rcnn", "mask_rcnn", "cascade_mask_rcnn" or "retinanet".
-        checkpoint: detector checkpoint (``MODEL.WEIGHTS``), e.g. a ``train_net.py``
-            ``model_final.pth`` of the LazyConfig of the same architecture.
-        device: "cpu", "cuda", "cuda:N" or "auto".
-        score_threshold: smallest score of a returned detection.
+        checkpoint, device, score_threshold, opts: as in :func:`load_yacs_config`; ``checkpoint``
+            may be a ``train_net.py`` ``model_final.pth`` of the LazyConfig of the same architecture.
         num_classes: classes of the checkpoint; None keeps COCO's 80.
         min_size_test: short side images are resized to (``INPUT.MIN_SIZE_TEST``); None keeps 800.
         max_size_test: longest side after resizing (``INPUT.MAX_SIZE_TEST``); None keeps 1333.
         test_dataset: registered data set whose metadata (class names) ``DefaultPredictor``
             exposes as ``predictor.metadata`` (``DATASETS.TEST``); None keeps coco_2017_val.
-            :func:`~rsb_backbone.inference.build_default_predictor` prefers the class names
-            stored in the checkpoint.
-        opts: further overrides, as in :func:`load_yacs_config`.
-
-    Example, the shapes demo (3 classes, short side 160, at most 256; or use
-    ``load_yacs_config("configs/yacs/shapes/mask_rcnn_rsb_r50_fpn_shapes.yaml", ...)``)::
-
-        cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/shapes/mask_rcnn/model_final.pth",
-                          num_classes=3, min_size_test=160, max_size_test=256,
-                          test_dataset="rsb_shapes_val")
     """
-    cfg = load_yacs_config(
-        yacs_config_file(arch),
-        opts=opts,
-        checkpoint=checkpoint,
-        device=device,
-        score_threshold=score_threshold,
-    )
+    cfg = load_yacs_config(yacs_config_file(arch), opts=opts, checkpoint=checkpoint, device=device,
+                           score_threshold=score_threshold)
     if num_classes is not None:
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: expected at least 1")

@@ -1,18 +1,5 @@
 """Inference: Detectron2's ``DefaultPredictor`` on yacs configs of the four RSB detectors, and a
-predictor with the same interface for LazyConfigs.
-
-yacs (``configs/yacs``)::
-
-    cfg = get_rsb_cfg("mask_rcnn", checkpoint="output/model_final.pth")
-    predictor = detectron2.engine.DefaultPredictor(cfg)
-    predictor = build_default_predictor(cfg)  # the same, with the checkpoint's class names
-
-LazyConfig::
-
-    predictor = LazyConfigPredictor("configs/COCO/mask_rcnn_rsb_r50_fpn_1x.py", "output/model_final.pth")
-
-Both take BGR (H, W, 3) uint8 images, as ``cv2.imread`` returns them.
-"""
+predictor with the same interface (BGR images in) for LazyConfigs; usage in the README."""
 
 from ..config import ARCHITECTURES, get_rsb_cfg, load_yacs_config, set_score_threshold, yacs_config_file
 from ..detector_checkpoint import load_detector_checkpoint
@@ -21,15 +8,7 @@ from .lazy_predictor import LazyConfigPredictor
 from .predictors import build_default_predictor, build_predictor
 
 __all__ = [
-    "ARCHITECTURES",
-    "LazyConfigPredictor",
-    "build_default_predictor",
-    "build_predictor",
-    "contiguous_to_dataset_ids",
-    "get_rsb_cfg",
-    "instances_to_coco_results",
-    "load_detector_checkpoint",
-    "load_yacs_config",
-    "set_score_threshold",
-    "yacs_config_file",
+    "ARCHITECTURES", "LazyConfigPredictor", "build_default_predictor", "build_predictor",
+    "contiguous_to_dataset_ids", "get_rsb_cfg", "instances_to_coco_results", "load_detector_checkpoint",
+    "load_yacs_config", "set_score_threshold", "yacs_config_file",
 ]

@@ -10,16 +10,10 @@ __all__ = ["contiguous_to_dataset_ids", "instances_to_coco_results"]
 
 
 def contiguous_to_dataset_ids(metadata: Optional[Metadata]) -> Optional[Dict[int, int]]:
-    """The model's class index -> the data set's category id, from ``metadata``; None if unknown.
-
-    Args:
-        metadata: data set metadata with ``thing_dataset_id_to_contiguous_id`` (COCO-format sets
-            registered in Detectron2 have it), or None.
-    """
-    id_map = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) if metadata is not None else None
-    if not id_map:
-        return None
-    return {contiguous: dataset_id for dataset_id, contiguous in id_map.items()}
+    """The model's class index -> the data set's category id, from the
+    ``thing_dataset_id_to_contiguous_id`` of ``metadata`` (of COCO-format sets); None if unknown."""
+    id_map = getattr(metadata, "thing_dataset_id_to_contiguous_id", None)
+    return {contiguous: dataset_id for dataset_id, contiguous in id_map.items()} if id_map else None
 
 
 def instances_to_coco_results(

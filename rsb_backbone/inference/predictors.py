@@ -20,16 +20,13 @@ __all__ = ["build_default_predictor", "build_predictor"]
 def build_default_predictor(cfg: CfgNode, *, fuse: bool = False) -> DefaultPredictor:
     """Detectron2's ``DefaultPredictor`` for ``cfg``, with the checkpoint's own class names.
 
-    Unlike ``DefaultPredictor(cfg)``, the checkpoint ``MODEL.WEIGHTS`` is read with
-    :func:`load_detector_checkpoint` (tensors only; ``.safetensors`` too; every weight must fit
-    the model), and ``predictor.metadata`` is the model metadata stored in it (class names,
-    category ids) when it has some, else the metadata of ``DATASETS.TEST[0]`` as usual.
+    Unlike ``DefaultPredictor(cfg)``, ``MODEL.WEIGHTS`` is read by :func:`load_detector_checkpoint`
+    (tensors only, ``.safetensors`` too, every weight must fit), and ``predictor.metadata`` is the
+    metadata stored in it when it has some, else that of ``DATASETS.TEST[0]`` as usual.
 
     Args:
-        cfg: a yacs config, e.g. from :func:`~rsb_backbone.inference.get_rsb_cfg` or
-            :func:`~rsb_backbone.inference.load_yacs_config`; ``MODEL.WEIGHTS`` must be set.
-        fuse: run the deployment form of the model: norm layers folded into the convolutions
-            before them (:func:`rsb_backbone.deploy.to_deployment_form`).
+        cfg: a yacs config (e.g. :func:`~rsb_backbone.inference.get_rsb_cfg`) with ``MODEL.WEIGHTS`` set.
+        fuse: run the deployment form of the model (:func:`rsb_backbone.deploy.to_deployment_form`).
     """
     checkpoint = cfg.MODEL.WEIGHTS
     if not checkpoint:
@@ -57,19 +54,17 @@ def build_predictor(
 ):
     """A ``DefaultPredictor`` for a yacs config, a :class:`LazyConfigPredictor` for a LazyConfig.
 
-    Both take a BGR (H, W, 3) uint8 image and return ``{"instances": ...}`` in original image
-    coordinates, and expose ``metadata`` (class names) and ``model``. The class names and
-    category ids stored with the checkpoint take precedence over the config's data set.
+    Both take a BGR (H, W, 3) uint8 image, return ``{"instances": ...}`` in original image
+    coordinates and expose ``model`` and ``metadata`` (the checkpoint's class names first).
 
     Args:
-        config_file: a yacs YAML (``configs/yacs/...``) or a LazyConfig (``.py``, or the
-            ``config.yaml`` saved by ``train_net.py``); see :func:`config_file_kind`.
+        config_file: a yacs YAML or a LazyConfig (``.py``, or a saved ``config.yaml``), as told
+            by :func:`config_file_kind`.
         checkpoint: detector checkpoint trained with that config, or its published file.
         device: "cpu", "cuda", "cuda:N" or "auto".
         score_threshold: smallest score of a returned detection.
-        opts: config overrides: ``KEY VALUE`` pairs or ``KEY=VALUE`` for yacs, ``KEY=VALUE``
-            for LazyConfigs.
-        fuse: fold the norm layers into the convolutions (the deployment form of the model).
+        opts: config overrides: ``KEY=VALUE`` (or yacs ``KEY VALUE`` pairs).
+        fuse: run the deployment form of the model.
     """
     if config_file_kind(config_file) == YACS:
         cfg = load_yacs_config(

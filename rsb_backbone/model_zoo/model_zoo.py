@@ -1,10 +1,6 @@
-"""Finding and loading the configs of the repository's ``configs/`` folder by relative name.
-
-An installed copy of the package holds them as package data in ``rsb_backbone/model_zoo/configs``
-(see ``setup.py``); a source checkout (or an editable install of it) reads ``configs/`` next to
-the package. Names are relative to that folder, e.g. ``"COCO/mask_rcnn_rsb_r50_fpn_1x.py"`` or
-``"yacs/shapes/mask_rcnn_rsb_r50_fpn_shapes.yaml"``.
-"""
+"""Finding and loading the configs of the repository's ``configs/`` folder by relative name, e.g.
+``"COCO/mask_rcnn_rsb_r50_fpn_1x.py"``: package data of an installed copy (``setup.py``), else the
+``configs/`` next to the package in a source checkout."""
 
 import os
 from typing import Union
@@ -40,11 +36,7 @@ def configs_root() -> str:
 
 
 def get_config_file(config_path: str) -> str:
-    """The real path of a config, given its name relative to ``configs/``.
-
-    Args:
-        config_path: e.g. ``"COCO/mask_rcnn_rsb_r50_fpn_1x.py"`` or
-            ``"yacs/mask_rcnn_rsb_r50_fpn_1x.yaml"``.
+    """The real path of a config, given its name relative to ``configs/`` (``config_path``).
 
     Raises:
         FileNotFoundError: no such config; the message names the folder searched.
@@ -60,17 +52,9 @@ def get_config_file(config_path: str) -> str:
 
 
 def get_config(config_path: str) -> Union[DictConfig, CfgNode]:
-    """A config by name: a LazyConfig for ``.py``, a yacs CfgNode (with ``MODEL.RSB``) for ``.yaml``.
-
-    Loading a ``shapes/`` LazyConfig in a source checkout also registers the shapes demo data
-    sets (see ``configs/common/shapes_demo.py``).
-
-    Args:
-        config_path: name relative to ``configs/``, as for :func:`get_config_file`.
-
-    Returns:
-        the loaded config; the yacs one unfrozen.
-    """
+    """A config by name (as for :func:`get_config_file`): a LazyConfig for ``.py``, an unfrozen
+    yacs CfgNode with ``MODEL.RSB`` for ``.yaml``. A ``shapes/`` LazyConfig also registers the
+    shapes demo data sets in a source checkout."""
     path = get_config_file(config_path)
     if path.endswith(".py"):
         return LazyConfig.load(path)
