@@ -21,7 +21,7 @@ from .tensor_files import WeightFileError, first_items, load_tensor_file
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "METADATA_KEY", "ModelMetadataState", "collect_model_metadata", "config_model_metadata",
+    "METADATA_KEY", "ModelMetadataState", "config_model_metadata",
     "detectron2_metadata", "metadata_to_safetensors_header",
     "parse_model_metadata", "read_model_metadata", "storable_model_metadata", "training_model_metadata",
 ]
@@ -92,36 +92,24 @@ def storable_model_metadata(metadata: Optional[Mapping[str, Any]]) -> Optional[D
     return stored
 
 
-def collect_model_metadata(dataset_name: str) -> Optional[Dict[str, Any]]:
-    """The model metadata of a registered data set, checked, in stored form.
-
-    Args:
-        dataset_name: a name in Detectron2's ``MetadataCatalog`` (e.g. the training set).
-
-    Returns:
-        the metadata, or None when the data set declares no ``thing_classes``.
-    """
-    catalog = MetadataCatalog.get(dataset_name)
-    classes = catalog.get(_CLASSES, None)
-    if not classes:
-        return None
-    raw = {_CLASSES: [str(c) for c in classes], _IDS: dict(catalog.get(_IDS, None) or {}) or None}
-    return storable_model_metadata(parse_model_metadata(raw, f"data set {dataset_name!r}"))
-
-
 def training_model_metadata(cfg) -> Optional[Dict[str, Any]]:
-    """The model metadata of a LazyConfig's (first) training data set, in stored form.
+    """The model metadata of a LazyConfig's (first) training data set, checked, in stored form.
 
     Args:
         cfg: a LazyConfig whose ``dataloader.train.dataset.names`` are registered in this process.
 
     Returns:
-        see :func:`collect_model_metadata`; None when the config has no training data set.
+        the metadata; None when the config has no training data set or it has no ``thing_classes``.
     """
     names = OmegaConf.select(cfg, "dataloader.train.dataset.names")
     if not names:
         return None
-    return collect_model_metadata(names if isinstance(names, str) else names[0])
+    name = names if isinstance(names, str) else names[0]
+    catalog = MetadataCatalog.get(name)
+    if not catalog.get(_CLASSES, None):
+        return None
+    raw = {_CLASSES: [str(c) for c in catalog.thing_classes], _IDS: catalog.get(_IDS, None) or None}
+    return storable_model_metadata(parse_model_metadata(raw, f"data set {name!r}"))
 
 
 def config_model_metadata(cfg, source: str = "config") -> Optional[Dict[str, Any]]:

@@ -25,13 +25,13 @@ from conftest import REPO_ROOT
 from rsb_backbone.engine import AtomicCheckpointer
 from rsb_backbone.model_metadata import (
     ModelMetadataState,
-    collect_model_metadata,
     config_model_metadata,
     detectron2_metadata,
     metadata_to_safetensors_header,
     parse_model_metadata,
     read_model_metadata,
     storable_model_metadata,
+    training_model_metadata,
 )
 from rsb_backbone.publishing import publish_checkpoint
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET
@@ -100,10 +100,12 @@ def test_collected_from_the_catalog():
     MetadataCatalog.get(name).set(
         thing_classes=CLASSES, thing_dataset_id_to_contiguous_id={42: 2, 3: 0, 7: 1}
     )
-    assert collect_model_metadata(name) == storable_model_metadata(
+    cfg = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": [name, "rsb_shapes_train"]}}}})
+    assert training_model_metadata(cfg) == storable_model_metadata(
         {"thing_classes": CLASSES, "thing_dataset_id_to_contiguous_id": ID_MAP}
     )
-    assert collect_model_metadata("model_metadata_test_unknown") is None
+    cfg.dataloader.train.dataset.names = "model_metadata_test_unknown"
+    assert training_model_metadata(cfg) is None
 
 
 def test_stored_metadata_wins_and_nothing_stored_keeps_the_data_set():
