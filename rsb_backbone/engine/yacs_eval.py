@@ -48,12 +48,10 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
         resume: evaluate the checkpoint that ``last_checkpoint`` in ``OUTPUT_DIR`` names.
 
     Returns:
-        the results of the data set, or a dict of them by data set name when there are several;
-        also written to ``OUTPUT_DIR/eval_results.json``.
+        the results (by data set name when there are several), also in ``OUTPUT_DIR/eval_results.json``.
     """
     with user_input_stage():
-        model = build_model(cfg)
-        model.eval()
+        model = build_model(cfg).eval()
         load_eval_checkpoint(model, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, resume=resume, key="MODEL.WEIGHTS")
     evaluators = [
         COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name)) for name in cfg.DATASETS.TEST
