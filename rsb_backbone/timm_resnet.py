@@ -149,17 +149,12 @@ def skip_pretrained_weights(node) -> int:
     Args:
         node: a LazyConfig (sub)tree, e.g. ``cfg.model``; changed in place.
     """
-    changed = 0
-    if isinstance(node, DictConfig):
-        target = node.get("_target_", None)
-        if isinstance(target, str):
-            target = locate(target)
-        if target is TimmResNet and node.get("weights", None):
-            node.weights = None
-            changed += 1
-        for key in node.keys():
-            changed += skip_pretrained_weights(node.get(key))
-    elif isinstance(node, ListConfig):
-        for item in node:
-            changed += skip_pretrained_weights(item)
-    return changed
+    if isinstance(node, ListConfig):
+        return sum(skip_pretrained_weights(item) for item in node)
+    if not isinstance(node, DictConfig):
+        return 0
+    target, changed = node.get("_target_", None), 0
+    if (locate(target) if isinstance(target, str) else target) is TimmResNet and node.get("weights", None):
+        node.weights = None
+        changed = 1
+    return changed + sum(skip_pretrained_weights(node.get(key)) for key in node.keys())
