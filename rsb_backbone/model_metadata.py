@@ -1,10 +1,6 @@
-"""A trained model's class names and its data set's category ids, kept with the model.
-
-Its *model metadata* is ``{"thing_classes": [...], "thing_dataset_id_to_contiguous_id": {...}}``
-(the second key optional), stored under :data:`METADATA_KEY` in checkpoints, published files and
-the saved ``config.yaml`` (README, "Class names and publishing a model"). In memory the category
-ids are ints; where it is written they are strings, as JSON and YAML keep them
-(:func:`storable_model_metadata`), and :func:`parse_model_metadata` reads them back.
+"""A trained model's class names and category ids, its *model metadata*, kept with the model (README,
+"Class names and publishing a model"). Category ids are ints in memory (:func:`parse_model_metadata`)
+and strings where written, as JSON and YAML keep them (:func:`storable_model_metadata`).
 """
 
 import copy

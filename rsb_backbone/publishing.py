@@ -18,10 +18,7 @@ import torch
 from .checkpoint_layouts import DETECTRON2_ENTRY, checkpoint_tensors
 from .engine.atomic_checkpointer import atomic_write_bytes
 from .model_metadata import (
-    METADATA_KEY,
-    metadata_to_safetensors_header,
-    read_model_metadata,
-    storable_model_metadata,
+    METADATA_KEY, metadata_to_safetensors_header, read_model_metadata, storable_model_metadata
 )
 from .tensor_files import load_tensor_file
 

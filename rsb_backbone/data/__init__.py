@@ -4,9 +4,7 @@ Importing this package registers no data set (the shapes demo sets belong to ``p
 """
 
 from .coco_registration import (
-    load_coco_instances_checked,
-    parse_register_coco_arg,
-    register_coco_from_arg,
+    load_coco_instances_checked, parse_register_coco_arg, register_coco_from_arg,
     register_coco_instances_checked,
 )
 from .mapper import EvaluationDatasetMapper, SkippingDatasetMapper

@@ -55,11 +55,8 @@ def parse_register_coco_arg(value: str) -> Tuple[str, str, str]:
 
 
 def _read_coco(json_file: str) -> pycocotools.coco.COCO:
-    """Parse and check a COCO instances file, indexed as pycocotools' ``COCO(json_file)`` is.
-
-    Parsed here, not by ``COCO(json_file)``, so that the checks see the raw entries before the
-    index drops duplicates; :func:`_load_records` hands the result to ``load_coco_json``.
-    """
+    """Parse and check a COCO instances file, indexed as ``COCO(json_file)`` is; parsed here so that
+    the checks see the raw entries before the index drops duplicates."""
     if not os.path.isfile(json_file):
         raise ValueError(f"{json_file}: COCO json file does not exist")
     try:
@@ -70,8 +67,7 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
     except OSError as e:
         raise ValueError(f"{json_file}: cannot read the COCO json file ({e.strerror})") from e
     keys = list(_REQUIRED_KEYS)
-    is_dict = isinstance(dataset, dict)
-    missing = [k for k in keys if not isinstance(dataset.get(k), list)] if is_dict else keys
+    missing = [k for k in keys if not isinstance(dataset.get(k), list)] if isinstance(dataset, dict) else keys
     if missing:
         raise ValueError(
             f"{json_file}: not a COCO instances file (top level: {type(dataset).__name__} "
@@ -109,9 +105,7 @@ def _check_annotation(json_file: str, ann: dict, coco: pycocotools.coco.COCO) ->
             f"{where} has category_id {ann['category_id']!r}, which is not in 'categories' "
             f"(ids {sorted(coco.cats)})"
         )
-    if not (
-        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
-    ):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
         raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
     if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
         raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
@@ -125,11 +119,8 @@ def _categories(coco: pycocotools.coco.COCO) -> Tuple[List[str], Dict[Any, int]]
 
 
 def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
-    """Clip an annotation's XYWH ``bbox`` to its image, in place.
-
-    Returns:
-        why the annotation is to be skipped, ``"clipped"`` if the box changed, else None.
-    """
+    """Clip an annotation's XYWH ``bbox`` to its image, in place; return why the annotation is to
+    be skipped, ``"clipped"`` if the box changed, else None."""
     x, y, w, h = obj["bbox"]
     if w <= 0 or h <= 0:
         return "degenerate box"

@@ -23,9 +23,9 @@ def drop_small_images(dataset_dicts: List[Dict], min_size: int = 32) -> List[Dic
         The dicts whose shorter side is at least ``min_size``, in their order.
     """
     kept = [d for d in dataset_dicts if min(d["width"], d["height"]) >= min_size]
-    dropped = len(dataset_dicts) - len(kept)
-    if dropped:
-        logger.info("Removed %d images with a side under %d px; %d images left.", dropped, min_size, len(kept))
+    if len(kept) < len(dataset_dicts):
+        msg = "Removed %d images with a side under %d px; %d images left."
+        logger.info(msg, len(dataset_dicts) - len(kept), min_size, len(kept))
     return kept
 
 

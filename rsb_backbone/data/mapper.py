@@ -12,8 +12,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SkippingDatasetMapper", "EvaluationDatasetMapper", "UnreadableImageError"]
 
-# PIL raises OSError (UnidentifiedImageError, truncated data, missing file) and, for some broken
-# PNGs, SyntaxError.
+# PIL raises OSError (unidentified image, truncated data, missing file) or, for some broken PNGs, SyntaxError.
 _UNREADABLE = (OSError, SyntaxError)
 
 
