@@ -11,7 +11,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 from detectron2.utils.registry import locate
 
-from .norm_modes import FROZEN_STATS_BN, check_norm_mode, convert_norm, set_batchnorm_eval
+from .norm_modes import FROZEN_STATS_BN, NORM_MODES, set_batchnorm_eval
 from .timm_weights import load_backbone_weights
 
 __all__ = ["TimmResNet", "STAGE_NAMES", "skip_pretrained_weights", "stage_channels"]
@@ -39,10 +39,8 @@ def _create_timm_resnet(model_name: str) -> nn.Module:
 
 
 def stage_channels(model_name: str, stage: str = "res5") -> int:
-    """Channels of one output of ``TimmResNet(model_name=...)``, read without building weights.
-
-    Configs derive a layer's input width from the trunk's ``model_name`` with it (RetinaNet's P6
-    conv), so that a trunk override such as ``resnet18`` changes that width too.
+    """Channels of one output of ``TimmResNet(model_name=...)``, read without building weights, so
+    that configs derive a width from an overridable ``model_name`` (RetinaNet's P6 conv).
 
     Args:
         model_name: a timm ResNet-family architecture.
@@ -90,7 +88,9 @@ class TimmResNet(Backbone):
             )
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at={freeze_at}: expected 0 (nothing) to 5 (all stages)")
-        self._norm = check_norm_mode(norm)
+        if norm not in NORM_MODES:
+            raise ValueError(f"norm={norm!r} is not supported; expected one of {', '.join(NORM_MODES)}")
+        self._norm = norm
         self.model_name = model_name
 
         model = _create_timm_resnet(model_name)
@@ -106,7 +106,10 @@ class TimmResNet(Backbone):
         info = {i["module"]: i for i in model.feature_info}
         self._out_feature_channels = {name: info[timm_name]["num_chs"] for name, timm_name in self._stages}
         self._out_feature_strides = {name: info[timm_name]["reduction"] for name, timm_name in self._stages}
-        convert_norm(self, norm)
+        if norm == "FrozenBN":
+            FrozenBatchNorm2d.convert_frozen_batchnorm(self)  # converts the children in place
+        elif norm == "SyncBN":
+            nn.SyncBatchNorm.convert_sync_batchnorm(self)
         self.freeze(freeze_at)
         if norm == FROZEN_STATS_BN:
             set_batchnorm_eval(self)

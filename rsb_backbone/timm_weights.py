@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .tensor_files import WeightFileError, one_line_summary, load_tensor_file
+from .tensor_files import WeightFileError, first_items, load_tensor_file, one_line_summary
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
         )
     unexpected = [k for k in state_dict if k not in expected]
     if unexpected:
-        more = " ..." if len(unexpected) > 10 else ""
-        logger.warning("%s: ignoring %d keys that the backbone does not have: %s%s", path,
-                       len(unexpected), ", ".join(unexpected[:10]), more)
+        logger.warning("%s: ignoring %d keys that the backbone does not have: %s", path, len(unexpected),
+                       first_items(unexpected, 10))
     model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
     logger.info("Loaded %d backbone tensors from %s", len(matched), path)
