@@ -18,7 +18,7 @@ import torch
 
 from ..config import score_threshold_of
 from ..model_metadata import storable_model_metadata
-from .deployment_form import to_deployment_form
+from .fold_norms import to_deployment_form
 from .preprocessing import Preprocessor, preprocessing_spec
 from .tracing import INPUT_NAMES, ONNX_OPSET, output_names, tracing_adapter
 
