@@ -181,7 +181,7 @@ def build_deployment_forms(models: Dict[str, torch.nn.Module], image: Dict, devi
         function of one image).
     """
     from rsb_backbone.deploy import to_deployment_form
-    from rsb_backbone.deploy.tracing import INPUT_NAMES, ONNX_OPSET, output_names, tracing_adapter
+    from rsb_backbone.deploy.export import trace_detector
 
     folded = to_deployment_form(copy.deepcopy(models["rsb"]).to(device))
     forms = {"rsb_folded": folded}
@@ -190,16 +190,9 @@ def build_deployment_forms(models: Dict[str, torch.nn.Module], image: Dict, devi
     import onnxruntime
 
     sample = (image["image"].float(), torch.tensor(image["height"]), torch.tensor(image["width"]))
-    adapter = tracing_adapter(copy.deepcopy(folded), sample)
-    names = output_names(adapter)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
-        with torch.no_grad():
-            torch.onnx.export(
-                adapter, adapter.flattened_inputs, path, input_names=list(INPUT_NAMES), output_names=names,
-                dynamic_axes={"image": {1: "h", 2: "w"}, **{n: {0: "n"} for n in names}},
-                opset_version=ONNX_OPSET, dynamo=False,
-            )  # fmt: skip
+        trace_detector(copy.deepcopy(folded), sample, path, "onnx")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])

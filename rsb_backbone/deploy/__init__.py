@@ -1,10 +1,8 @@
-"""Deployment: the folded inference form of a detector, TorchScript/ONNX export, and running the
-exported models."""
+"""Deployment: norm folding (the deployment form), TorchScript/ONNX export, running exported models."""
 
-from .export import FORMATS, export_predictor
+from .export import FORMATS, Preprocessor, export_predictor, preprocessing_spec
 from .exported_model import ExportedDetector
 from .fold_norms import fold_norm_into_conv, fold_norms, to_deployment_form
-from .preprocessing import Preprocessor, preprocessing_spec
 
 __all__ = [
     "FORMATS",
