@@ -1,7 +1,7 @@
 """yacs support: the ``MODEL.RSB`` config keys and ``BACKBONE_REGISTRY`` builders reading them
-(usage in the README's yacs section)."""
+(usage: the README's backbone section)."""
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
@@ -9,9 +9,6 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from .fpn import RetinaNetP6P7
 from .norm_modes import FROZEN_STATS_BN
 from .timm_resnet import STAGE_NAMES, TimmResNet
-
-__all__ = ["add_rsb_config", "read_rsb_yacs_config", "build_rsb_resnet_backbone",
-           "build_rsb_resnet_fpn_backbone", "build_rsb_resnet_retinanet_fpn_backbone"]
 
 
 def add_rsb_config(cfg: CfgNode) -> CfgNode:
@@ -28,13 +25,6 @@ def add_rsb_config(cfg: CfgNode) -> CfgNode:
     """
     cfg.MODEL.RSB = CfgNode(dict(MODEL_NAME="resnet50", WEIGHTS="", NORM=FROZEN_STATS_BN,
                                  OUT_FEATURES=list(STAGE_NAMES), RELU_BEFORE_P7=False))
-    return cfg
-
-
-def read_rsb_yacs_config(config_file: str) -> CfgNode:
-    """Detectron2's defaults with the ``MODEL.RSB`` keys, merged with a yacs YAML file (unfrozen)."""
-    cfg = add_rsb_config(get_cfg())
-    cfg.merge_from_file(config_file)
     return cfg
 
 

@@ -1,6 +1,5 @@
-"""Loading and completing configs of either system, shared by training (``engine``) and
-inference: LazyConfig overrides, telling yacs files from LazyConfig files, the yacs configs of the
-four detectors, the device, and the heads' number of classes and score threshold."""
+"""Loading and completing configs of either system for training and inference: LazyConfig overrides,
+file kinds, the four detectors' yacs configs, the device, the heads' classes and score threshold."""
 
 from .detector_heads import dataset_names, head_config, score_threshold_of, set_score_threshold, sync_num_classes
 from .devices import resolve_device

@@ -11,8 +11,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dataset_names", "head_config", "score_threshold_of", "set_score_threshold", "sync_num_classes"]
-
 
 def dataset_names(names) -> List[str]:
     """``dataset.names`` of a LazyConfig loader (a string or a list) as a list."""

@@ -2,8 +2,6 @@
 
 import torch
 
-__all__ = ["resolve_device"]
-
 
 def resolve_device(device: str) -> str:
     """The device to use for ``device`` ("auto", "cpu", "cuda" or "cuda:N"): "auto" is "cuda" when a

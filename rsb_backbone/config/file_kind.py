@@ -4,19 +4,16 @@ import os
 
 import yaml
 
-__all__ = ["YACS", "LAZY", "config_file_kind"]
-
 YACS = "yacs"
 LAZY = "lazy"
 _YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class _KeysOnlyLoader(yaml.SafeLoader):
-    """Reads a config's structure without building the Python objects its tags name."""
+    """Reads a config's structure; the python tags both kinds may hold (Detectron2's
+    Base-RetinaNet.yaml, ShapeSpecs in a saved LazyConfig) are read as None, not built."""
 
 
-# Both kinds may hold python tags (Detectron2's Base-RetinaNet.yaml; ShapeSpecs in a saved
-# LazyConfig); only the top-level keys matter here, so tagged values are read as None.
 _KeysOnlyLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
 
 

@@ -9,11 +9,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detectron2.config import LazyConfig
 
-__all__ = ["load_config_with_overrides"]
-
 _ABSENT = object()
-_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", list: "a list",
-               tuple: "a list", ListConfig: "a list"}
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", ListConfig: "a list"}
 
 
 def _all_keys(node, prefix: str = ""):

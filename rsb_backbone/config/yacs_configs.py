@@ -8,29 +8,22 @@ LazyConfigs in ``configs/COCO`` module for module, so ``train_net.py`` checkpoin
 import os
 from typing import Optional, Sequence
 
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 
 from ..model_zoo import get_config_file
-from ..yacs_builders import read_rsb_yacs_config
+from ..yacs_builders import add_rsb_config
 from .detector_heads import head_config, set_score_threshold
 from .devices import resolve_device
 
-__all__ = ["ARCHITECTURES", "yacs_config_file", "load_yacs_config", "get_rsb_cfg"]
-
-# Architecture name -> its COCO 1x yacs config in configs/yacs.
-ARCHITECTURES = {
-    "faster_rcnn": "faster_rcnn_rsb_r50_fpn_1x.yaml",
-    "mask_rcnn": "mask_rcnn_rsb_r50_fpn_1x.yaml",
-    "cascade_mask_rcnn": "cascade_mask_rcnn_rsb_r50_fpn_1x.yaml",
-    "retinanet": "retinanet_rsb_r50_fpn_1x.yaml",
-}
+# Each has its COCO 1x yacs config, configs/yacs/{arch}_rsb_r50_fpn_1x.yaml.
+ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
 
 
 def yacs_config_file(arch: str) -> str:
     """Path of the COCO 1x yacs config of ``arch`` (one of :data:`ARCHITECTURES`)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
-    return get_config_file(f"yacs/{ARCHITECTURES[arch]}")
+    return get_config_file(f"yacs/{arch}_rsb_r50_fpn_1x.yaml")
 
 
 def _pairs(opts: Sequence[str]) -> list:
@@ -61,17 +54,16 @@ def load_yacs_config(
         config_file: a yacs YAML file, e.g. one in ``configs/yacs``.
         opts: overrides as ``KEY VALUE`` pairs or ``KEY=VALUE`` strings (yacs rejects unknown keys).
         checkpoint: detector checkpoint for ``MODEL.WEIGHTS``; None keeps the config's.
-        device: ``MODEL.DEVICE`` ("cpu", "cuda", "cuda:1", or "auto" for CUDA when present);
-            None keeps the config's.
-        score_threshold: smallest score of a returned detection, in [0, 1]; None keeps the
-            config's (0.05, the COCO evaluation setting).
+        device: ``MODEL.DEVICE`` ("cpu", "cuda", "cuda:1", or "auto"); None keeps the config's.
+        score_threshold: smallest score of a returned detection, in [0, 1]; None keeps the config's.
 
     Returns:
         an unfrozen CfgNode.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    cfg = read_rsb_yacs_config(config_file)
+    cfg = add_rsb_config(get_cfg())  # Detectron2's defaults and MODEL.RSB, then the file
+    cfg.merge_from_file(config_file)
     cfg.merge_from_list(_pairs(opts))
     if checkpoint is not None:
         cfg.MODEL.WEIGHTS = os.fspath(checkpoint)
@@ -97,7 +89,7 @@ def get_rsb_cfg(
     """A yacs config for ``DefaultPredictor(cfg)`` (or ``train_net.py --eval-only``).
 
     Args:
-        arch: "faster_rcnn", "mask_rcnn", "cascade_mask_rcnn" or "retinanet".
+        arch: one of :data:`ARCHITECTURES`.
         checkpoint, device, score_threshold, opts: as in :func:`load_yacs_config`; ``checkpoint``
             may be a ``train_net.py`` ``model_final.pth`` of the LazyConfig of the same architecture.
         num_classes: classes of the checkpoint; None keeps COCO's 80.

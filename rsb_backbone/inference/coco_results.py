@@ -6,8 +6,6 @@ from detectron2.data.catalog import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
-__all__ = ["contiguous_to_dataset_ids", "instances_to_coco_results"]
-
 
 def contiguous_to_dataset_ids(metadata: Optional[Metadata]) -> Optional[Dict[int, int]]:
     """The model's class index -> the data set's category id, from the
@@ -19,7 +17,7 @@ def contiguous_to_dataset_ids(metadata: Optional[Metadata]) -> Optional[Dict[int
 def instances_to_coco_results(
     instances: Instances, image_id: int, *, category_ids: Optional[Dict[int, int]] = None
 ) -> List[dict]:
-    """One image's detections as COCO result dicts.
+    """One image's detections as COCO result dicts (Detectron2's ``instances_to_coco_json``).
 
     Args:
         instances: a predictor's ``outputs["instances"]``, in original image coordinates.
@@ -28,8 +26,7 @@ def instances_to_coco_results(
             the class indices.
 
     Returns:
-        dicts with ``image_id``, ``category_id``, ``bbox`` (x, y, width, height), ``score`` and,
-        for mask models, ``segmentation`` (RLE with ``counts`` as a string).
+        dicts with ``image_id``, ``category_id``, ``bbox`` (XYWH), ``score`` (and RLE ``segmentation``).
     """
     results = instances_to_coco_json(instances.to("cpu"), image_id)
     if category_ids is not None:

@@ -21,17 +21,12 @@ from ..timm_resnet import skip_pretrained_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LazyConfigPredictor"]
-
 _INPUT_FORMATS = ("RGB", "BGR")
 
 
 class LazyConfigPredictor:
-    """A detector from a LazyConfig and a checkpoint, called like ``DefaultPredictor``.
-
-    Each BGR image is converted to the model's input format and resized with the config's
-    ``dataloader.test.mapper.augmentations`` (as evaluation does); detections come back in the
-    coordinates of the original image.
+    """A detector from a LazyConfig and a checkpoint, called like ``DefaultPredictor``: images are
+    resized with the config's ``dataloader.test.mapper.augmentations``, as evaluation does.
 
     Attributes:
         cfg: the LazyConfig (with overrides applied).
@@ -105,12 +100,10 @@ class LazyConfigPredictor:
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """
         Args:
-            original_image: (H, W, 3) uint8 image in **BGR** order (as ``cv2.imread`` returns it),
-                like ``DefaultPredictor``; pass ``image[:, :, ::-1]`` for an RGB array.
+            original_image: (H, W, 3) uint8 image in **BGR** order, as for ``DefaultPredictor``.
 
         Returns:
-            ``{"instances": Instances}`` with ``pred_boxes``, ``scores``, ``pred_classes`` (and
-            ``pred_masks`` for mask models), all in original image coordinates, on ``device``.
+            ``{"instances": Instances}`` in original image coordinates, on ``device``.
         """
         if not isinstance(original_image, np.ndarray) or original_image.shape[2:] != (3,):  # (H, W, 3)
             shape = getattr(original_image, "shape", None)

@@ -14,8 +14,6 @@ from .lazy_predictor import LazyConfigPredictor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_default_predictor", "build_predictor"]
-
 
 def build_default_predictor(cfg: CfgNode, *, fuse: bool = False) -> DefaultPredictor:
     """Detectron2's ``DefaultPredictor`` for ``cfg``, with the checkpoint's own class names.
@@ -58,8 +56,7 @@ def build_predictor(
     coordinates and expose ``model`` and ``metadata`` (the checkpoint's class names first).
 
     Args:
-        config_file: a yacs YAML or a LazyConfig (``.py``, or a saved ``config.yaml``), as told
-            by :func:`config_file_kind`.
+        config_file: a yacs YAML or a LazyConfig (:func:`config_file_kind` tells).
         checkpoint: detector checkpoint trained with that config, or its published file.
         device: "cpu", "cuda", "cuda:N" or "auto".
         score_threshold: smallest score of a returned detection.

@@ -1,15 +1,11 @@
-"""The project's configs by name, as ``detectron2.model_zoo`` gives Detectron2's (see the README).
-
-Names are relative to the repository's ``configs/`` folder, e.g. ``"COCO/mask_rcnn_rsb_r50_fpn_1x.py"``:
-package data of an installed copy (``setup.py``), else the ``configs/`` next to the package."""
+"""The project's configs by name relative to ``configs/``, as ``detectron2.model_zoo`` gives Detectron2's
+(see the README): package data of an installed copy (``setup.py``), else the checkout's ``configs/``."""
 
 import os
 from typing import Union
 
 from detectron2.config import CfgNode, LazyConfig
 from omegaconf import DictConfig
-
-from ..yacs_builders import read_rsb_yacs_config
 
 __all__ = ["configs_root", "get_config_file", "get_config"]
 
@@ -60,5 +56,7 @@ def get_config(config_path: str) -> Union[DictConfig, CfgNode]:
     if path.endswith(".py"):
         return LazyConfig.load(path)
     if path.endswith((".yaml", ".yml")):
-        return read_rsb_yacs_config(path)
+        from ..config import load_yacs_config  # not at the top: rsb_backbone.config imports this module
+
+        return load_yacs_config(path)
     raise ValueError(f"config {config_path!r}: expected a .py LazyConfig or a .yaml yacs config")
