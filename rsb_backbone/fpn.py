@@ -5,16 +5,10 @@ from torch import nn
 
 import fvcore.nn.weight_init as weight_init
 
-__all__ = ["RetinaNetP6P7"]
-
 
 class RetinaNetP6P7(nn.Module):
-    """P6 and P7 for RetinaNet: P6 = conv3x3/2 on C5, P7 = conv3x3/2 on P6.
-
-    mmdetection's RetinaNet (``add_extra_convs="on_input"``, ``relu_before_extra_convs=False``)
-    feeds P6 to the P7 conv directly; Detectron2's ``LastLevelP6P7`` applies a ReLU first.
-    Parameter names (``p6``, ``p7``) are Detectron2's, so checkpoints of either load.
-    """
+    """P6 and P7 for RetinaNet: P6 = conv3x3/2 on C5, P7 = conv3x3/2 on P6, without the ReLU that
+    Detectron2's ``LastLevelP6P7`` puts before P7 (docs/mmdet_rsb_settings.md); same parameter names."""
 
     def __init__(
         self, in_channels: int, out_channels: int, *, in_feature: str = "res5", relu_before_p7: bool = False

@@ -2,8 +2,6 @@
 
 from typing import Dict, List, Union
 
-__all__ = ["pixel_normalization"]
-
 
 def pixel_normalization(pretrained_name: str = "resnet50.a1_in1k") -> Dict[str, Union[List[float], str]]:
     """Detectron2's ``pixel_mean``, ``pixel_std`` and ``input_format`` for a timm model.

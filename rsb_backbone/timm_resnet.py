@@ -55,11 +55,8 @@ def stage_channels(model_name: str, stage: str = "res5") -> int:
 
 
 class TimmResNet(Backbone):
-    """A timm ResNet-family trunk with Detectron2's outputs ``res2``..``res5``.
-
-    Parameter names are timm's (``conv1.weight``, ``layer1.0.conv1.weight``, ...), so timm,
-    torchvision and mmpretrain/mmdetection ResNet weights map onto it by name.
-    """
+    """A timm ResNet-family trunk with Detectron2's outputs ``res2``..``res5`` and timm's parameter
+    names, onto which timm, torchvision and mmpretrain ResNet weights map (README: the backbone)."""
 
     def __init__(
         self,
@@ -91,7 +88,6 @@ class TimmResNet(Backbone):
         if norm not in NORM_MODES:
             raise ValueError(f"norm={norm!r} is not supported; expected one of {', '.join(NORM_MODES)}")
         self._norm = norm
-        self.model_name = model_name
 
         model = _create_timm_resnet(model_name)
         if weights:

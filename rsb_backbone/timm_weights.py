@@ -1,10 +1,8 @@
 """Load the ``weights`` argument of :class:`TimmResNet` into a timm ResNet by timm's key names.
 
-Sources: a timm pretrained name such as ``"resnet50.a1_in1k"`` (from the Hugging Face hub, offline
-from its cache); a local ``.safetensors``/``.pth`` file in timm's or torchvision's layout (optionally
-with ``fc.*`` and a ``module.`` prefix) or mmpretrain's (under ``state_dict``, ``backbone.`` prefix,
-``head.*``); an ``https://`` address of such a file, fetched once into ``$TORCH_HOME/hub/checkpoints``
-and checked against the hash prefix its name carries.
+Sources: a timm pretrained name (Hugging Face hub, offline from its cache); a local file in timm's,
+torchvision's or mmpretrain's layout (README: the backbone); an ``https://`` address of one, fetched
+once into ``$TORCH_HOME/hub/checkpoints`` and checked against the hash prefix its name carries.
 
 Files are read tensors-only by :func:`~rsb_backbone.tensor_files.load_tensor_file`, not by timm's
 loaders: their errors do not name the file, they have no plain refusal of Detectron2 ``.pkl``
@@ -101,9 +99,9 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
     """Load ``weights`` (a source of the module's docstring) into a timm ResNet; ``fc`` stays as is.
 
     Raises:
-        WeightFileError: naming the file when it is unreadable or unsafe, when no key matches
-            the model, or when a tensor has the wrong shape or is missing (``num_batches_tracked``
-            counters excepted; keys the model does not have are logged, not fatal).
+        WeightFileError: naming the file when it is unreadable or unsafe, when no key matches, or
+            when a tensor has the wrong shape or is missing (``num_batches_tracked`` excepted; extra
+            keys are only logged).
     """
     path = resolve_weights_file(weights)
     state_dict = _backbone_state_dict(load_tensor_file(path), path)
