@@ -1,8 +1,5 @@
-"""Publishing a trained detector: only its tensors and model metadata, named by its hash.
-
-A published file keeps a checkpoint's ``"model"`` tensors and model metadata, optionally in half
-precision, as ``.pth`` (``{"model": ..., "metadata": ...}``) or ``.safetensors`` (metadata in the
-header), named ``<stem>-<hash8>.pth`` as mmdetection's ``publish_model.py`` names its files.
+"""Publishing a trained detector: only its ``"model"`` tensors and model metadata, as ``.pth`` or
+``.safetensors``, named ``<stem>-<hash8>.pth`` as mmdetection's ``publish_model.py`` names its files.
 """
 
 import hashlib

@@ -205,9 +205,8 @@ def load_coco_instances_checked(json_file: str, image_root: str) -> List[Dict[st
 
 
 def _registered_loader(json_file: str, image_root: str, coco: pycocotools.coco.COCO):
-    """The function to register in DatasetCatalog (called at every evaluation): the first call
-    uses ``coco``, parsed at registration, later ones parse again rather than keep the dicts in
-    memory; image files are checked until a call succeeds."""
+    """DatasetCatalog's loader (called at every evaluation): the first call uses ``coco``, later ones
+    parse again rather than keep the dicts in memory; image files are checked until a call succeeds."""
     files_checked = False
 
     def load() -> List[Dict[str, Any]]:
