@@ -4,7 +4,7 @@ The four differences from Detectron2's :class:`CascadeROIHeads` (test scores, ma
 losses, re-sampling) and their mmdetection sources: ``docs/mmdet_rsb_settings.md`` section 1D.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,19 +42,16 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
     ):
         """
         Args:
-            mask_heads: one mask head per stage (mmdetection), or None for a box-only cascade.
-                Replaces ``CascadeROIHeads``' ``mask_head``; needs ``mask_in_features`` and
-                ``mask_pooler`` as usual.
+            mask_heads: one mask head per stage (mmdetection), or None for a box-only cascade;
+                replaces ``CascadeROIHeads``' ``mask_head``.
             stage_loss_weights: multiplier of each stage's box and mask losses.
             score_averaging: "logits" (mmdetection: softmax of the mean logits) or "probs"
                 (Detectron2: mean of the stages' softmax).
             scale_stage_gradients: True scales the RoI features' gradient by 1/num_stages in
-                each stage, as Detectron2 does; mmdetection does not.
+                each stage (Detectron2); mmdetection does not.
             resample_each_stage: True (mmdetection) re-samples the RoIs of stages 2.. from the
-                previous stage's refined boxes with the sampling of stage 1 (batch size,
-                positive fraction, GT boxes added); False only re-matches them (Detectron2).
-            kwargs: arguments of :class:`CascadeROIHeads` (``box_heads``, ``box_predictors``,
-                ``proposal_matchers``, ``mask_in_features``, ``mask_pooler``, ...).
+                previous stage's refined boxes like stage 1; False only re-matches them (Detectron2).
+            kwargs: arguments of :class:`CascadeROIHeads`.
         """
         if kwargs.get("mask_head") is not None:
             raise ValueError(
@@ -102,38 +99,31 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             return self.forward_with_given_boxes(features, pred_instances), {}
         if targets is None:
             raise ValueError("MMDetCascadeROIHeads needs targets in training")
-        return proposals, self._forward_train(features, proposals, targets)
-
-    def _forward_train(self, features, proposals, targets) -> Dict[str, torch.Tensor]:
         box_features = [features[f] for f in self.box_in_features]
         image_sizes = [x.image_size for x in proposals]
-        losses, prev_pred_boxes = {}, None
+        losses, prev_pred_boxes, rois = {}, None, proposals
         for stage in range(self.num_cascade_stages):
             if stage > 0:
-                proposals = self._refined_proposals(proposals, prev_pred_boxes, image_sizes)
+                rois = self._refined_proposals(rois, prev_pred_boxes, image_sizes)
             sample = stage == 0 or self.resample_each_stage
-            proposals = self._label_stage(proposals, targets, stage, sample=sample)
-            predictions = self._run_stage(box_features, proposals, stage)
+            rois = self._label_stage(rois, targets, stage, sample=sample)
+            predictions = self._run_stage(box_features, rois, stage)
             with torch.no_grad():
-                prev_pred_boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
+                prev_pred_boxes = self.box_predictor[stage].predict_boxes(predictions, rois)
             with get_event_storage().name_scope(f"stage{stage}"):
-                stage_losses = self.box_predictor[stage].losses(predictions, proposals)
+                stage_losses = self.box_predictor[stage].losses(predictions, rois)
             if self.mask_on:
-                stage_losses.update(self._mask_loss(features, proposals, stage))
+                foreground, _ = select_foreground_proposals(rois, self.num_classes)
+                mask_features = [features[f] for f in self.mask_in_features]
+                mask_features = self.mask_pooler(mask_features, [x.proposal_boxes for x in foreground])
+                stage_losses.update(self.mask_head[stage](mask_features, foreground))
             weight = self.stage_loss_weights[stage]
             losses.update({f"{k}_stage{stage}": v * weight for k, v in stage_losses.items()})
-        return losses
-
-    def _mask_loss(self, features, proposals, stage) -> Dict[str, torch.Tensor]:
-        foreground, _ = select_foreground_proposals(proposals, self.num_classes)
-        mask_features = [features[f] for f in self.mask_in_features]
-        mask_features = self.mask_pooler(mask_features, [x.proposal_boxes for x in foreground])
-        return self.mask_head[stage](mask_features, foreground)
+        return proposals, losses
 
     def _refined_proposals(self, proposals, pred_boxes, image_sizes) -> List[Instances]:
-        """Next stage's proposals: the refined boxes, clipped, empty ones dropped; when re-sampling,
-        without those refined from GT boxes (mmdetection's ``refine_bboxes``: the sampler adds the
-        GT boxes again)."""
+        """Next stage's proposals: the refined boxes, clipped, empty ones dropped; when re-sampling, without
+        those refined from GT boxes (mmdetection's ``refine_bboxes``: the sampler adds them again)."""
         if self.resample_each_stage:
             pred_boxes = [boxes[~previous.proposal_is_gt] for previous, boxes in zip(proposals, pred_boxes)]
         refined = self._create_proposals_from_boxes(pred_boxes, image_sizes)
@@ -150,32 +140,24 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         num_given = [len(p) for p in proposals]
         if sample and self.proposal_append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
-        labelled = []
-        num_fg, num_bg = [], []
-        for proposals_per_image, targets_per_image, n in zip(proposals, targets, num_given):
-            is_gt = (
-                torch.arange(len(proposals_per_image), device=proposals_per_image.proposal_boxes.device) >= n
-            )
-            match_quality = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
-            matched_idxs, matched_labels = self.proposal_matchers[stage](match_quality)
+        labelled, num_fg, num_bg = [], [], []
+        for props, gts, n in zip(proposals, targets, num_given):
+            is_gt = torch.arange(len(props), device=props.proposal_boxes.device) >= n
+            iou = pairwise_iou(gts.gt_boxes, props.proposal_boxes)
+            matches, match_labels = self.proposal_matchers[stage](iou)
             if sample:
-                sampled_idxs, gt_classes = self._sample_proposals(
-                    matched_idxs, matched_labels, targets_per_image.gt_classes
-                )
+                sampled_idxs, gt_classes = self._sample_proposals(matches, match_labels, gts.gt_classes)
             else:
-                sampled_idxs = torch.arange(len(proposals_per_image), device=matched_idxs.device)
-                if len(targets_per_image) > 0:
-                    gt_classes = targets_per_image.gt_classes[matched_idxs]
-                else:
-                    gt_classes = torch.zeros_like(matched_idxs)
-                gt_classes[matched_labels == 0] = self.num_classes
-            selected = Instances(proposals_per_image.image_size)
-            selected.proposal_boxes = proposals_per_image.proposal_boxes[sampled_idxs]
+                sampled_idxs = torch.arange(len(props), device=matches.device)
+                gt_classes = gts.gt_classes[matches] if len(gts) > 0 else torch.zeros_like(matches)
+                gt_classes[match_labels == 0] = self.num_classes
+            selected = Instances(props.image_size)
+            selected.proposal_boxes = props.proposal_boxes[sampled_idxs]
             selected.proposal_is_gt = is_gt[sampled_idxs]
             selected.gt_classes = gt_classes
-            if len(targets_per_image) > 0:
-                sampled_targets = matched_idxs[sampled_idxs]
-                for name, value in targets_per_image.get_fields().items():
+            if len(gts) > 0:
+                sampled_targets = matches[sampled_idxs]
+                for name, value in gts.get_fields().items():
                     if name.startswith("gt_") and not selected.has(name):
                         selected.set(name, value[sampled_targets])
             else:
@@ -202,8 +184,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             raise RuntimeError("MMDetCascadeROIHeads trains through forward(); _forward_box is for inference")
         features = [features[f] for f in self.box_in_features]
         image_sizes = [x.image_size for x in proposals]
-        stage_predictions = []
-        prev_pred_boxes = None
+        stage_predictions, prev_pred_boxes = [], None
         for stage in range(self.num_cascade_stages):
             if stage > 0:
                 # Not filtered for empty boxes: the stages' scores are averaged box by box.

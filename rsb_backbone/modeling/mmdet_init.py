@@ -1,8 +1,5 @@
-"""mmdetection v2's initialisation of the layers a detector adds on top of the pretrained trunk.
-
-:class:`MMDetFPN`, :class:`MMDetBoxHead` and :class:`MMDetMaskHead` are Detectron2's modules with
-mmdetection's initialisation (``docs/mmdet_parity.md``) and identical parameters, so checkpoints
-load into either.
+"""Detectron2's FPN, box head and mask head with mmdetection v2's initialisation of their new layers
+(``docs/mmdet_parity.md``) and identical parameters, so checkpoints load into either.
 """
 
 from torch import nn

@@ -36,21 +36,22 @@ class MMDetMatcher(Matcher):
         self.appended_ground_truth = appended_ground_truth
 
     def __call__(self, match_quality_matrix: torch.Tensor):
-        """
-        Args:
-            match_quality_matrix: M (ground truth) x N (predictions) IoU matrix, values >= 0.
-
-        Returns:
-            matches (int64, N): the matched ground-truth index per prediction.
-            match_labels (int8, N): the label per prediction (``labels`` values; 1 = positive).
-        """
+        """As :meth:`Matcher.__call__`: an M (ground truth) x N IoU matrix -> (matches, match_labels)."""
         num_gt, num_pred = match_quality_matrix.shape
         matches, match_labels = super().__call__(match_quality_matrix)  # thresholds only (see below)
         if num_gt == 0:
             return matches, match_labels
         num_proposals = num_pred - num_gt if self.appended_ground_truth else num_pred
-        if self.allow_low_quality_matches:
-            self._reassign_low_quality_(matches, match_labels, match_quality_matrix[:, :num_proposals])
+        if self.allow_low_quality_matches and num_proposals > 0:
+            # Each ground truth whose best IoU reaches the minimum claims its best predictions.
+            quality = match_quality_matrix[:, :num_proposals]
+            best_for_gt = quality.max(dim=1, keepdim=True).values  # M x 1
+            claims = (quality == best_for_gt) & (best_for_gt >= self.min_low_quality_iou)  # M x N
+            gt_index = torch.arange(num_gt, device=quality.device)[:, None].expand_as(claims)
+            last_claimant = torch.where(claims, gt_index, torch.full_like(gt_index, -1)).max(dim=0).values
+            claimed = torch.nonzero(last_claimant >= 0).squeeze(1)
+            matches[claimed] = last_claimant[claimed]
+            match_labels[claimed] = 1
         if self.appended_ground_truth:
             matches[num_proposals:] = torch.arange(num_gt, device=matches.device)
             match_labels[num_proposals:] = 1
@@ -58,15 +59,3 @@ class MMDetMatcher(Matcher):
 
     def set_low_quality_matches_(self, match_labels, match_quality_matrix):
         """Does nothing: mmdetection's low-quality matches also change ``matches`` (see __call__)."""
-
-    def _reassign_low_quality_(self, matches, match_labels, quality):
-        """For each ground truth whose best IoU reaches the minimum, claim its best predictions."""
-        if quality.numel() == 0:
-            return
-        best_for_gt = quality.max(dim=1, keepdim=True).values  # M x 1
-        claims = (quality == best_for_gt) & (best_for_gt >= self.min_low_quality_iou)  # M x N
-        gt_index = torch.arange(quality.shape[0], device=quality.device)[:, None].expand_as(claims)
-        last_claimant = torch.where(claims, gt_index, torch.full_like(gt_index, -1)).max(dim=0).values
-        claimed = torch.nonzero(last_claimant >= 0).squeeze(1)
-        matches[claimed] = last_claimant[claimed]
-        match_labels[claimed] = 1

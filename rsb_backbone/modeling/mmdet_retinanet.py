@@ -1,15 +1,10 @@
-"""RetinaNet whose box post-processing and training targets follow mmdetection v2.
-
-mmdetection clips each level's decoded boxes to the image before the class-wise NMS
-(``delta2bbox`` with ``max_shape``), Detectron2 after it, so border boxes can suppress each other
-differently. The training options and their sources: ``docs/mmdet_parity.md``. P7 without a ReLU
-lives in the backbone (:class:`rsb_backbone.RetinaNetP6P7`).
+"""RetinaNet whose box post-processing and training targets follow mmdetection v2 (the options and
+their sources: ``docs/mmdet_parity.md``; P7 without a ReLU is the backbone's ``RetinaNetP6P7``).
 """
 
-from typing import List, Tuple
+from typing import List
 
 import torch
-from torch import Tensor
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms
@@ -17,6 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes, Instances
 
 from .padding_anchors import PaddingAnchorMatching
+
 
 @META_ARCH_REGISTRY.register()
 class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
@@ -30,9 +26,7 @@ class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
                 NMS; False is Detectron2's RetinaNet.
             normalize_by_batch_positives: True (mmdetection) divides the losses by this batch's
                 positive anchors; False by their moving average (Detectron2).
-            kwargs: ``ignore_padding_anchors`` (True: anchors on the batch padding are left out of
-                training; False: negatives, as in Detectron2) and ``size_divisibility``
-                (:class:`PaddingAnchorMatching`), and the arguments of :class:`RetinaNet`.
+            kwargs: arguments of :class:`PaddingAnchorMatching` and :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
         self.clip_boxes_before_nms = clip_boxes_before_nms
@@ -46,10 +40,8 @@ class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
         for instances in gt_instances:
             matches, match_labels, boxes = self.match_anchors_on_image(anchors, instances)
             matched_gt_boxes.append(boxes)
-            if len(instances) > 0:
-                labels = instances.gt_classes[matches]
-            else:
-                labels = torch.full_like(matches, self.num_classes)
+            no_gt = len(instances) == 0
+            labels = torch.full_like(matches, self.num_classes) if no_gt else instances.gt_classes[matches]
             labels[match_labels == 0] = self.num_classes  # background
             labels[match_labels == -1] = -1  # ignored, padding anchors included
             gt_labels.append(labels)
@@ -64,13 +56,7 @@ class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
         rescale = self.loss_normalizer / normalizer  # undo the moving average the parent divided by
         return {name: value * rescale for name, value in losses.items()}
 
-    def inference_single_image(
-        self,
-        anchors: List[Boxes],
-        box_cls: List[Tensor],
-        box_delta: List[Tensor],
-        image_size: Tuple[int, int],
-    ):
+    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
         pred = self._decode_multi_level_predictions(
             anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates, image_size
         )

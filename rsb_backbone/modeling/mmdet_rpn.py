@@ -14,6 +14,7 @@ from detectron2.structures import Boxes, Instances
 
 from .padding_anchors import PaddingAnchorMatching
 
+
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class MMDetRPN(PaddingAnchorMatching, RPN):
     """:class:`RPN` with mmdetection's padding-anchor handling and loss normaliser."""
@@ -24,8 +25,7 @@ class MMDetRPN(PaddingAnchorMatching, RPN):
         Args:
             normalize_by_sampled_anchors: True divides the losses by the sampled anchors
                 (mmdetection); False by ``batch_size_per_image`` per image (Detectron2).
-            kwargs: ``ignore_padding_anchors`` and ``size_divisibility``
-                (:class:`PaddingAnchorMatching`), and the arguments of :class:`RPN`.
+            kwargs: arguments of :class:`PaddingAnchorMatching` and :class:`RPN`.
         """
         super().__init__(**kwargs)
         self.normalize_by_sampled_anchors = normalize_by_sampled_anchors
@@ -37,10 +37,7 @@ class MMDetRPN(PaddingAnchorMatching, RPN):
             return super().label_and_sample_anchors(anchors, gt_instances)
         # mmdet allowed_border >= 0 (the cascade's 0): anchors must also lie inside the image
         matched = [self.match_anchors_on_image(anchors, x, self.anchor_boundary_thresh) for x in gt_instances]
-        gt_labels = [
-            self._subsample_labels(labels.to(x.gt_boxes.device)) for (_, labels, _), x in zip(matched, gt_instances)
-        ]
-        return gt_labels, [boxes for _, _, boxes in matched]
+        return [self._subsample_labels(labels) for _, labels, _ in matched], [m[2] for m in matched]
 
     @torch.jit.unused
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):

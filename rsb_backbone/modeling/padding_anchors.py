@@ -12,6 +12,7 @@ import torch
 
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+
 def anchors_on_image(
     anchors: List[Boxes],
     strides: Sequence[int],
@@ -19,7 +20,8 @@ def anchors_on_image(
     image_size: Tuple[int, int],
     size_divisibility: int = 32,
 ) -> torch.Tensor:
-    """
+    """mmdetection's valid anchors of one image (``AnchorGenerator.valid_flags``).
+
     Args:
         anchors: the anchors of each level, as Detectron2's anchor generators return them.
         strides: the stride of each level.
@@ -49,7 +51,7 @@ class PaddingAnchorMatching:
     Args (keyword, consumed before the head's own arguments):
         ignore_padding_anchors: True leaves anchors on the batch padding out of matching and the
             losses (mmdetection); False keeps the head's Detectron2 behaviour.
-        size_divisibility: each image's own padding in mmdetection (``Pad(size_divisor=32)``).
+        size_divisibility: each image's own padding in mmdetection.
     """
 
     def __init__(self, *, ignore_padding_anchors: bool = True, size_divisibility: int = 32, **kwargs):
@@ -66,8 +68,7 @@ class PaddingAnchorMatching:
                 than this many pixels (mmdetection's ``allowed_border``).
 
         Returns:
-            matches (int64), labels (int8; -1 for anchors left out) and the matched ground-truth
-            boxes (R x 4), over the anchors of all levels.
+            matches (int64), labels (int8; -1: left out), matched ground-truth boxes (R x 4).
         """
         all_anchors = Boxes.cat(anchors)
         generator = self.anchor_generator
