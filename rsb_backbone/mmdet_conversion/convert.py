@@ -7,31 +7,79 @@ reported, is a ``num_batches_tracked`` counter whose target is a ``FrozenBatchNo
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ..checkpoint_layouts import MMDETECTION_ENTRY, checkpoint_tensors
 from ..engine.atomic_checkpointer import atomic_torch_save
 from ..model_metadata import METADATA_KEY, storable_model_metadata
 from ..model_zoo import get_config_file
+from ..tensor_files import WeightFileError, load_tensor_file
 from ..timm_resnet import skip_pretrained_weights
-from .checkpoints import MMDetConversionError, _key_list, detect_detector, load_mmdet_checkpoint
 from .key_maps import DETECTORS, TENSOR_TRANSFORMS, map_key
 
 logger = logging.getLogger(__name__)
 
-# The LazyConfig each detector converts to, relative to the repository root: the `_mmdet` configs,
-# which describe mmdetection-trained models (the cascade needs their three mask heads, RetinaNet
-# their clipping before NMS; Faster and Mask R-CNN differ from the plain configs only in
-# training). Every `_mmdet` model has its plain config's parameters, so the files load into either.
-DEFAULT_CONFIGS: Dict[str, str] = {
-    detector: f"configs/COCO/{detector}_rsb_r50_fpn_1x_mmdet.py"
-    for detector in ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
-}
+# The LazyConfig each detector converts to, relative to the repository root: the `_mmdet` configs
+# (the cascade needs their three mask heads, RetinaNet their clipping before NMS); every `_mmdet`
+# model has its plain config's parameters, so the files load into either.
+DEFAULT_CONFIGS: Dict[str, str] = {d: f"configs/COCO/{d}_rsb_r50_fpn_1x_mmdet.py" for d in DETECTORS}
 
 _AUTHOR = "RSB-Detectron2 projects/mmdet_checkpoints/convert_mmdet_checkpoint.py"
-_NUM_BATCHES_TRACKED = ".num_batches_tracked"
+
+
+class MMDetConversionError(WeightFileError):
+    """A checkpoint that cannot be converted; the message names the file and the keys."""
+
+
+def _key_list(keys, limit: int = 8) -> str:
+    """The first ``limit`` of the sorted ``keys``, and how many more there are."""
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# Modules whose weights identify each detector besides backbone.conv1, most specific first; all
+# must be present (faster_rcnn: and no mask head).
+_SIGNATURES = {
+    "retinanet": ("bbox_head.retina_cls", "bbox_head.retina_reg"),
+    "cascade_mask_rcnn": (
+        "rpn_head.rpn_cls",
+        "roi_head.bbox_head.0.fc_cls",
+        "roi_head.mask_head.0.conv_logits",
+    ),
+    "mask_rcnn": ("rpn_head.rpn_cls", "roi_head.bbox_head.fc_cls", "roi_head.mask_head.conv_logits"),
+    "faster_rcnn": ("rpn_head.rpn_cls", "roi_head.bbox_head.fc_cls"),
+}
+
+
+def detect_detector(state_dict: Mapping[str, Any], source: str = "<state_dict>") -> str:
+    """Which of :data:`DETECTORS` an mmdetection state dict belongs to (whether every tensor fits,
+    depth, classes, heads, is the conversion's check).
+
+    Args:
+        state_dict: mmdetection parameter names to tensors.
+        source: the file name, for error messages.
+
+    Raises:
+        MMDetConversionError: the keys match none of the four detectors.
+    """
+    keys = set(state_dict)
+    has_mask_head = any(k.startswith("roi_head.mask_head.") for k in keys)
+    for detector, signature in _SIGNATURES.items():  # most specific first
+        if keys.issuperset(f"{m}.weight" for m in ("backbone.conv1",) + signature):
+            if not (detector == "faster_rcnn" and has_mask_head):
+                return detector
+    if "roi_head.bbox_head.0.fc_cls.weight" in keys and not has_mask_head:
+        hint = "a Cascade R-CNN without mask heads, which has no config here"
+    else:
+        prefixes = sorted({k.split(".")[0] for k in keys})
+        hint = f"its top-level modules are {', '.join(prefixes)}"
+    raise MMDetConversionError(
+        f"{source}: not a checkpoint of one of the supported mmdetection v2 detectors "
+        f"({', '.join(DETECTORS)}, ResNet-FPN); {hint}"
+    )
 
 
 @dataclass
@@ -42,10 +90,8 @@ class ConversionReport:
         source: the input file (or a description of the state dict).
         detector: one of :data:`DETECTORS`.
         num_tensors: tensors written.
-        transformed: Detectron2 keys whose tensor was changed, not only renamed, with the
-            transform's name.
-        dropped: mmdetection keys left out on purpose (``num_batches_tracked`` of BatchNorm layers
-            that are ``FrozenBatchNorm2d`` without that buffer in the target).
+        transformed: Detectron2 keys whose tensor was changed, not only renamed -> transform name.
+        dropped: mmdetection keys left out on purpose (see the module docstring).
         config: the LazyConfig of the target model, when one was used.
     """
 
@@ -59,9 +105,8 @@ class ConversionReport:
     def summary(self) -> str:
         text = f"{self.source}: mmdetection {self.detector}, {self.num_tensors} tensors converted"
         if self.transformed:
-            text += (
-                f", {len(self.transformed)} transformed ({', '.join(sorted(set(self.transformed.values())))})"
-            )
+            names = ", ".join(sorted(set(self.transformed.values())))
+            text += f", {len(self.transformed)} transformed ({names})"
         if self.dropped:
             text += (
                 f", {len(self.dropped)} num_batches_tracked counters dropped (frozen BatchNorm without one)"
@@ -93,8 +138,7 @@ def convert_state_dict(
         (Detectron2 state dict with exactly the keys and shapes of ``target_state_dict``, report).
 
     Raises:
-        MMDetConversionError: listing keys no rule matches, keys with no place in the target,
-            target keys nothing provides, and shape mismatches.
+        MMDetConversionError: naming the keys that fit nowhere, are missing or differ in shape.
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector={detector!r}: expected one of {', '.join(DETECTORS)}")
@@ -115,8 +159,8 @@ def convert_state_dict(
             continue
         target_key, transform = mapped
         if target_key not in target_state_dict:
-            module = target_key[: -len(_NUM_BATCHES_TRACKED)]
-            if target_key.endswith(_NUM_BATCHES_TRACKED) and f"{module}.running_mean" in target_state_dict:
+            module, _, buffer = target_key.rpartition(".")
+            if buffer == "num_batches_tracked" and f"{module}.running_mean" in target_state_dict:
                 report.dropped.append(key)  # a FrozenBatchNorm2d created without the counter
             else:
                 no_place.append(f"{key} -> {target_key}")
@@ -165,23 +209,9 @@ def build_target_model(config_file: str) -> nn.Module:
     return instantiate(cfg.model).eval()
 
 
-def _plain_meta(meta: Mapping) -> Dict[str, object]:
-    info: Dict[str, object] = {}
-    for name in ("mmdet_version", "mmcv_version"):
-        if isinstance(meta.get(name), str):
-            info[name] = meta[name]
-    classes = meta.get("CLASSES")
-    if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
-        info["classes"] = list(classes)
-    return info
-
-
 def _model_metadata(classes) -> Optional[Dict[str, object]]:
-    """Model metadata from mmdetection's class names; COCO's category ids when they are COCO's 80.
-
-    mmdetection orders its COCO classes by category id, as Detectron2 does, so index i of its
-    ``CLASSES`` is Detectron2's contiguous id i.
-    """
+    """Model metadata from mmdetection's class names; COCO's category ids when they are COCO's 80
+    (mmdetection orders them by category id, as Detectron2 does)."""
     if not classes:
         return None
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
@@ -215,11 +245,19 @@ def convert_mmdet_checkpoint(
 
     Returns:
         the :class:`ConversionReport`.
+
+    Raises:
+        FileNotFoundError: no such input file.
+        WeightFileError: unreadable, truncated, or would need arbitrary unpickling.
+        MMDetConversionError: not a checkpoint of one of :data:`DETECTORS`, or it does not fit the config.
     """
     input_path = os.fspath(input_path)
     if detector != "auto" and detector not in DETECTORS:
         raise ValueError(f"detector={detector!r}: expected 'auto' or one of {', '.join(DETECTORS)}")
-    state_dict, meta = load_mmdet_checkpoint(input_path)
+    loaded = load_tensor_file(input_path)  # tensors-only; mmdetection's "meta" holds plain values
+    state_dict = checkpoint_tensors(loaded, input_path, entry=MMDETECTION_ENTRY, error=MMDetConversionError)
+    meta = loaded.get("meta") if MMDETECTION_ENTRY in loaded else None
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
     found = detect_detector(state_dict, input_path)
     if detector not in ("auto", found):
         raise MMDetConversionError(
@@ -235,7 +273,10 @@ def convert_mmdet_checkpoint(
     model.load_state_dict(converted, strict=True)  # the final word on keys and shapes
     report.config = config_file
     info = {"source": os.path.basename(input_path), "detector": found, "config": config_file}
-    info.update(_plain_meta(meta))
+    info.update({k: meta[k] for k in ("mmdet_version", "mmcv_version") if isinstance(meta.get(k), str)})
+    classes = meta.get("CLASSES")
+    if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+        info["classes"] = list(classes)
     content = {"model": converted, "__author__": _AUTHOR, "matching_heuristics": False, "mmdet_conversion": info}
     metadata = _model_metadata(info.get("classes"))
     if metadata:
