@@ -83,8 +83,9 @@ def storable_model_metadata(metadata: Optional[Mapping[str, Any]]) -> Optional[D
     if not metadata:
         return None
     stored: Dict[str, Any] = {_CLASSES: list(metadata[_CLASSES])}
-    if metadata.get(_IDS) is not None:
-        stored[_IDS] = {str(k): int(v) for k, v in sorted(metadata[_IDS].items(), key=lambda kv: int(kv[1]))}
+    if metadata.get(_IDS):  # an empty map (a data set without category ids) is not stored
+        by_index = sorted(metadata[_IDS].items(), key=lambda kv: int(kv[1]))
+        stored[_IDS] = {str(k): int(v) for k, v in by_index}
     return stored
 
 

@@ -108,6 +108,14 @@ def test_collected_from_the_catalog():
     assert training_model_metadata(cfg) is None
 
 
+def test_a_data_set_without_category_ids_stores_class_names_only():
+    # A Metadata with an empty id map (as Metadata.as_dict() gives for such a set) must store
+    # something that reads back, not an id map that parse_model_metadata would refuse.
+    stored = storable_model_metadata({"thing_classes": CLASSES, "thing_dataset_id_to_contiguous_id": {}})
+    assert stored == {"thing_classes": CLASSES}
+    assert parse_model_metadata(json.loads(json.dumps(stored)), "model.json") == stored
+
+
 def test_stored_metadata_wins_and_nothing_stored_keeps_the_data_set():
     fallback = Metadata(name="rsb_shapes_val", thing_classes=SHAPES_CLASSES)
     assert detectron2_metadata(None, fallback) is fallback
