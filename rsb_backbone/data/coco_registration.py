@@ -1,11 +1,9 @@
-"""Registering a user's COCO-format instance data set (``train_net.py --register-coco``), checked.
-
-The dataset dicts come from Detectron2's ``load_coco_json``; this module checks its input and
-cleans its output, as the README's "Data problems in COCO-format sets" lists: the JSON file and its
-entries at registration, image files at the first load in each process, unreadable images in the
-training mapper (``SkippingDatasetMapper``). RLE masks are kept as they are; keypoints are dropped.
+"""Registering a user's COCO-format instance data set (``train_net.py --register-coco``): Detectron2's
+``load_coco_json`` with the checks and cleaning of the README's "Data problems in COCO-format sets".
+RLE masks are kept as they are; keypoints are dropped.
 """
 
+import collections
 import contextlib
 import io
 import json
@@ -23,7 +21,9 @@ from ..tensor_files import first_items
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "parse_register_coco_arg", "register_coco_from_arg", "register_coco_instances_checked",
+    "parse_register_coco_arg",
+    "register_coco_from_arg",
+    "register_coco_instances_checked",
     "load_coco_instances_checked",
 ]
 
@@ -55,8 +55,7 @@ def parse_register_coco_arg(value: str) -> Tuple[str, str, str]:
 
 
 def _read_coco(json_file: str) -> pycocotools.coco.COCO:
-    """Parse and check a COCO instances file, indexed as ``COCO(json_file)`` is; parsed here so that
-    the checks see the raw entries before the index drops duplicates."""
+    """Parse, check and index a COCO instances file (the checks see duplicates the index drops)."""
     if not os.path.isfile(json_file):
         raise ValueError(f"{json_file}: COCO json file does not exist")
     try:
@@ -89,26 +88,22 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
         coco.createIndex()
+    # Annotations that load_coco_json would drop silently or fail on unclearly.
     for ann in dataset["annotations"]:
-        _check_annotation(json_file, ann, coco)
+        where = f"{json_file}: annotation id {ann['id']}"
+        bbox, segm = ann["bbox"], ann.get("segmentation")
+        if ann["image_id"] not in coco.imgs:
+            raise ValueError(f"{where} refers to image id {ann['image_id']!r}, not in 'images'")
+        if ann["category_id"] not in coco.cats:
+            raise ValueError(
+                f"{where} has category_id {ann['category_id']!r}, which is not in 'categories' "
+                f"(ids {sorted(coco.cats)})"
+            )
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
+        if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
+            raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
     return coco
-
-
-def _check_annotation(json_file: str, ann: dict, coco: pycocotools.coco.COCO) -> None:
-    """Reject one raw annotation that load_coco_json would drop silently or fail on unclearly."""
-    where = f"{json_file}: annotation id {ann['id']}"
-    bbox, segm = ann["bbox"], ann.get("segmentation")
-    if ann["image_id"] not in coco.imgs:
-        raise ValueError(f"{where} refers to image id {ann['image_id']!r}, not in 'images'")
-    if ann["category_id"] not in coco.cats:
-        raise ValueError(
-            f"{where} has category_id {ann['category_id']!r}, which is not in 'categories' "
-            f"(ids {sorted(coco.cats)})"
-        )
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-        raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
-    if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
-        raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
 
 
 def _categories(coco: pycocotools.coco.COCO) -> Tuple[List[str], Dict[Any, int]]:
@@ -119,8 +114,7 @@ def _categories(coco: pycocotools.coco.COCO) -> Tuple[List[str], Dict[Any, int]]
 
 
 def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
-    """Clip an annotation's XYWH ``bbox`` to its image, in place; return why the annotation is to
-    be skipped, ``"clipped"`` if the box changed, else None."""
+    """Clip an annotation's XYWH ``bbox`` to its image in place; return why to skip it, "clipped" or None."""
     x, y, w, h = obj["bbox"]
     if w <= 0 or h <= 0:
         return "degenerate box"
@@ -157,9 +151,8 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
     # in every annotation: in a set with masks, those without one are skipped; boxes only stay boxes.
     with_mask = [segm is not None for segm in loaded.values()]
     mixed = any(with_mask) and not all(with_mask)
-    emptied = [a["id"] for a in raw if a["id"] not in loaded]
-    skipped = {"degenerate box": [], "box outside the image": [], "no valid polygon": emptied,
-               "no mask in a set with masks": []}
+    skipped = collections.defaultdict(list)  # reason -> annotation ids
+    skipped["no valid polygon"] = [a["id"] for a in raw if a["id"] not in loaded]
     id_map, num_clipped = _categories(coco)[1], 0
     for record in records:
         kept = []
@@ -171,11 +164,11 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
                 outcome = "no mask in a set with masks"
             else:
                 outcome = _clean_box(obj, record["width"], record["height"])
-            if outcome in skipped:
-                skipped[outcome].append(ann_id)
-            else:
+            if outcome in (None, "clipped"):
                 kept.append(obj)
                 num_clipped += outcome == "clipped"
+            else:
+                skipped[outcome].append(ann_id)
         record["annotations"] = kept
     num_skipped = sum(len(ids) for ids in skipped.values())
     if num_skipped or num_polygons or num_clipped:
@@ -207,13 +200,11 @@ def load_coco_instances_checked(json_file: str, image_root: str) -> List[Dict[st
 def _registered_loader(json_file: str, image_root: str, coco: pycocotools.coco.COCO):
     """DatasetCatalog's loader (called at every evaluation): the first call uses ``coco``, later ones
     parse again rather than keep the dicts in memory; image files are checked until a call succeeds."""
-    files_checked = False
+    state = {"coco": coco}  # the registration's parse serves the first call only
 
     def load() -> List[Dict[str, Any]]:
-        nonlocal coco, files_checked
-        parsed, coco = coco, None  # the registration's parse serves the first call only
-        records = _load_records(json_file, image_root, parsed, check_files=not files_checked)
-        files_checked = True
+        records = _load_records(json_file, image_root, state.pop("coco", None), "checked" not in state)
+        state["checked"] = True
         return records
 
     return load
