@@ -55,8 +55,7 @@ _SIGNATURES = {
 
 
 def detect_detector(state_dict: Mapping[str, Any], source: str = "<state_dict>") -> str:
-    """Which of :data:`DETECTORS` an mmdetection state dict belongs to (whether every tensor fits,
-    depth, classes, heads, is the conversion's check).
+    """Which of :data:`DETECTORS` an mmdetection state dict belongs to, from its heads' keys.
 
     Args:
         state_dict: mmdetection parameter names to tensors.
@@ -108,9 +107,7 @@ class ConversionReport:
             names = ", ".join(sorted(set(self.transformed.values())))
             text += f", {len(self.transformed)} transformed ({names})"
         if self.dropped:
-            text += (
-                f", {len(self.dropped)} num_batches_tracked counters dropped (frozen BatchNorm without one)"
-            )
+            text += f", {len(self.dropped)} num_batches_tracked counters dropped (frozen BatchNorm)"
         return text
 
 
@@ -122,20 +119,18 @@ def convert_state_dict(
     source: str = "<state_dict>",
     target_name: str = "the target model",
 ) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
-    """Rename and transform an mmdetection state dict into ``target_state_dict``'s keys: each key
-    must match a rule of ``detector`` (:mod:`.key_maps`) whose target is in ``target_state_dict``,
-    every target key must be produced once, and shapes must agree.
+    """Rename and transform an mmdetection state dict (:mod:`.key_maps`) into exactly the keys and
+    shapes of ``target_state_dict``.
 
     Args:
         mmdet_state_dict: mmdetection's ``state_dict`` entry.
         detector: one of :data:`DETECTORS` (see :func:`detect_detector`).
-        target_state_dict: ``model.state_dict()`` of the Detectron2 model to load into (only
-            keys, shapes and dtypes are read).
+        target_state_dict: ``model.state_dict()`` of the Detectron2 model to load into.
         source: the file name, for messages.
         target_name: the target (e.g. its config file), for messages.
 
     Returns:
-        (Detectron2 state dict with exactly the keys and shapes of ``target_state_dict``, report).
+        (Detectron2 state dict, report).
 
     Raises:
         MMDetConversionError: naming the keys that fit nowhere, are missing or differ in shape.
@@ -149,8 +144,7 @@ def convert_state_dict(
             f"{DEFAULT_CONFIGS['cascade_mask_rcnn']} (MMDetCascadeROIHeads), which keeps all three"
         )
     converted: Dict[str, torch.Tensor] = {}
-    report = ConversionReport(source=source, detector=detector, num_tensors=0)
-    unmatched, no_place, duplicated, mismatched = [], [], [], []
+    transformed, unmatched, no_place, duplicated, mismatched, dropped = {}, [], [], [], [], []
     provided = set()  # target keys some checkpoint tensor maps to (shape checked separately)
     for key, tensor in mmdet_state_dict.items():
         mapped = map_key(detector, key)
@@ -161,7 +155,7 @@ def convert_state_dict(
         if target_key not in target_state_dict:
             module, _, buffer = target_key.rpartition(".")
             if buffer == "num_batches_tracked" and f"{module}.running_mean" in target_state_dict:
-                report.dropped.append(key)  # a FrozenBatchNorm2d created without the counter
+                dropped.append(key)  # a FrozenBatchNorm2d created without the counter
             else:
                 no_place.append(f"{key} -> {target_key}")
             continue
@@ -171,7 +165,7 @@ def convert_state_dict(
         provided.add(target_key)
         if transform is not None:
             tensor = TENSOR_TRANSFORMS[transform](tensor)
-            report.transformed[target_key] = transform
+            transformed[target_key] = transform
         expected = target_state_dict[target_key]
         if tuple(tensor.shape) != tuple(expected.shape):
             mismatched.append(f"{key} {tuple(tensor.shape)} -> {target_key} {tuple(expected.shape)}")
@@ -194,8 +188,7 @@ def convert_state_dict(
             f"{source}: cannot convert this mmdetection {detector} checkpoint to {target_name}: "
             + "; ".join(problems)
         )
-    report.num_tensors = len(converted)
-    return converted, report
+    return converted, ConversionReport(source, detector, len(converted), transformed, dropped)
 
 
 def build_target_model(config_file: str) -> nn.Module:
@@ -209,33 +202,11 @@ def build_target_model(config_file: str) -> nn.Module:
     return instantiate(cfg.model).eval()
 
 
-def _model_metadata(classes) -> Optional[Dict[str, object]]:
-    """Model metadata from mmdetection's class names; COCO's category ids when they are COCO's 80
-    (mmdetection orders them by category id, as Detectron2 does)."""
-    if not classes:
-        return None
-    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
-    coco = [c for c in COCO_CATEGORIES if c["isthing"]]
-    metadata: Dict[str, object] = {"thing_classes": list(classes)}
-    if list(classes) == [c["name"] for c in coco]:
-        metadata["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(coco)}
-    return storable_model_metadata(metadata)
-
-
 def convert_mmdet_checkpoint(
-    input_path: str,
-    output_path: str,
-    *,
-    detector: str = "auto",
-    config_file: Optional[str] = None,
+    input_path: str, output_path: str, *, detector: str = "auto", config_file: Optional[str] = None
 ) -> ConversionReport:
-    """Convert an mmdetection checkpoint file into a Detectron2 checkpoint for our config.
-
-    Reads ``input_path`` tensors-only, detects the detector (or checks ``detector``), converts for
-    the model of ``config_file``, loads the result into it with ``strict=True`` and writes
-    ``{"model", "__author__", "mmdet_conversion", "metadata"}`` atomically; ``metadata`` (left out
-    without class names) holds ``meta["CLASSES"]``, with COCO's category ids for COCO's 80 classes.
+    """Convert an mmdetection checkpoint file into a Detectron2 checkpoint for our config
+    (``docs/mmdet_checkpoints.md``), with model metadata from ``meta["CLASSES"]`` when present.
 
     Args:
         input_path: mmdetection ``.pth`` file.
@@ -277,10 +248,15 @@ def convert_mmdet_checkpoint(
     classes = meta.get("CLASSES")
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
         info["classes"] = list(classes)
-    content = {"model": converted, "__author__": _AUTHOR, "matching_heuristics": False, "mmdet_conversion": info}
-    metadata = _model_metadata(info.get("classes"))
-    if metadata:
-        content[METADATA_KEY] = metadata  # class names for the predictors (see model_metadata)
+    content = dict(model=converted, __author__=_AUTHOR, matching_heuristics=False, mmdet_conversion=info)
+    if info.get("classes"):  # class names for the predictors (see model_metadata)
+        from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+        coco = [c for c in COCO_CATEGORIES if c["isthing"]]
+        metadata = {"thing_classes": info["classes"]}
+        if info["classes"] == [c["name"] for c in coco]:  # mmdetection orders them by id, as Detectron2
+            metadata["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(coco)}
+        content[METADATA_KEY] = storable_model_metadata(metadata)
     atomic_torch_save(content, os.fspath(output_path))
     logger.info("%s; written to %s", report.summary(), output_path)
     return report
