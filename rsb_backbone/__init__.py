@@ -8,18 +8,12 @@ from .fpn import RetinaNetP6P7
 from .norm_modes import FROZEN_STATS_BN, NORM_MODES
 from .pixel_stats import pixel_normalization
 from .timm_resnet import STAGE_NAMES, TimmResNet, stage_channels
-from .tensor_files import WeightFileError, load_tensor_file
-from .yacs_builders import (
-    add_rsb_config,
-    build_rsb_resnet_backbone,
-    build_rsb_resnet_fpn_backbone,
-    build_rsb_resnet_retinanet_fpn_backbone,
-)
+from .tensor_files import WeightFileError
+from .yacs_builders import add_rsb_config  # also registers the yacs backbone builders
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TimmResNet", "STAGE_NAMES", "RetinaNetP6P7", "stage_channels", "NORM_MODES", "FROZEN_STATS_BN",
-    "pixel_normalization", "WeightFileError", "load_tensor_file", "add_rsb_config",
-    "build_rsb_resnet_backbone", "build_rsb_resnet_fpn_backbone", "build_rsb_resnet_retinanet_fpn_backbone",
+    "pixel_normalization", "WeightFileError", "add_rsb_config",
 ]

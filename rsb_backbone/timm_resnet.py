@@ -14,8 +14,6 @@ from detectron2.utils.registry import locate
 from .norm_modes import FROZEN_STATS_BN, NORM_MODES, set_batchnorm_eval
 from .timm_weights import load_backbone_weights
 
-__all__ = ["TimmResNet", "STAGE_NAMES", "skip_pretrained_weights", "stage_channels"]
-
 # Detectron2 stage names and the timm modules that produce them.
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 _TIMM_STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -106,18 +104,12 @@ class TimmResNet(Backbone):
             FrozenBatchNorm2d.convert_frozen_batchnorm(self)  # converts the children in place
         elif norm == "SyncBN":
             nn.SyncBatchNorm.convert_sync_batchnorm(self)
-        self.freeze(freeze_at)
-        if norm == FROZEN_STATS_BN:
-            set_batchnorm_eval(self)
-
-    def freeze(self, freeze_at: int = 0) -> "TimmResNet":
-        """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages; return self."""
         groups = [_STEM_MODULES] + [(timm_name,) for _, timm_name in self._stages]
         for name in (name for group in groups[:freeze_at] for name in group):
-            module = getattr(self, name)
-            module.requires_grad_(False)
+            module = getattr(self, name).requires_grad_(False)
             setattr(self, name, FrozenBatchNorm2d.convert_frozen_batchnorm(module))
-        return self
+        if norm == FROZEN_STATS_BN:
+            set_batchnorm_eval(self)
 
     def train(self, mode: bool = True) -> "TimmResNet":
         super().train(mode)

@@ -1,17 +1,13 @@
-"""Load the ``weights`` argument of :class:`TimmResNet` into a timm ResNet by timm's key names.
-
-Sources: a timm pretrained name (Hugging Face hub, offline from its cache); a local file in timm's,
-torchvision's or mmpretrain's layout (README: the backbone); an ``https://`` address of one, fetched
-once into ``$TORCH_HOME/hub/checkpoints`` and checked against the hash prefix its name carries.
+"""Load the ``weights`` argument of :class:`TimmResNet` into a timm ResNet by timm's key names
+(sources: README, the backbone).
 
 Files are read tensors-only by :func:`~rsb_backbone.tensor_files.load_tensor_file`, not by timm's
-loaders: their errors do not name the file, they have no plain refusal of Detectron2 ``.pkl``
-files, and their strict load reports a misfit as a many-line list.
+loaders: their errors do not name the file, they do not refuse Detectron2 ``.pkl`` files, and
+their strict load reports a misfit as a many-line list.
 """
 
 import logging
 import os
-from typing import Dict
 from urllib.parse import urlparse
 
 import torch
@@ -20,8 +16,6 @@ from torch import nn
 from .tensor_files import WeightFileError, first_items, load_tensor_file, one_line_summary
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["resolve_weights_file", "load_backbone_weights"]
 
 _WEIGHT_FILE_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl")
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # tried in order, as timm does
@@ -76,11 +70,19 @@ def resolve_weights_file(weights: str) -> str:
     return _download_from_hub(weights)
 
 
-def _backbone_state_dict(checkpoint, path: str) -> Dict[str, torch.Tensor]:
-    """Tensors of ``checkpoint`` by timm's ResNet names, containers unwrapped, classifier dropped."""
+def load_backbone_weights(model: nn.Module, weights: str) -> None:
+    """Load ``weights`` (as for :class:`TimmResNet`) into a timm ResNet; ``fc`` stays as is.
+
+    Raises:
+        WeightFileError: naming the file when it is unreadable or unsafe, when no key matches, or
+            when a tensor has the wrong shape or is missing (``num_batches_tracked`` excepted; extra
+            keys are only logged).
+    """
     from timm.models import clean_state_dict
 
-    if isinstance(checkpoint, dict):
+    path = resolve_weights_file(weights)
+    checkpoint = load_tensor_file(path)
+    if isinstance(checkpoint, dict):  # unwrap a training checkpoint
         containers = [checkpoint.get(key) for key in ("state_dict", "model", "state_dict_ema")]
         checkpoint = next((c for c in containers if isinstance(c, dict) and c), checkpoint)
     if not isinstance(checkpoint, dict) or not checkpoint:
@@ -91,20 +93,8 @@ def _backbone_state_dict(checkpoint, path: str) -> Dict[str, torch.Tensor]:
     state_dict = clean_state_dict(checkpoint)  # drops DDP's "module." (and torch.compile's) prefix
     if any(k.startswith("backbone.") for k in state_dict):  # mmpretrain / mmcls classifier
         state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    return {k: v for k, v in state_dict.items()
-            if isinstance(v, torch.Tensor) and not k.startswith(("fc.", "head.", "neck."))}
-
-
-def load_backbone_weights(model: nn.Module, weights: str) -> None:
-    """Load ``weights`` (a source of the module's docstring) into a timm ResNet; ``fc`` stays as is.
-
-    Raises:
-        WeightFileError: naming the file when it is unreadable or unsafe, when no key matches, or
-            when a tensor has the wrong shape or is missing (``num_batches_tracked`` excepted; extra
-            keys are only logged).
-    """
-    path = resolve_weights_file(weights)
-    state_dict = _backbone_state_dict(load_tensor_file(path), path)
+    state_dict = {k: v for k, v in state_dict.items()
+                  if isinstance(v, torch.Tensor) and not k.startswith(("fc.", "head.", "neck."))}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     matched = [k for k in expected if k in state_dict]
     if not matched:
