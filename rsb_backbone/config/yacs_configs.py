@@ -1,9 +1,5 @@
-"""yacs configs of the four RSB detectors, ready for ``detectron2.engine.DefaultPredictor``
-(usage in the README's inference section).
-
-The YAML files are ``configs/yacs``, found through :mod:`rsb_backbone.model_zoo`; they mirror the
-LazyConfigs in ``configs/COCO`` module for module, so ``train_net.py`` checkpoints load into them.
-"""
+"""yacs configs (``configs/yacs``) of the four RSB detectors, ready for ``DefaultPredictor``; they
+mirror the LazyConfigs of ``configs/COCO``, so ``train_net.py`` checkpoints load into them."""
 
 import os
 from typing import Optional, Sequence

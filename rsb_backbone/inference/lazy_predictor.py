@@ -21,8 +21,6 @@ from ..timm_resnet import skip_pretrained_weights
 
 logger = logging.getLogger(__name__)
 
-_INPUT_FORMATS = ("RGB", "BGR")
-
 
 class LazyConfigPredictor:
     """A detector from a LazyConfig and a checkpoint, called like ``DefaultPredictor``: images are
@@ -84,10 +82,10 @@ class LazyConfigPredictor:
         self.augmentations = T.AugmentationList([instantiate(a) for a in mapper.augmentations])
         # What the evaluation loader feeds the model; the model's own input_format otherwise.
         self.input_format = mapper.get("image_format", None) or getattr(self.model, "input_format", None)
-        if self.input_format not in _INPUT_FORMATS:
+        if self.input_format not in ("RGB", "BGR"):
             raise ValueError(
                 f"input format {self.input_format!r} (dataloader.test.mapper.image_format): "
-                f"expected one of {_INPUT_FORMATS}"
+                f"expected one of ('RGB', 'BGR')"
             )
         source = checkpoint
         if stored is None:

@@ -57,11 +57,8 @@ def build_predictor(
 
     Args:
         config_file: a yacs YAML or a LazyConfig (:func:`config_file_kind` tells).
-        checkpoint: detector checkpoint trained with that config, or its published file.
-        device: "cpu", "cuda", "cuda:N" or "auto".
-        score_threshold: smallest score of a returned detection.
         opts: config overrides: ``KEY=VALUE`` (or yacs ``KEY VALUE`` pairs).
-        fuse: run the deployment form of the model.
+        checkpoint, device, score_threshold, fuse: as for :class:`LazyConfigPredictor`.
     """
     if config_file_kind(config_file) == YACS:
         cfg = load_yacs_config(

@@ -10,7 +10,6 @@ from omegaconf import DictConfig
 __all__ = ["configs_root", "get_config_file", "get_config"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # rsb_backbone/
-# Where configs/ is, in the order looked at: installed package data, then the source checkout.
 _CANDIDATE_ROOTS = (
     os.path.join(_PACKAGE_DIR, "model_zoo", "configs"),
     os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"),
