@@ -5,16 +5,6 @@ import re
 __all__ = ["UserInputError"]
 
 
-def _original_message(message: str, class_name: str) -> str:
-    """The message before PyTorch re-raised it from a DataLoader worker as ``type(e)("Caught X in
-    DataLoader worker process 0.\\nOriginal Traceback ...\\nX: message")`` (its last line)."""
-    if message.startswith(f"Caught {class_name} in DataLoader worker") and "Original Traceback" in message:
-        match = re.match(rf"^(?:[\w.]+\.)?{class_name}: (.*)$", message.rstrip().splitlines()[-1])
-        if match:
-            return match.group(1)
-    return message
-
-
 class UserInputError(Exception):
     """Bad input (a file, key or value the user gave); ``train_net.py`` reports it as one line
     and exits with code 2.
@@ -24,4 +14,9 @@ class UserInputError(Exception):
     """
 
     def __init__(self, message: str):
-        super().__init__(_original_message(str(message), type(self).__name__))
+        # PyTorch re-raises an error of a DataLoader worker as ``type(e)("Caught X in DataLoader worker
+        # process 0.\nOriginal Traceback ...\nX: message")``: keep the original message (its last line).
+        name = type(self).__name__
+        pattern = rf"Caught {name} in DataLoader worker.*Original Traceback.*\n(?:[\w.]+\.)?{name}: ([^\n]*)"
+        match = re.fullmatch(pattern, str(message).rstrip(), re.DOTALL)
+        super().__init__(match.group(1) if match else str(message))
