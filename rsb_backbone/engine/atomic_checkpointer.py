@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any, List
+from typing import Any
 
 import torch
 
@@ -76,23 +76,18 @@ class AtomicCheckpointer(TensorsOnlyCheckpointer):
         atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
 
 
-def remove_stale_temporary_files(directory: str) -> List[str]:
+def remove_stale_temporary_files(directory: str) -> None:
     """Delete the temporary files (``.NAME.XXXXXXXX.tmp``, never usable, maybe half a gigabyte) that
     saves killed midway left in ``directory``; call it before the first save of a run.
 
     Args:
         directory: a training output folder.
-
-    Returns:
-        the paths removed.
     """
-    removed = []
-    for name in sorted(os.listdir(directory)) if directory and os.path.isdir(directory) else []:
+    removed = 0
+    for name in os.listdir(directory) if directory and os.path.isdir(directory) else []:
         if _TEMPORARY_NAME.match(name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, name))
-                removed.append(os.path.join(directory, name))
+                removed += 1
     if removed:
-        logger.warning("Removed %d temporary files of interrupted checkpoint saves in %s", len(removed),
-                       directory)
-    return removed
+        logger.warning("Removed %d temporary files of interrupted checkpoint saves in %s", removed, directory)
