@@ -7,11 +7,6 @@ from typing import Iterator, NamedTuple, Optional
 from ..errors import UserInputError
 from ..tensor_files import WeightFileError
 
-__all__ = [
-    "UserInputError", "NonFiniteLossError", "TrainingInterrupted", "RunOutcome", "outcome_of",
-    "user_input_stage",
-]
-
 
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite (on any process); raised before the optimizer step."""
@@ -31,19 +26,13 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-# Raised while a run is set up, these mean bad input (a missing file, a wrong value, an unknown name).
-SETUP_ERROR_TYPES = (FileNotFoundError, ValueError, KeyError, WeightFileError)
-
-
 @contextlib.contextmanager
 def user_input_stage() -> Iterator[None]:
-    """Within this block (setting a run up), :data:`SETUP_ERROR_TYPES` errors become
-    :class:`UserInputError`; during training they are bugs and keep their traceback."""
+    """Within this block (setting a run up), errors that mean bad input (a missing file, a wrong
+    value, an unknown name) become :class:`UserInputError`; later they are bugs and keep their traceback."""
     try:
         yield
-    except UserInputError:
-        raise
-    except SETUP_ERROR_TYPES as e:
+    except (FileNotFoundError, ValueError, KeyError, WeightFileError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise UserInputError(str(message)) from e
 
