@@ -22,11 +22,6 @@ from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "GradientClipHook", "do_test", "do_train", "load_eval_checkpoint", "wrap_ddp",
-    "write_eval_results",
-]
-
 
 class GradientClipHook(HookBase):
     """Clip the global gradient norm after each backward pass (unscaled first under AMP).
@@ -61,8 +56,11 @@ class _FiniteLossCheck:
         bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
         if max_over_processes(int(bool(bad))):
             suffix = " (process {})" if comm.get_world_size() > 1 else ""
-            described = "; ".join(", ".join(f"{k}={v}" for k, v in losses.items()) + suffix.format(rank)
-                                  for rank, losses in enumerate(comm.all_gather(bad)) if losses)
+            described = "; ".join(
+                ", ".join(f"{k}={v}" for k, v in losses.items()) + suffix.format(rank)
+                for rank, losses in enumerate(comm.all_gather(bad))
+                if losses
+            )
             iteration = self.iter if iter is None else iter
             raise NonFiniteLossError(f"loss became non-finite at iteration {iteration}: {described}")
         super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
@@ -76,20 +74,17 @@ class _CheckedAMPTrainer(_FiniteLossCheck, AMPTrainer):
     pass
 
 
-def wrap_ddp(model, *, fp16_compression: bool = False, **kwargs):
-    """Wrap ``model`` in DistributedDataParallel when several processes run; Detectron2's
-    ``create_ddp_model`` passes ``device_ids``, which DDP rejects for CPU modules.
+def wrap_ddp(model, **kwargs):
+    """Detectron2's ``create_ddp_model`` (DistributedDataParallel when several processes run), also
+    for CPU modules, for which DDP rejects ``device_ids``.
 
     Args:
         model: the model, already on its device.
-        fp16_compression: compress gradients to fp16 for the all-reduce (CUDA only).
-        kwargs: other DistributedDataParallel arguments (``broadcast_buffers``, ...).
+        kwargs: ``fp16_compression`` (ignored on CPU) and DistributedDataParallel arguments.
     """
-    if comm.get_world_size() == 1:
-        return model
-    if next(model.parameters()).device.type == "cuda":
-        return create_ddp_model(model, fp16_compression=fp16_compression, **kwargs)
-    return torch.nn.parallel.DistributedDataParallel(model, **kwargs)
+    if next(model.parameters()).device.type != "cuda":
+        kwargs.update(device_ids=None, fp16_compression=False)
+    return create_ddp_model(model, **kwargs)
 
 
 def load_eval_checkpoint(model, output_dir: str, checkpoint: str, *, resume: bool, key: str) -> None:
@@ -161,12 +156,21 @@ def do_train(cfg, *, resume: bool) -> None:
             [
                 hooks.IterationTimer(),
                 hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-                GradientClipHook(clip["max_norm"], clip.get("norm_type", 2.0)) if clip.get("enabled") else None,
+                (
+                    GradientClipHook(clip["max_norm"], clip.get("norm_type", 2.0))
+                    if clip.get("enabled")
+                    else None
+                ),
                 CheckpointOnSignalHook(checkpointer),
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
                 hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-                hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                                     period=cfg.train.log_period) if main_process else None,
+                (
+                    hooks.PeriodicWriter(
+                        default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+                    )
+                    if main_process
+                    else None
+                ),
             ]
         )
         if main_process:
@@ -175,7 +179,9 @@ def do_train(cfg, *, resume: bool) -> None:
     # A checkpoint stores the iteration that just finished: start at the next one.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if start_iter >= cfg.train.max_iter:
-        logger.info("Nothing to train: the checkpoint is at iteration %d of %d", start_iter, cfg.train.max_iter)
+        logger.info(
+            "Nothing to train: the checkpoint is at iteration %d of %d", start_iter, cfg.train.max_iter
+        )
         return
     try:
         trainer.train(start_iter, cfg.train.max_iter)
