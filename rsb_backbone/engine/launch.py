@@ -21,8 +21,6 @@ from .stop_signals import STOP_SIGNALS, forward_stop_signals, stop_data_loader_w
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["launch_workers"]
-
 
 def _run_under_torchrun(main_func: Callable, args: Sequence) -> Optional[RunOutcome]:
     logger.info("Started by torchrun: rank %s of %s", os.environ["RANK"], os.environ["WORLD_SIZE"])
@@ -30,7 +28,9 @@ def _run_under_torchrun(main_func: Callable, args: Sequence) -> Optional[RunOutc
     if has_gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     # torchrun exports MASTER_ADDR/MASTER_PORT for env://; Detectron2's collective timeout, as with --num-gpus.
-    dist.init_process_group(backend="nccl" if has_gpu else "gloo", init_method="env://", timeout=DEFAULT_TIMEOUT)
+    dist.init_process_group(
+        backend="nccl" if has_gpu else "gloo", init_method="env://", timeout=DEFAULT_TIMEOUT
+    )
     comm.create_local_process_group(int(os.environ["LOCAL_WORLD_SIZE"]))
     comm.synchronize()
     try:
@@ -54,15 +54,15 @@ def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[Run
 
 
 def _report_to_launcher(main_func: Callable, outcomes, args: Sequence) -> None:
-    """Body of a spawned training process: run, put ``(rank, outcome)`` on the launcher's queue.
+    """A spawned training process: run, then put ``(rank, outcome)`` of an expected end on the queue.
 
     An expected end exits with its code, so that the launcher stops the other processes at once.
     A normal end leaves the process group first (its last collective is behind it): a gloo group
     alive at interpreter shutdown now and then aborts the process (pytorch/pytorch#190489).
     """
-    outcome = _run_expecting_outcomes(main_func, args) or RunOutcome(0, "")
-    outcomes.put((comm.get_rank(), tuple(outcome)))
-    if outcome.exit_code:
+    outcome = _run_expecting_outcomes(main_func, args)
+    if outcome is not None:
+        outcomes.put((comm.get_rank(), tuple(outcome)))
         sys.exit(outcome.exit_code)
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -78,8 +78,12 @@ def _launch_and_collect(main_func: Callable, num_gpus_per_machine: int, args: Se
     spawn_logger.setLevel(logging.ERROR)
     with forward_stop_signals() as received:
         try:
-            launch(_report_to_launcher, num_gpus_per_machine, args=(main_func, outcomes, tuple(args)),
-                   **launch_kwargs)
+            launch(
+                _report_to_launcher,
+                num_gpus_per_machine,
+                args=(main_func, outcomes, tuple(args)),
+                **launch_kwargs,
+            )
         except ProcessExitedException as e:  # a process exited with a code or a signal
             failure = e
         finally:
@@ -87,9 +91,8 @@ def _launch_and_collect(main_func: Callable, num_gpus_per_machine: int, args: Se
     reported = []
     while not outcomes.empty():
         reported.append(outcomes.get())
-    failures = sorted((rank, RunOutcome(*outcome)) for rank, outcome in reported if outcome[0])
-    if failures:
-        return failures[0][1]  # the lowest rank's: all processes agree on stops and divergence
+    if reported:
+        return RunOutcome(*min(reported)[1])  # the lowest rank's: all processes agree on stops and divergence
     stop = received[0] if received else None
     if failure is not None and stop is None:
         if -failure.exit_code not in STOP_SIGNALS:
@@ -97,14 +100,22 @@ def _launch_and_collect(main_func: Callable, num_gpus_per_machine: int, args: Se
         stop = -failure.exit_code  # killed by a stop signal that the launcher did not receive
     if stop is not None:  # stopped outside the training loop: before it, or while evaluating
         name = signal.Signals(stop).name
-        return RunOutcome(128 + stop, f"train_net.py: stopped by {name} outside the training loop; "
-                                      f"checkpoints written before are kept")
+        return RunOutcome(
+            128 + stop,
+            f"train_net.py: stopped by {name} outside the training loop; "
+            f"checkpoints written before are kept",
+        )
     return None
 
 
 def launch_workers(
-    main_func: Callable, *, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
-    dist_url: str = "auto", args: Sequence = (),
+    main_func: Callable,
+    *,
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: Sequence = (),
 ) -> Optional[RunOutcome]:
     """Run ``main_func(*args)`` in every training process (spawned by Detectron2's ``launch``, which
     passes SIGTERM/SIGINT on; or this process alone, or under ``torchrun``); return how the run ended.
@@ -132,5 +143,11 @@ def launch_workers(
         )
     if num_machines * num_gpus_per_machine == 1:
         return _run_expecting_outcomes(main_func, args)
-    return _launch_and_collect(main_func, num_gpus_per_machine, args, num_machines=num_machines,
-                               machine_rank=machine_rank, dist_url=dist_url)
+    return _launch_and_collect(
+        main_func,
+        num_gpus_per_machine,
+        args,
+        num_machines=num_machines,
+        machine_rank=machine_rank,
+        dist_url=dist_url,
+    )
