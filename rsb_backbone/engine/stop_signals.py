@@ -23,10 +23,6 @@ from .outcomes import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "STOP_SIGNALS", "CheckpointOnSignalHook", "forward_stop_signals", "ignore_stop_signals_in_workers",
-    "max_over_processes", "stop_data_loader_workers",
-]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -57,8 +53,10 @@ class CheckpointOnSignalHook(HookBase):
 
     def _handle(self, signum, frame):
         if not self._received:
-            logger.warning("Received %s: saving a checkpoint after this iteration, then stopping",
-                           signal.Signals(signum).name)
+            logger.warning(
+                "Received %s: saving a checkpoint after this iteration, then stopping",
+                signal.Signals(signum).name,
+            )
         self._received = signum
 
     def before_train(self):

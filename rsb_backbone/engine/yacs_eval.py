@@ -13,8 +13,6 @@ from ..config import load_yacs_config, resolve_device, sync_num_classes
 from .outcomes import user_input_stage
 from .training import load_eval_checkpoint, write_eval_results
 
-__all__ = ["setup_yacs_config", "evaluate_yacs"]
-
 
 def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool) -> CfgNode:
     """Load a yacs config for evaluation: overrides, device check, classes from the test set.
@@ -54,7 +52,8 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
         model = build_model(cfg).eval()
         load_eval_checkpoint(model, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, resume=resume, key="MODEL.WEIGHTS")
     evaluators = [
-        COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name)) for name in cfg.DATASETS.TEST
+        COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
+        for name in cfg.DATASETS.TEST
     ]
     results = DefaultTrainer.test(cfg, model, evaluators)
     write_eval_results(results, cfg.OUTPUT_DIR)
