@@ -27,7 +27,7 @@ __all__ = [
     "load_coco_instances_checked",
 ]
 
-# The lists of a COCO instances file, and the keys that each of their entries must have.
+# The lists of a COCO instances file -> the keys that each of their entries must have.
 _REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
     "annotations": ("id", "image_id", "category_id", "bbox"),
@@ -106,11 +106,14 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
     return coco
 
 
-def _categories(coco: pycocotools.coco.COCO) -> Tuple[List[str], Dict[Any, int]]:
-    """Class names, and COCO category id -> contiguous id (0..K-1): load_coco_json's mapping,
-    which it makes only for a named data set and registration needs before any load."""
+def _categories(coco: pycocotools.coco.COCO) -> Dict[str, Any]:
+    """``thing_classes`` and ``thing_dataset_id_to_contiguous_id``: load_coco_json's mapping, which it
+    makes only for a named data set and registration needs before any load."""
     cat_ids = sorted(coco.cats)
-    return [str(coco.cats[i]["name"]) for i in cat_ids], {c: i for i, c in enumerate(cat_ids)}
+    return dict(
+        thing_classes=[str(coco.cats[i]["name"]) for i in cat_ids],
+        thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cat_ids)},
+    )
 
 
 def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
@@ -153,7 +156,7 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
     mixed = any(with_mask) and not all(with_mask)
     skipped = collections.defaultdict(list)  # reason -> annotation ids
     skipped["no valid polygon"] = [a["id"] for a in raw if a["id"] not in loaded]
-    id_map, num_clipped = _categories(coco)[1], 0
+    id_map, num_clipped = _categories(coco)["thing_dataset_id_to_contiguous_id"], 0
     for record in records:
         kept = []
         for obj in record["annotations"]:
@@ -233,16 +236,10 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
     coco = _read_coco(json_file)
     if not os.path.isdir(image_root):
         raise ValueError(f"{image_root}: image folder of {json_file} does not exist")
-    thing_classes, id_map = _categories(coco)
     DatasetCatalog.register(name, _registered_loader(json_file, image_root, coco))
-    MetadataCatalog.get(name).set(
-        thing_classes=thing_classes,
-        thing_dataset_id_to_contiguous_id=id_map,
-        json_file=json_file,
-        image_root=image_root,
-        evaluator_type="coco",
-    )
-    logger.info("Registered %r: %d classes, %s, %s", name, len(thing_classes), json_file, image_root)
+    meta = MetadataCatalog.get(name).set(**_categories(coco), json_file=json_file, image_root=image_root)
+    meta.evaluator_type = "coco"
+    logger.info("Registered %r: %d classes, %s, %s", name, len(meta.thing_classes), json_file, image_root)
 
 
 def register_coco_from_arg(value: str) -> str:
