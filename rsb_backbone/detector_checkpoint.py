@@ -31,15 +31,9 @@ class TensorsOnlyCheckpointer(DetectionCheckpointer):
 
 
 class _CheckedCheckpointer(TensorsOnlyCheckpointer):
-    """Refuses a checkpoint that leaves model weights missing, has extra ones, or other shapes.
-
-    Detectron2's checkpointer only logs these, which is right for fine-tuning from a backbone
-    but would make a predictor silently run with randomly initialized layers.
-    """
-
-    def load(self, path, checkpointables=None):
-        self._source = path
-        return super().load(path, checkpointables=checkpointables)
+    """Refuses a checkpoint that leaves model weights missing, has extra ones, or other shapes:
+    Detectron2's checkpointer only logs these, right for fine-tuning from a backbone, but a predictor
+    would silently run with randomly initialized layers."""
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
@@ -55,17 +49,15 @@ class _CheckedCheckpointer(TensorsOnlyCheckpointer):
                 f"layers, set the config's number of classes to the checkpoint's"
             )
         if problems:
+            source = self._parsed_url_during_load.geturl()  # the path, set by DetectionCheckpointer.load
             raise WeightFileError(
-                f"{self._source}: does not fit the model built from the config: " + "; ".join(problems)
+                f"{source}: does not fit the model built from the config: " + "; ".join(problems)
             )
         return incompatible
 
 
 def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict[str, Any]]:
     """Load a detector checkpoint into ``model``, tensors-only (:class:`TensorsOnlyCheckpointer`).
-
-    Training checkpoints, published files (``.pth`` in any precision, ``.safetensors``) and
-    converted mmdetection checkpoints are all accepted.
 
     Args:
         model: the detector, built from the config the checkpoint was trained with.
