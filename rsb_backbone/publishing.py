@@ -26,8 +26,7 @@ __all__ = ["PublishedModel", "publish_checkpoint", "published_file_name"]
 
 @dataclass
 class PublishedModel:
-    """What :func:`publish_checkpoint` wrote: the file, its SHA-256 (hex), size, number of model
-    tensors and model metadata (parsed, or None)."""
+    """What :func:`publish_checkpoint` wrote: file, SHA-256 (hex), size, tensors, model metadata or None."""
 
     path: str
     sha256: str
@@ -56,8 +55,7 @@ def publish_checkpoint(
     Args:
         input_path: a ``train_net.py`` checkpoint (``model_final.pth``), a converted mmdetection
             checkpoint, a published file, or a bare ``{name: tensor}`` file; read tensors-only.
-        output: requested path; the written file is named by :func:`published_file_name`, and
-            written atomically.
+        output: requested path; written atomically, named by :func:`published_file_name`.
         fp16: store floating point tensors in half precision (the loaders cast them back to the
             model's precision, so results may differ slightly).
         safetensors: write a ``.safetensors`` file instead of a ``.pth`` file.
@@ -71,10 +69,7 @@ def publish_checkpoint(
     """
     input_path, output = os.fspath(input_path), os.fspath(output)
     loaded = load_tensor_file(input_path)
-    if input_path.endswith(".safetensors"):
-        tensors = dict(loaded)
-    else:
-        tensors = checkpoint_tensors(loaded, input_path, entry=DETECTRON2_ENTRY)
+    tensors = checkpoint_tensors(loaded, input_path, entry=DETECTRON2_ENTRY)
     metadata = read_model_metadata(input_path, loaded)
     if fp16:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
