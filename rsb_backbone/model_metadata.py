@@ -55,14 +55,13 @@ def parse_model_metadata(raw: Any, source: str) -> Optional[Dict[str, Any]]:
         raise ValueError(f"{source}: model metadata {_IDS} is a {type(id_map).__name__}; expected a dict")
     parsed: Dict[int, int] = {}
     for key, value in id_map.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{source}: model metadata {_IDS}[{key!r}] = {value!r}; expected a class index")
         try:
-            dataset_id = int(key)
+            parsed[int(key)] = value
         except (TypeError, ValueError):
             message = f"{source}: model metadata {_IDS} has the key {key!r}; expected a category id"
             raise ValueError(message) from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{source}: model metadata {_IDS}[{key!r}] = {value!r}; expected a class index")
-        parsed[dataset_id] = value
     if sorted(parsed.values()) != list(range(len(classes))):
         raise ValueError(
             f"{source}: model metadata {_IDS} maps to the class indices {sorted(parsed.values())}; "
