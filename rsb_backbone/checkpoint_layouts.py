@@ -1,7 +1,4 @@
-"""The tensors of a loaded checkpoint: Detectron2's ``{"model": ...}``, mmdetection's
-``{"state_dict": ..., "meta": ...}`` or a bare ``{name: tensor}`` dict. Finding the other library's
-layout, a loader says which tool turns it into the expected one.
-"""
+"""The tensors of a loaded checkpoint in Detectron2's, mmdetection's or a bare ``{name: tensor}`` layout."""
 
 from typing import Any, Dict, Type
 

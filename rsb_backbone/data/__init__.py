@@ -1,7 +1,4 @@
-"""Data for RSB-Detectron2: checked COCO registration and fault-tolerant dataset mappers.
-
-Importing this package registers no data set (the shapes demo sets belong to ``projects/shapes_demo``).
-"""
+"""Checked COCO registration and fault-tolerant dataset mappers; importing this registers no data set."""
 
 from .coco_registration import (
     load_coco_instances_checked, parse_register_coco_arg, register_coco_from_arg,

@@ -1,6 +1,5 @@
-"""Drop training images with a side under a minimum, as mmdetection v2's ``CocoDataset._filter_imgs``
-does (docs/mmdet_rsb_settings.md); Detectron2's ``get_detection_dataset_dicts`` has no such filter.
-A LazyConfig switches it on by replacing ``dataloader.train.dataset._target_`` and setting ``min_size``.
+"""Drop training images with a side under ``min_size`` as mmdetection v2 does (docs/mmdet_rsb_settings.md),
+switched on by a LazyConfig's ``dataloader.train.dataset._target_``; Detectron2 has no such filter.
 """
 
 import logging

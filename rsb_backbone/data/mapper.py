@@ -22,11 +22,8 @@ def _file_and_reason(record: Dict[str, Any], error: BaseException) -> Tuple[str,
 
 class SkippingDatasetMapper(DatasetMapper):
     """Detectron2's :class:`DatasetMapper` (same arguments) that returns None for an image it cannot
-    read, for training: Detectron2's ``MapDataset`` then samples another image.
-
-    Decoding every image before training would read the whole data set, so corrupt files are found
-    here. Each one is logged once per process (data loader worker); ``num_skipped`` counts every skip.
-    """
+    read, for training (``MapDataset`` then samples another): finding corrupt files beforehand would
+    decode the whole data set. Each is logged once per process; ``num_skipped`` counts every skip."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,10 +51,8 @@ class UnreadableImageError(UserInputError):
 
 class EvaluationDatasetMapper(DatasetMapper):
     """Detectron2's :class:`DatasetMapper` (same arguments) that stops at an unreadable image with
-    :class:`UnreadableImageError` naming the file (``train_net.py``: exit code 2, no traceback).
-
-    Skipping it would evaluate another image twice, and COCO AP needs a prediction for every image.
-    """
+    :class:`UnreadableImageError` naming the file (``train_net.py``: exit code 2, no traceback):
+    skipping it would evaluate another image twice, and COCO AP needs a prediction for every image."""
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         try:
