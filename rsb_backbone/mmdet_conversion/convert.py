@@ -195,9 +195,7 @@ def build_target_model(config_file: str) -> nn.Module:
     """The Detectron2 model of a LazyConfig, on the CPU, without downloading backbone weights."""
     from detectron2.config import LazyConfig, instantiate
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    cfg = LazyConfig.load(config_file)
+    cfg = LazyConfig.load(config_file)  # FileNotFoundError naming a missing file
     skip_pretrained_weights(cfg.model)  # the checkpoint provides every weight
     return instantiate(cfg.model).eval()
 

@@ -1,8 +1,5 @@
-"""Where each tensor of an mmdetection v2.x checkpoint goes in our Detectron2 models.
-
-One table of module names per detector (mmdetection v2.22's ``mmdet/models/`` modules -> those of
-the models built from ``configs/COCO``); each module's ``weight`` and ``bias`` keep their names.
-The only tensors whose layout differs are RetinaNet's outputs (:data:`RETINANET_ANCHOR_ORDER`).
+"""Where each tensor of an mmdetection v2.x checkpoint goes in our Detectron2 models: one table of
+module names per detector (mmdetection v2.22 -> ``configs/COCO``); ``weight`` and ``bias`` keep their names.
 """
 
 import functools
@@ -12,12 +9,10 @@ import torch
 
 DETECTORS: Tuple[str, ...] = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
 
-# RetinaNet has 3 octave scales x 3 aspect ratios per location. mmdetection numbers them
-# ratio-major (``AnchorGenerator.gen_single_level_base_anchors``: anchor = 3 * ratio + scale),
-# Detectron2 size-major (``DefaultAnchorGenerator.generate_cell_anchors``: anchor = 3 * scale +
-# ratio). Detectron2's anchor j is mmdetection's anchor RETINANET_ANCHOR_ORDER[j] (a 3x3
-# transpose, its own inverse). Both heads lay out their outputs anchor-major (channel = anchor *
-# K + k), so the converter reorders blocks of K (classes) or 4 (deltas).
+# RetinaNet's 3 scales x 3 ratios per location: mmdetection numbers them ratio-major (anchor = 3 *
+# ratio + scale, ``AnchorGenerator.gen_single_level_base_anchors``), Detectron2 size-major (3 * scale +
+# ratio, ``DefaultAnchorGenerator.generate_cell_anchors``): Detectron2's anchor j is mmdetection's
+# RETINANET_ANCHOR_ORDER[j] (a 3x3 transpose). Outputs are anchor-major in both, so blocks are reordered.
 RETINANET_ANCHOR_ORDER: Tuple[int, ...] = (0, 3, 6, 1, 4, 7, 2, 5, 8)
 
 
