@@ -1,9 +1,5 @@
-"""A :class:`Matcher` that takes low-quality matches the way mmdetection v2's ``MaxIoUAssigner`` does.
-
-mmdetection adds a ground truth's low-quality matches only when its best IoU reaches ``min_pos_iou``
-and re-assigns them to it (the last claimant wins); it appends the ground-truth boxes to the RoI
-proposals after matching, each assigned to itself. Sources: ``docs/mmdet_parity.md``.
-"""
+"""A :class:`Matcher` that takes low-quality matches the way mmdetection v2's ``MaxIoUAssigner`` does
+(sources: ``docs/mmdet_parity.md``)."""
 
 import torch
 

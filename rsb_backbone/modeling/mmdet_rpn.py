@@ -1,7 +1,5 @@
 """An RPN whose training targets and loss normalisation follow mmdetection v2's ``RPNHead``
-(the options and their sources: ``docs/mmdet_parity.md``); its minimum IoU for low-quality
-matches is the matcher's job (:class:`~.mmdet_matcher.MMDetMatcher`).
-"""
+(the options and their sources: ``docs/mmdet_parity.md``)."""
 
 from typing import List
 

@@ -1,8 +1,5 @@
-"""Which anchors lie on an image rather than on the batch padding, as mmdetection v2 decides it.
-
-mmdetection's anchor heads leave out anchors whose grid position lies outside the image padded
-to a multiple of 32 (``AnchorGenerator.valid_flags``, ``AnchorHead._get_targets_single``);
-Detectron2 uses every anchor of the padded batch.
+"""Which anchors lie on an image rather than on the batch padding, as mmdetection v2 decides it
+(its sources: ``docs/mmdet_parity.md``); Detectron2 uses every anchor of the padded batch.
 """
 
 import math
@@ -30,8 +27,7 @@ def anchors_on_image(
         size_divisibility: mmdetection's ``Pad(size_divisor=...)`` of each image.
 
     Returns:
-        A bool tensor over the anchors of all levels (concatenated): True where the anchor's grid
-        position lies inside the image padded to ``size_divisibility``.
+        A bool tensor over the anchors of all levels (concatenated).
     """
     height, width = image_size
     if size_divisibility > 1:
