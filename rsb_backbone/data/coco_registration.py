@@ -152,8 +152,7 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
     num_polygons = sum(len(a["segmentation"]) - len(loaded.get(a["id"]) or []) for a in raw)
     # Detectron2's mapper takes an image's masks when its first annotation has one, and then needs one
     # in every annotation: in a set with masks, those without one are skipped; boxes only stay boxes.
-    with_mask = [segm is not None for segm in loaded.values()]
-    mixed = any(with_mask) and not all(with_mask)
+    mixed = len({segm is None for segm in loaded.values()}) == 2  # some with a mask, some without
     skipped = collections.defaultdict(list)  # reason -> annotation ids
     skipped["no valid polygon"] = [a["id"] for a in raw if a["id"] not in loaded]
     id_map, num_clipped = _categories(coco)["thing_dataset_id_to_contiguous_id"], 0
