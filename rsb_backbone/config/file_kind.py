@@ -6,7 +6,6 @@ import yaml
 
 YACS = "yacs"
 LAZY = "lazy"
-_YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class _KeysOnlyLoader(yaml.SafeLoader):
@@ -33,7 +32,7 @@ def config_file_kind(config_file: str) -> str:
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
     if config_file.endswith(".py"):
         return LAZY
-    if not config_file.endswith(_YAML_SUFFIXES):
+    if not config_file.endswith((".yaml", ".yml")):
         raise ValueError(
             f"config file {config_file!r}: expected a LazyConfig (.py, or the config.yaml that "
             f"train_net.py saves) or a yacs config (.yaml)"

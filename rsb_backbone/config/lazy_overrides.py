@@ -46,12 +46,7 @@ def _check_type(cfg, key: str, old, source: str) -> None:
 
 
 def load_config_with_overrides(config_file: Union[str, DictConfig], overrides: Sequence[str]) -> DictConfig:
-    """Load ``config_file`` and apply ``KEY=VALUE`` overrides.
-
-    Values follow Hydra's override grammar (``2``, ``1e-4``, ``[1,2]``, ``null``, ``true``, else a
-    string); ``None`` is accepted as Python users write it and means ``null``. A key that is not in
-    the config is an error (a typo would otherwise be silently added); prefix it with ``+`` to add
-    a new key on purpose.
+    """Load ``config_file`` and apply ``KEY=VALUE`` overrides (value grammar, ``+KEY`` for new keys: README).
 
     Args:
         config_file: path of a LazyConfig ``.py`` (or ``.yaml``) file, or a loaded LazyConfig

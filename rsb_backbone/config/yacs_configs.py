@@ -26,13 +26,10 @@ def _pairs(opts: Sequence[str]) -> list:
     """``["A", "1", "B=2"]`` -> ``["A", "1", "B", "2"]``: yacs pairs, ``KEY=VALUE`` also allowed."""
     flat, tokens = [], iter(opts)
     for token in tokens:
-        if "=" in token:
-            flat += token.split("=", 1)
-            continue
-        value = next(tokens, None)
-        if value is None:
+        pair = token.split("=", 1) if "=" in token else [token, next(tokens, None)]
+        if pair[1] is None:
             raise ValueError(f"config override {token!r} has no value; expected KEY VALUE or KEY=VALUE")
-        flat += [token, value]
+        flat += pair
     return flat
 
 

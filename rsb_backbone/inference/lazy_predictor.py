@@ -108,9 +108,8 @@ class LazyConfigPredictor:
             raise ValueError(f"original_image has shape {shape}; expected a (H, W, 3) BGR numpy array")
         with torch.no_grad():
             image = original_image[:, :, ::-1] if self.input_format == "RGB" else original_image
-            height, width = image.shape[:2]
             aug_input = T.AugInput(np.ascontiguousarray(image))
             self.augmentations(aug_input)
             tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
-            inputs = {"image": tensor.to(self.device), "height": height, "width": width}
+            inputs = {"image": tensor.to(self.device), "height": image.shape[0], "width": image.shape[1]}
             return self.model([inputs])[0]

@@ -18,9 +18,7 @@ logger = logging.getLogger(__name__)
 def build_default_predictor(cfg: CfgNode, *, fuse: bool = False) -> DefaultPredictor:
     """Detectron2's ``DefaultPredictor`` for ``cfg``, with the checkpoint's own class names.
 
-    Unlike ``DefaultPredictor(cfg)``, ``MODEL.WEIGHTS`` is read by :func:`load_detector_checkpoint`
-    (tensors only, ``.safetensors`` too, every weight must fit), and ``predictor.metadata`` is the
-    metadata stored in it when it has some, else that of ``DATASETS.TEST[0]`` as usual.
+    ``MODEL.WEIGHTS`` is read by :func:`load_detector_checkpoint` (differences: README, inference).
 
     Args:
         cfg: a yacs config (e.g. :func:`~rsb_backbone.inference.get_rsb_cfg`) with ``MODEL.WEIGHTS`` set.
