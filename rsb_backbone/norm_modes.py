@@ -4,8 +4,6 @@ from typing import Tuple
 
 from torch import nn
 
-__all__ = ["NORM_MODES", "FROZEN_STATS_BN", "set_batchnorm_eval"]
-
 FROZEN_STATS_BN = "FrozenStatsBN"
 
 NORM_MODES: Tuple[str, ...] = (

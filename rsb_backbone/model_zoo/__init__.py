@@ -7,8 +7,6 @@ from typing import Union
 from detectron2.config import CfgNode, LazyConfig
 from omegaconf import DictConfig
 
-__all__ = ["configs_root", "get_config_file", "get_config"]
-
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # rsb_backbone/
 _CANDIDATE_ROOTS = (
     os.path.join(_PACKAGE_DIR, "model_zoo", "configs"),
