@@ -6,7 +6,6 @@ import torch
 
 from .tensor_files import WeightFileError
 
-__all__ = ["DETECTRON2_ENTRY", "MMDETECTION_ENTRY", "checkpoint_tensors"]
 
 DETECTRON2_ENTRY = "model"
 MMDETECTION_ENTRY = "state_dict"

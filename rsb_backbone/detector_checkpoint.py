@@ -13,8 +13,6 @@ from .tensor_files import WeightFileError, first_items, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TensorsOnlyCheckpointer", "load_detector_checkpoint"]
-
 
 class TensorsOnlyCheckpointer(DetectionCheckpointer):
     """:class:`DetectionCheckpointer` (same arguments) that reads files tensors-only, never arbitrary

@@ -16,11 +16,6 @@ from .tensor_files import WeightFileError, first_items, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "METADATA_KEY", "ModelMetadataState", "config_model_metadata",
-    "detectron2_metadata", "metadata_to_safetensors_header",
-    "parse_model_metadata", "read_model_metadata", "storable_model_metadata", "training_model_metadata",
-]
 
 METADATA_KEY = "metadata"  # checkpoint key, safetensors header key and LazyConfig node
 _CLASSES = "thing_classes"

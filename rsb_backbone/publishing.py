@@ -21,8 +21,6 @@ from .tensor_files import load_tensor_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PublishedModel", "publish_checkpoint", "published_file_name"]
-
 
 @dataclass
 class PublishedModel:

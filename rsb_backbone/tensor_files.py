@@ -10,8 +10,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-__all__ = ["WeightFileError", "first_items", "load_tensor_file", "one_line_summary"]
-
 
 class WeightFileError(ValueError):
     """A weight or checkpoint file that cannot be used; the message names the file."""

@@ -20,12 +20,6 @@ from ..tensor_files import first_items
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "parse_register_coco_arg",
-    "register_coco_from_arg",
-    "register_coco_instances_checked",
-    "load_coco_instances_checked",
-]
 
 # The lists of a COCO instances file -> the keys that each of their entries must have.
 _REQUIRED_KEYS = {

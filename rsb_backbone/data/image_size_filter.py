@@ -7,7 +7,6 @@ from typing import Dict, List
 
 from detectron2.data import get_detection_dataset_dicts
 
-__all__ = ["drop_small_images", "get_detection_dataset_dicts_min_size"]
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from ..tensor_files import one_line_summary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippingDatasetMapper", "EvaluationDatasetMapper", "UnreadableImageError"]
 
 # PIL raises OSError (unidentified image, truncated data, missing file) or, for some broken PNGs, SyntaxError.
 _UNREADABLE = (OSError, SyntaxError)
