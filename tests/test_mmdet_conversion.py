@@ -174,12 +174,12 @@ def _synthesize(detector: str, seed: int) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
-def save_mmdet_checkpoint(path, state_dict) -> str:
+def save_mmdet_checkpoint(path, state_dict, classes=tuple(f"class{i}" for i in range(NUM_CLASSES))) -> str:
     # mmcv.runner.save_checkpoint's layout; publish_model.py saves with the legacy serialization.
     meta = {
         "mmdet_version": "2.22.0",
         "mmcv_version": "1.4.4",
-        "CLASSES": tuple(f"class{i}" for i in range(NUM_CLASSES)),
+        "CLASSES": tuple(classes),
         "config": "model = dict(type='MaskRCNN', ...)",
         "env_info": "sys.platform: linux",
         "epoch": 12,

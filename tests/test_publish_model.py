@@ -16,7 +16,7 @@ from safetensors import safe_open
 from conftest import REPO_ROOT
 from rsb_backbone.engine import AtomicCheckpointer
 from rsb_backbone.inference import load_detector_checkpoint
-from rsb_backbone.model_metadata import parse_model_metadata, read_model_metadata
+from rsb_backbone.model_metadata import read_model_metadata
 from rsb_backbone.publishing import publish_checkpoint, published_file_name
 from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
 from test_mmdet_conversion import (  # noqa: F401 (cached_models is a fixture)
@@ -216,15 +216,20 @@ def test_converter_output_carries_class_names_and_publishes(cached_models, tmp_p
         assert torch.equal(predictor.model.state_dict()[key], value), key
 
 
-def test_converter_gives_coco_category_ids_for_coco_classes():
+def test_converter_gives_coco_category_ids_for_coco_classes(cached_models, tmp_path):
     from detectron2.data import MetadataCatalog
 
-    from rsb_backbone.mmdet_conversion.convert import _model_metadata
+    from rsb_backbone.mmdet_conversion import convert_mmdet_checkpoint
 
     coco = MetadataCatalog.get("coco_2017_val")
-    stored = _model_metadata(tuple(coco.thing_classes))  # mmdetection's CocoDataset.CLASSES order
-    parsed = parse_model_metadata(stored, "converted")
-    assert parsed["thing_classes"] == coco.thing_classes
-    assert parsed["thing_dataset_id_to_contiguous_id"] == coco.thing_dataset_id_to_contiguous_id
-    assert "thing_dataset_id_to_contiguous_id" not in _model_metadata(("cat", "dog"))
-    assert _model_metadata(()) is None
+    state_dict = synthesize_state_dict("faster_rcnn")
+    stored = {}
+    # COCO's 80 names in mmdetection's CocoDataset.CLASSES order, other names, none.
+    for name, classes in (("coco", coco.thing_classes), ("other", ("cat", "dog")), ("none", ())):
+        source = save_mmdet_checkpoint(tmp_path / f"{name}_mmdet.pth", state_dict, classes)
+        convert_mmdet_checkpoint(source, str(tmp_path / f"{name}.pth"))
+        stored[name] = read_model_metadata(str(tmp_path / f"{name}.pth"))
+    assert stored["coco"]["thing_classes"] == coco.thing_classes
+    assert stored["coco"]["thing_dataset_id_to_contiguous_id"] == coco.thing_dataset_id_to_contiguous_id
+    assert stored["other"] == {"thing_classes": ["cat", "dog"]}
+    assert stored["none"] is None
