@@ -20,12 +20,26 @@ from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 
 from rsb_backbone.config import (
-    YACS, config_file_kind, load_config_with_overrides, resolve_device, sync_num_classes,
+    YACS,
+    config_file_kind,
+    load_config_with_overrides,
+    resolve_device,
+    sync_num_classes,
 )
 from rsb_backbone.data import register_coco_from_arg
 from rsb_backbone.engine import (
-    RunOutcome, UserInputError, do_test, do_train, evaluate_yacs, launch_workers, load_eval_checkpoint,
-    outcome_of, setup_yacs_config, user_input_stage, wrap_ddp, write_eval_results,
+    RunOutcome,
+    UserInputError,
+    do_test,
+    do_train,
+    evaluate_yacs,
+    launch_workers,
+    load_eval_checkpoint,
+    outcome_of,
+    setup_yacs_config,
+    user_input_stage,
+    wrap_ddp,
+    write_eval_results,
 )
 from rsb_backbone.model_metadata import training_model_metadata
 from rsb_backbone.timm_resnet import skip_pretrained_weights
@@ -38,7 +52,10 @@ from shapes_registration import register_shapes_demo_datasets  # noqa: E402
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument(
-        "--register-coco", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+        "--register-coco",
+        action="append",
+        default=[],
+        metavar="NAME=JSON:IMAGE_DIR",
         help="register a COCO-format data set under NAME (repeatable); "
         "point the config at it with dataloader.train.dataset.names=NAME",
     )
@@ -60,18 +77,6 @@ def setup_config(args):
     return cfg
 
 
-def evaluate(cfg, args):
-    """COCO evaluation of a whole-detector checkpoint; every tensor of the model must be in it."""
-    with user_input_stage():
-        skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
-        model = instantiate(cfg.model).to(cfg.train.device)
-        load_eval_checkpoint(model, cfg.train.output_dir, cfg.train.init_checkpoint, resume=args.resume,
-                             key="train.init_checkpoint")
-    results = do_test(cfg, wrap_ddp(model))
-    write_eval_results(results, cfg.train.output_dir)
-    return results
-
-
 def main(args):
     """What each training process runs."""
     with user_input_stage():
@@ -79,9 +84,15 @@ def main(args):
         default_setup(cfg, args)
     if config_file_kind(args.config_file) == YACS:
         return evaluate_yacs(cfg, resume=args.resume)
-    if args.eval_only:
-        return evaluate(cfg, args)
-    do_train(cfg, resume=args.resume)
+    if not args.eval_only:
+        return do_train(cfg, resume=args.resume)
+    with user_input_stage():  # COCO evaluation of a whole-detector checkpoint: every tensor must be in it
+        skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
+        model = instantiate(cfg.model).to(cfg.train.device)
+        load_eval_checkpoint(model, cfg.train.output_dir, cfg.train.init_checkpoint, resume=args.resume)
+    results = do_test(cfg, wrap_ddp(model))
+    write_eval_results(results, cfg.train.output_dir)
+    return results
 
 
 def invoke_main() -> None:
@@ -89,8 +100,14 @@ def invoke_main() -> None:
     try:
         with user_input_stage():
             setup_config(args)  # fail fast, before any worker starts
-        outcome = launch_workers(main, num_gpus_per_machine=args.num_gpus, num_machines=args.num_machines,
-                                 machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        outcome = launch_workers(
+            main,
+            num_gpus_per_machine=args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
     except UserInputError as e:
         outcome = outcome_of(e)
     except KeyboardInterrupt:  # Ctrl-C before the training loop took over SIGINT

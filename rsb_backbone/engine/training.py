@@ -87,7 +87,9 @@ def wrap_ddp(model, **kwargs):
     return create_ddp_model(model, **kwargs)
 
 
-def load_eval_checkpoint(model, output_dir: str, checkpoint: str, *, resume: bool, key: str) -> None:
+def load_eval_checkpoint(
+    model, output_dir: str, checkpoint: str, *, resume: bool, key: str = "train.init_checkpoint"
+) -> None:
     """Load the checkpoint that ``--eval-only`` evaluates into ``model``, strictly (another
     detector's checkpoint is an error naming the keys).
 
@@ -96,7 +98,7 @@ def load_eval_checkpoint(model, output_dir: str, checkpoint: str, *, resume: boo
         output_dir: the training output folder.
         checkpoint: the checkpoint given in the config ("" when none).
         resume: evaluate the checkpoint that ``last_checkpoint`` in ``output_dir`` names, if any.
-        key: the config key of ``checkpoint``, for the error message.
+        key: the config key of ``checkpoint``, for the error message (by default the LazyConfigs').
     """
     last = AtomicCheckpointer(model, output_dir)
     if resume and last.has_checkpoint():
