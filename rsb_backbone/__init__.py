@@ -14,6 +14,13 @@ from .yacs_builders import add_rsb_config  # also registers the yacs backbone bu
 __version__ = "0.1.0"
 
 __all__ = [
-    "TimmResNet", "STAGE_NAMES", "RetinaNetP6P7", "stage_channels", "NORM_MODES", "FROZEN_STATS_BN",
-    "pixel_normalization", "WeightFileError", "add_rsb_config",
+    "TimmResNet",
+    "STAGE_NAMES",
+    "RetinaNetP6P7",
+    "stage_channels",
+    "NORM_MODES",
+    "FROZEN_STATS_BN",
+    "pixel_normalization",
+    "WeightFileError",
+    "add_rsb_config",
 ]

@@ -6,7 +6,6 @@ import torch
 
 from .tensor_files import WeightFileError
 
-
 DETECTRON2_ENTRY = "model"
 MMDETECTION_ENTRY = "state_dict"
 

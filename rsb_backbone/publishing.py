@@ -15,7 +15,10 @@ import torch
 from .checkpoint_layouts import DETECTRON2_ENTRY, checkpoint_tensors
 from .engine.atomic_checkpointer import atomic_write_bytes
 from .model_metadata import (
-    METADATA_KEY, metadata_to_safetensors_header, read_model_metadata, storable_model_metadata
+    METADATA_KEY,
+    metadata_to_safetensors_header,
+    read_model_metadata,
+    storable_model_metadata,
 )
 from .tensor_files import load_tensor_file
 
@@ -88,6 +91,12 @@ def publish_checkpoint(
     names = f"{len(metadata['thing_classes'])} class names" if metadata else "no class names"
     logger.info(
         "Published %s (%.1f MiB) as %s: %d tensors, %s, %.1f MiB, sha256 %s",
-        input_path, os.path.getsize(input_path) / 2**20, path, len(tensors), names, len(data) / 2**20, sha256,
-    )  # fmt: skip
+        input_path,
+        os.path.getsize(input_path) / 2**20,
+        path,
+        len(tensors),
+        names,
+        len(data) / 2**20,
+        sha256,
+    )
     return PublishedModel(path, sha256, len(data), len(tensors), metadata)

@@ -92,9 +92,12 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
         )
     state_dict = clean_state_dict(checkpoint)  # drops DDP's "module." (and torch.compile's) prefix
     if any(k.startswith("backbone.") for k in state_dict):  # mmpretrain / mmcls classifier
-        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    state_dict = {k: v for k, v in state_dict.items()
-                  if isinstance(v, torch.Tensor) and not k.startswith(("fc.", "head.", "neck."))}
+        state_dict = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    state_dict = {
+        k: v
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and not k.startswith(("fc.", "head.", "neck."))
+    }
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     matched = [k for k in expected if k in state_dict]
     if not matched:
@@ -103,8 +106,11 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
             f"{', '.join(list(state_dict)[:3])}); expected timm/torchvision ResNet names such as "
             f"conv1.weight, layer1.0.conv1.weight"
         )
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in matched if state_dict[k].shape != expected[k].shape]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in matched
+        if state_dict[k].shape != expected[k].shape
+    ]
     if mismatched:
         raise WeightFileError(
             f"{path}: {len(mismatched)} tensors have the wrong shape for this architecture, "
@@ -117,7 +123,11 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
         )
     unexpected = [k for k in state_dict if k not in expected]
     if unexpected:
-        logger.warning("%s: ignoring %d keys that the backbone does not have: %s", path, len(unexpected),
-                       first_items(unexpected, 10))
+        logger.warning(
+            "%s: ignoring %d keys that the backbone does not have: %s",
+            path,
+            len(unexpected),
+            first_items(unexpected, 10),
+        )
     model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
     logger.info("Loaded %d backbone tensors from %s", len(matched), path)

@@ -23,8 +23,15 @@ def add_rsb_config(cfg: CfgNode) -> CfgNode:
 
     ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.FPN.*`` keep their Detectron2 meaning.
     """
-    cfg.MODEL.RSB = CfgNode(dict(MODEL_NAME="resnet50", WEIGHTS="", NORM=FROZEN_STATS_BN,
-                                 OUT_FEATURES=list(STAGE_NAMES), RELU_BEFORE_P7=False))
+    cfg.MODEL.RSB = CfgNode(
+        dict(
+            MODEL_NAME="resnet50",
+            WEIGHTS="",
+            NORM=FROZEN_STATS_BN,
+            OUT_FEATURES=list(STAGE_NAMES),
+            RELU_BEFORE_P7=False,
+        )
+    )
     return cfg
 
 
@@ -32,8 +39,13 @@ def _trunk_from_cfg(cfg: CfgNode, input_shape: ShapeSpec, out_features) -> TimmR
     if input_shape.channels != 3:
         raise ValueError(f"input_shape.channels={input_shape.channels}: the timm ResNet takes 3 channels")
     rsb = cfg.MODEL.RSB
-    return TimmResNet(model_name=rsb.MODEL_NAME, weights=rsb.WEIGHTS or None, out_features=out_features,
-                      freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, norm=rsb.NORM)
+    return TimmResNet(
+        model_name=rsb.MODEL_NAME,
+        weights=rsb.WEIGHTS or None,
+        out_features=out_features,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=rsb.NORM,
+    )
 
 
 @BACKBONE_REGISTRY.register()
@@ -46,8 +58,14 @@ def _fpn_from_cfg(cfg: CfgNode, input_shape: ShapeSpec, top_block) -> FPN:
     """Detectron2's FPN on the trunk, reading ``MODEL.FPN.*``; ``top_block(trunk)`` makes its top block."""
     trunk = _trunk_from_cfg(cfg, input_shape, cfg.MODEL.FPN.IN_FEATURES)
     fpn = cfg.MODEL.FPN
-    return FPN(bottom_up=trunk, in_features=fpn.IN_FEATURES, out_channels=fpn.OUT_CHANNELS, norm=fpn.NORM,
-               top_block=top_block(trunk), fuse_type=fpn.FUSE_TYPE)
+    return FPN(
+        bottom_up=trunk,
+        in_features=fpn.IN_FEATURES,
+        out_channels=fpn.OUT_CHANNELS,
+        norm=fpn.NORM,
+        top_block=top_block(trunk),
+        fuse_type=fpn.FUSE_TYPE,
+    )
 
 
 @BACKBONE_REGISTRY.register()
@@ -61,6 +79,13 @@ def build_rsb_resnet_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec
     """P3-P7 FPN for RetinaNet (:class:`RetinaNetP6P7` on the last input feature), reading
     ``MODEL.FPN.*`` and ``MODEL.RSB.RELU_BEFORE_P7``."""
     last = cfg.MODEL.FPN.IN_FEATURES[-1]
-    return _fpn_from_cfg(cfg, input_shape, lambda trunk: RetinaNetP6P7(
-        trunk.output_shape()[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last,
-        relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7))
+    return _fpn_from_cfg(
+        cfg,
+        input_shape,
+        lambda trunk: RetinaNetP6P7(
+            trunk.output_shape()[last].channels,
+            cfg.MODEL.FPN.OUT_CHANNELS,
+            in_feature=last,
+            relu_before_p7=cfg.MODEL.RSB.RELU_BEFORE_P7,
+        ),
+    )

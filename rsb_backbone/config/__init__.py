@@ -1,14 +1,31 @@
 """Loading and completing configs of either system for training and inference: LazyConfig overrides,
 file kinds, the four detectors' yacs configs, the device, the heads' classes and score threshold."""
 
-from .detector_heads import dataset_names, head_config, score_threshold_of, set_score_threshold, sync_num_classes
+from .detector_heads import (
+    dataset_names,
+    head_config,
+    score_threshold_of,
+    set_score_threshold,
+    sync_num_classes,
+)
 from .devices import resolve_device
 from .file_kind import LAZY, YACS, config_file_kind
 from .lazy_overrides import load_config_with_overrides
 from .yacs_configs import ARCHITECTURES, get_rsb_cfg, load_yacs_config, yacs_config_file
 
 __all__ = [
-    "ARCHITECTURES", "LAZY", "YACS", "config_file_kind", "dataset_names", "get_rsb_cfg", "head_config",
-    "load_config_with_overrides", "load_yacs_config", "resolve_device", "score_threshold_of",
-    "set_score_threshold", "sync_num_classes", "yacs_config_file",
+    "ARCHITECTURES",
+    "LAZY",
+    "YACS",
+    "config_file_kind",
+    "dataset_names",
+    "get_rsb_cfg",
+    "head_config",
+    "load_config_with_overrides",
+    "load_yacs_config",
+    "resolve_device",
+    "score_threshold_of",
+    "set_score_threshold",
+    "sync_num_classes",
+    "yacs_config_file",
 ]

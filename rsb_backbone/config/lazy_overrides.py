@@ -37,10 +37,15 @@ def _check_type(cfg, key: str, old, source: str) -> None:
     if new is None or type(old) not in (bool, int, float):
         return
     wanted = type(old)
-    if not (isinstance(new, bool) == (wanted is bool) and isinstance(new, (int, float))
-            and (wanted is not int or float(new).is_integer())):
-        raise ValueError(f"override {key}={new!r}: {source} has {_type_name(old)} there ({old!r}), "
-                         f"got {_type_name(new)}")
+    if not (
+        isinstance(new, bool) == (wanted is bool)
+        and isinstance(new, (int, float))
+        and (wanted is not int or float(new).is_integer())
+    ):
+        raise ValueError(
+            f"override {key}={new!r}: {source} has {_type_name(old)} there ({old!r}), "
+            f"got {_type_name(new)}"
+        )
     if type(new) is not wanted:
         OmegaConf.update(cfg, key, wanted(new), merge=False)
 
@@ -78,9 +83,10 @@ def load_config_with_overrides(config_file: Union[str, DictConfig], overrides: S
         value = "null" if value == "None" else value
         if key.startswith("+"):
             key = key[1:]
-        elif not all(key.split(".")) or OmegaConf.select(
-            cfg, key, default=_ABSENT, throw_on_resolution_failure=False
-        ) is _ABSENT:
+        elif (
+            not all(key.split("."))
+            or OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT
+        ):
             keys = _all_keys(OmegaConf.to_container(cfg, resolve=False))
             close = difflib.get_close_matches(key, list(keys), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

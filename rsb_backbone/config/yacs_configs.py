@@ -91,8 +91,13 @@ def get_rsb_cfg(
         test_dataset: registered data set whose metadata (class names) ``DefaultPredictor``
             exposes as ``predictor.metadata`` (``DATASETS.TEST``); None keeps coco_2017_val.
     """
-    cfg = load_yacs_config(yacs_config_file(arch), opts=opts, checkpoint=checkpoint, device=device,
-                           score_threshold=score_threshold)
+    cfg = load_yacs_config(
+        yacs_config_file(arch),
+        opts=opts,
+        checkpoint=checkpoint,
+        device=device,
+        score_threshold=score_threshold,
+    )
     if num_classes is not None:
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: expected at least 1")

@@ -172,8 +172,12 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
         logger.warning(
             "%s: skipped %d annotations%s; dropped %d polygons with fewer than 3 points; "
             "clipped %d boxes to their image",
-            json_file, num_skipped, f" ({'; '.join(parts)})" if parts else "", num_polygons, num_clipped,
-        )  # fmt: skip
+            json_file,
+            num_skipped,
+            f" ({'; '.join(parts)})" if parts else "",
+            num_polygons,
+            num_clipped,
+        )
     num_empty = sum(1 for r in records if not r["annotations"])
     msg = "%s: %d images have no annotations (kept for evaluation; filter_empty drops them)"
     logger.info(msg, json_file, num_empty)

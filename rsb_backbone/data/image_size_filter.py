@@ -7,7 +7,6 @@ from typing import Dict, List
 
 from detectron2.data import get_detection_dataset_dicts
 
-
 logger = logging.getLogger(__name__)
 
 

@@ -39,8 +39,10 @@ class SkippingDatasetMapper(DatasetMapper):
                 self._unreadable_files.add(file_name)
                 logger.warning(
                     "Skipping unreadable image %s (%s); %d unreadable files so far in this process",
-                    file_name, reason, len(self._unreadable_files),
-                )  # fmt: skip
+                    file_name,
+                    reason,
+                    len(self._unreadable_files),
+                )
             return None
 
 

@@ -77,7 +77,9 @@ class Preprocessor:
 
     def __init__(self, spec: Dict[str, Any]):
         if spec.get("input_format") not in _INPUT_FORMATS:
-            raise ValueError(f"preprocessing input_format={spec.get('input_format')!r}: expected one of {_INPUT_FORMATS}")
+            raise ValueError(
+                f"preprocessing input_format={spec.get('input_format')!r}: expected one of {_INPUT_FORMATS}"
+            )
         self.input_format = spec["input_format"]
         self.resize = T.ResizeShortestEdge(
             spec["short_edge_length"], spec["max_size"], sample_style="choice", interp=spec["interp"]
@@ -94,7 +96,11 @@ class Preprocessor:
 
 
 def paste_masks(
-    mask_probs: torch.Tensor, boxes: torch.Tensor, height: torch.Tensor, width: torch.Tensor, threshold: float = 0.5
+    mask_probs: torch.Tensor,
+    boxes: torch.Tensor,
+    height: torch.Tensor,
+    width: torch.Tensor,
+    threshold: float = 0.5,
 ) -> torch.Tensor:
     """Binary image masks from per-box mask probabilities, every mask sampled at every pixel at
     once (one ``grid_sample``, which ONNX Runtime accepts; why: README, "Deployment").

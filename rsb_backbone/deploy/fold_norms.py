@@ -106,5 +106,7 @@ def to_deployment_form(model: nn.Module, *, channels_last: bool = False) -> nn.M
     folded = fold_norms(model.eval())
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    logger.info("Deployment form: %d norm layers folded%s", folded, ", channels-last" if channels_last else "")
+    logger.info(
+        "Deployment form: %d norm layers folded%s", folded, ", channels-last" if channels_last else ""
+    )
     return model

@@ -8,7 +8,18 @@ from .training import do_test, do_train, load_eval_checkpoint, wrap_ddp, write_e
 from .yacs_eval import evaluate_yacs, setup_yacs_config
 
 __all__ = [
-    "AtomicCheckpointer", "launch_workers", "NonFiniteLossError", "RunOutcome", "UserInputError", "outcome_of",
-    "user_input_stage", "do_test", "do_train", "load_eval_checkpoint", "wrap_ddp", "write_eval_results",
-    "evaluate_yacs", "setup_yacs_config",
+    "AtomicCheckpointer",
+    "launch_workers",
+    "NonFiniteLossError",
+    "RunOutcome",
+    "UserInputError",
+    "outcome_of",
+    "user_input_stage",
+    "do_test",
+    "do_train",
+    "load_eval_checkpoint",
+    "wrap_ddp",
+    "write_eval_results",
+    "evaluate_yacs",
+    "setup_yacs_config",
 ]

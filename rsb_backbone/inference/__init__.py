@@ -8,7 +8,15 @@ from .lazy_predictor import LazyConfigPredictor
 from .predictors import build_default_predictor, build_predictor
 
 __all__ = [
-    "ARCHITECTURES", "LazyConfigPredictor", "build_default_predictor", "build_predictor",
-    "contiguous_to_dataset_ids", "get_rsb_cfg", "instances_to_coco_results", "load_detector_checkpoint",
-    "load_yacs_config", "set_score_threshold", "yacs_config_file",
+    "ARCHITECTURES",
+    "LazyConfigPredictor",
+    "build_default_predictor",
+    "build_predictor",
+    "contiguous_to_dataset_ids",
+    "get_rsb_cfg",
+    "instances_to_coco_results",
+    "load_detector_checkpoint",
+    "load_yacs_config",
+    "set_score_threshold",
+    "yacs_config_file",
 ]

@@ -41,7 +41,7 @@ def permute_anchor_blocks(tensor: torch.Tensor, order: Sequence[int]) -> torch.T
 
 # Named so that a conversion report can say which tensors were changed and how.
 TENSOR_TRANSFORMS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "retinanet_anchor_order": functools.partial(permute_anchor_blocks, order=RETINANET_ANCHOR_ORDER),
+    "retinanet_anchor_order": functools.partial(permute_anchor_blocks, order=RETINANET_ANCHOR_ORDER)
 }
 _TRANSFORMED = dict.fromkeys(("bbox_head.retina_cls", "bbox_head.retina_reg"), "retinanet_anchor_order")
 

@@ -19,7 +19,9 @@ class MMDetRetinaNet(PaddingAnchorMatching, RetinaNet):
     """:class:`RetinaNet` with mmdetection's test-time clipping and training targets."""
 
     @configurable
-    def __init__(self, *, clip_boxes_before_nms: bool = True, normalize_by_batch_positives: bool = True, **kwargs):
+    def __init__(
+        self, *, clip_boxes_before_nms: bool = True, normalize_by_batch_positives: bool = True, **kwargs
+    ):
         """
         Args:
             clip_boxes_before_nms: True (mmdetection) clips decoded boxes to the image before

@@ -55,7 +55,9 @@ class PaddingAnchorMatching:
         self.ignore_padding_anchors = ignore_padding_anchors
         self.size_divisibility = size_divisibility
 
-    def match_anchors_on_image(self, anchors: List[Boxes], instances: Instances, boundary_threshold: float = -1.0):
+    def match_anchors_on_image(
+        self, anchors: List[Boxes], instances: Instances, boundary_threshold: float = -1.0
+    ):
         """
         Args:
             anchors: the anchors of each level.
@@ -68,12 +70,16 @@ class PaddingAnchorMatching:
         """
         all_anchors = Boxes.cat(anchors)
         generator = self.anchor_generator
-        valid = anchors_on_image(anchors, generator.strides, generator.offset, instances.image_size, self.size_divisibility)
+        valid = anchors_on_image(
+            anchors, generator.strides, generator.offset, instances.image_size, self.size_divisibility
+        )
         if boundary_threshold >= 0:
             valid &= all_anchors.inside_box(instances.image_size, boundary_threshold)
         matches = torch.zeros(len(all_anchors), dtype=torch.int64, device=all_anchors.device)
         labels = torch.full((len(all_anchors),), -1, dtype=torch.int8, device=all_anchors.device)
-        valid_matches, valid_labels = self.anchor_matcher(pairwise_iou(instances.gt_boxes, all_anchors[valid]))
+        valid_matches, valid_labels = self.anchor_matcher(
+            pairwise_iou(instances.gt_boxes, all_anchors[valid])
+        )
         matches[valid] = valid_matches.to(matches.device)
         labels[valid] = valid_labels.to(labels.device)
         if len(instances) == 0:
