@@ -12,12 +12,16 @@ through a yacs config of configs/yacs with MODEL.WEIGHTS; your own COCO-format d
         dataloader.train.dataset.names=my_train dataloader.test.dataset.names=my_val
 """
 
+import argparse
+import logging
 import os
 import signal
 import sys
 
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from rsb_backbone.config import (
     YACS,
@@ -29,14 +33,18 @@ from rsb_backbone.config import (
 from rsb_backbone.data import register_coco_from_arg
 from rsb_backbone.engine import (
     RunOutcome,
+    SlurmRequeue,
     UserInputError,
+    describe_process,
     do_test,
     do_train,
     evaluate_yacs,
     launch_workers,
     load_eval_checkpoint,
     outcome_of,
+    parse_signal,
     setup_yacs_config,
+    slurm_job,
     user_input_stage,
     wrap_ddp,
     write_eval_results,
@@ -48,9 +56,29 @@ from rsb_backbone.timm_resnet import skip_pretrained_weights
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "shapes_demo"))
 from shapes_registration import register_shapes_demo_datasets  # noqa: E402
 
+logger = logging.getLogger("rsb_backbone.train_net")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or a positive whole number")
+    return int(text)
+
 
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--requeue-signal",
+        default="USR1",
+        help="in a SLURM job: the signal sent before the time limit (sbatch --signal=USR1@120); on it "
+        "training stops with a checkpoint and the job requeues itself and resumes ('none': off)",
+    )
+    parser.add_argument(
+        "--max-requeues",
+        type=_count,
+        default=3,
+        help="in a SLURM job: how often it may requeue itself after its time-limit signal",
+    )
     parser.add_argument(
         "--register-coco",
         action="append",
@@ -84,8 +112,14 @@ def main(args):
         default_setup(cfg, args)
     if config_file_kind(args.config_file) == YACS:
         return evaluate_yacs(cfg, resume=args.resume)
+    setup_logger(cfg.train.output_dir, comm.get_rank(), name="rsb_backbone", abbrev_name="rsb")
+    logger.info(describe_process())
     if not args.eval_only:
-        return do_train(cfg, resume=args.resume)
+        requeue_signal = parse_signal(args.requeue_signal) if slurm_job() else None
+        requeue = (
+            SlurmRequeue(requeue_signal, args.max_requeues, cfg.train.output_dir) if requeue_signal else None
+        )
+        return do_train(cfg, resume=args.resume, requeue=requeue)
     with user_input_stage():  # COCO evaluation of a whole-detector checkpoint: every tensor must be in it
         skip_pretrained_weights(cfg.model)  # the detector checkpoint holds the backbone too
         model = instantiate(cfg.model).to(cfg.train.device)
@@ -96,17 +130,24 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = build_argument_parser().parse_args()
+    parser = build_argument_parser()
+    args = parser.parse_args()
+    job = slurm_job()
+    # A requeued SLURM job runs its batch script again: it continues where it stopped.
+    args.resume = args.resume or bool(job and job.restart_count)
     try:
         with user_input_stage():
             setup_config(args)  # fail fast, before any worker starts
+            requeue_signal = parse_signal(args.requeue_signal) if job else None
         outcome = launch_workers(
             main,
             num_gpus_per_machine=args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
+            # Detectron2's default is a fixed local port; "auto" picks a free one, or SLURM's first node.
+            dist_url="auto" if args.dist_url == parser.get_default("dist_url") else args.dist_url,
             args=(args,),
+            requeue_signal=requeue_signal,
         )
     except UserInputError as e:
         outcome = outcome_of(e)

@@ -19,11 +19,13 @@ class TrainingInterrupted(Exception):
     Args:
         message: what happened, e.g. "stopped by SIGTERM after iteration 12; checkpoint saved".
         signum: the signal that stopped training.
+        next_step: what the user does next (or what happens next, after a SLURM requeue).
     """
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, next_step: str = "continue with --resume"):
         super().__init__(message)
         self.signum = signum
+        self.next_step = next_step
 
 
 @contextlib.contextmanager
@@ -55,5 +57,5 @@ def outcome_of(error: BaseException) -> Optional[RunOutcome]:
     if isinstance(error, NonFiniteLossError):
         return RunOutcome(1, f"train_net.py: error: {error}; the last complete checkpoint is kept")
     if isinstance(error, TrainingInterrupted):
-        return RunOutcome(128 + error.signum, f"train_net.py: {error}; continue with --resume")
+        return RunOutcome(128 + error.signum, f"train_net.py: {error}; {error.next_step}")
     return None

@@ -1,7 +1,8 @@
-"""One agreed stop on SIGTERM/SIGINT, whichever processes of a job receive the signal (README,
-"Failure behaviour"): the launcher forwards it (:func:`forward_stop_signals`), the training
-processes agree after every iteration (:class:`CheckpointOnSignalHook`), and DataLoader workers
-ignore it (:func:`ignore_stop_signals_in_workers`) so that it cannot crash the data loader.
+"""One agreed stop on SIGTERM/SIGINT, or on SLURM's time-limit signal, whichever processes of a
+job receive the signal (README, "Failure behaviour"; docs/slurm.md): the launcher forwards it
+(:func:`forward_stop_signals`), the training processes agree after every iteration
+(:class:`CheckpointOnSignalHook`), and DataLoader workers ignore it
+(:func:`ignore_stop_signals_in_workers`) so that it cannot crash the data loader.
 """
 
 import contextlib
@@ -10,7 +11,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -37,42 +38,93 @@ def max_over_processes(value: int) -> int:
     return int(tensor.item())
 
 
+# The first stop signal this process received and the training loop has not yet acted on.
+_received = {"signum": 0}
+# The stop signals and the signal of :func:`recording_signal`: launchers forward them, DataLoader
+# workers ignore them (SLURM signals every process of a job step, workers included).
+_handled_signals = set(STOP_SIGNALS)
+
+
+def _record_outside_training(signum, frame):
+    if not _received["signum"]:
+        logger.warning(
+            "Received %s outside the training loop: training, if it has iterations left, stops after "
+            "its next one with a checkpoint",
+            signal.Signals(signum).name,
+        )
+    _received["signum"] = _received["signum"] or signum
+
+
+@contextlib.contextmanager
+def recording_signal(signum: Optional[int]) -> Iterator[None]:
+    """Within this block, ``signum`` (SLURM's time-limit signal) does not end the process outside
+    the training loop: it is noted, and the loop's :class:`CheckpointOnSignalHook` acts on it.
+    After the block the process ignores it: a run that has ended does not die of it on its way out.
+
+    Args:
+        signum: the signal; None: nothing changes.
+    """
+    if signum is None:
+        yield
+        return
+    signal.signal(signum, _record_outside_training)
+    _handled_signals.add(signum)
+    try:
+        yield
+    finally:
+        _handled_signals.discard(signum)
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class CheckpointOnSignalHook(HookBase):
-    """On SIGTERM or SIGINT to any process, all finish the same iteration (they agree after each),
-    the main process saves ``model_{iteration:07d}`` for ``--resume``, and all raise
-    :class:`TrainingInterrupted`.
+    """On SIGTERM, SIGINT or the requeue signal to any process, all finish the same iteration (they
+    agree after each), the main process saves ``model_{iteration:07d}`` for ``--resume``, and all
+    raise :class:`TrainingInterrupted`. After the requeue signal the main process first requeues
+    the SLURM job (``requeue``), once the checkpoint is on disk, and all report what it did.
 
     Args:
         checkpointer: a Detectron2 checkpointer whose ``save`` writes the training state.
+        requeue: requeues the job and says how (:class:`~.slurm.SlurmRequeue`); None outside SLURM.
     """
 
-    def __init__(self, checkpointer):
+    def __init__(self, checkpointer, requeue: Optional[Callable[[], str]] = None):
         self._checkpointer = checkpointer
-        self._received = 0
+        self._requeue = requeue
+        self._signals = STOP_SIGNALS + ((requeue.signum,) if requeue is not None else ())
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if not self._received:
+        if not _received["signum"]:
             logger.warning(
                 "Received %s: saving a checkpoint after this iteration, then stopping",
                 signal.Signals(signum).name,
             )
-        self._received = signum
+        _received["signum"] = _received["signum"] or signum
 
     def before_train(self):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self._signals}
 
     def after_step(self):
-        signum = max_over_processes(self._received)
+        signum = max_over_processes(_received["signum"])
         if not signum:
             return
         iteration = self.trainer.iter
         if comm.is_main_process():
             self._checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
         comm.synchronize()
-        name = signal.Signals(signum).name
-        raise TrainingInterrupted(f"stopped by {name} after iteration {iteration}; checkpoint saved", signum)
+        _received["signum"] = 0
+        message = f"stopped by {signal.Signals(signum).name} after iteration {iteration}; checkpoint saved"
+        if self._requeue is None or signum != self._requeue.signum:
+            raise TrainingInterrupted(message, signum)
+        # The requeue ends every process of the job with SIGTERM: each one finishes its report first.
+        self._previous.pop(signal.SIGTERM, None)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        notes = [self._requeue() if comm.is_main_process() else None]
+        if comm.get_world_size() > 1:
+            dist.broadcast_object_list(notes, src=0)
+        raise TrainingInterrupted(message, signum, next_step=notes[0])
 
     def after_train(self):
         for sig, handler in self._previous.items():
@@ -80,16 +132,17 @@ class CheckpointOnSignalHook(HookBase):
         self._previous = {}
 
 
-def _ignore_stop_signals(worker_init_fn, worker_id: int) -> None:
-    for sig in STOP_SIGNALS:
+def _ignore_stop_signals(signals: Sequence[int], worker_init_fn, worker_id: int) -> None:
+    for sig in signals:
         signal.signal(sig, signal.SIG_IGN)
     if worker_init_fn is not None:  # the loader's own (Detectron2 seeds each worker there)
         worker_init_fn(worker_id)
 
 
 def ignore_stop_signals_in_workers(loader):
-    """Make the DataLoader worker processes of ``loader`` ignore SIGTERM and SIGINT; call it
-    before the loader is first iterated, and :func:`stop_data_loader_workers` when a run ends.
+    """Make the DataLoader worker processes of ``loader`` ignore SIGTERM, SIGINT and the requeue
+    signal (:func:`recording_signal`); call it before the loader is first iterated, and
+    :func:`stop_data_loader_workers` when a run ends.
 
     Args:
         loader: a ``torch.utils.data.DataLoader``, or a Detectron2 loader wrapping one.
@@ -105,7 +158,9 @@ def ignore_stop_signals_in_workers(loader):
     if data_loader is None:
         logger.debug("No torch DataLoader found in %s: its workers keep their signal handlers", type(loader))
     elif getattr(data_loader.worker_init_fn, "func", None) is not _ignore_stop_signals:
-        data_loader.worker_init_fn = functools.partial(_ignore_stop_signals, data_loader.worker_init_fn)
+        data_loader.worker_init_fn = functools.partial(
+            _ignore_stop_signals, tuple(sorted(_handled_signals)), data_loader.worker_init_fn
+        )
     return loader
 
 
@@ -128,8 +183,9 @@ def stop_data_loader_workers() -> None:
 
 @contextlib.contextmanager
 def forward_stop_signals() -> Iterator[List[int]]:
-    """In a launcher process: pass SIGTERM/SIGINT on to the training processes it started (so that
-    they stop together after a checkpoint instead of running on); yields the signals received."""
+    """In a launcher process: pass SIGTERM/SIGINT (and the requeue signal) on to the training
+    processes it started (so that they stop together after a checkpoint instead of running on);
+    yields the signals received."""
     received = []
 
     def forward(signum, frame):
@@ -141,7 +197,7 @@ def forward_stop_signals() -> Iterator[List[int]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, forward) for sig in sorted(_handled_signals)}
     try:
         yield received
     finally:

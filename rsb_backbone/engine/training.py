@@ -4,7 +4,7 @@ the trainers' finite-loss check and gradient clipping."""
 import json
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -18,6 +18,7 @@ from ..detector_checkpoint import load_detector_checkpoint
 from ..model_metadata import ModelMetadataState, training_model_metadata
 from .atomic_checkpointer import AtomicCheckpointer, remove_stale_temporary_files
 from .outcomes import NonFiniteLossError, user_input_stage
+from .slurm import SlurmRequeue, describe_job, slurm_job
 from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers, max_over_processes
 
 logger = logging.getLogger(__name__)
@@ -131,12 +132,15 @@ def do_test(cfg, model) -> Dict[str, Any]:
     return results
 
 
-def do_train(cfg, *, resume: bool) -> None:
-    """Train ``cfg.model`` with periodic checkpoints and evaluation, metrics and TensorBoard.
+def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> None:
+    """Train ``cfg.model`` with periodic checkpoints and evaluation, metrics and TensorBoard; the
+    final evaluation's results go to ``eval_results.json`` in ``train.output_dir``.
 
     Args:
         cfg: a LazyConfig with model, dataloader, optimizer, lr_multiplier and train.
-        resume: continue from ``last_checkpoint`` in ``train.output_dir`` when there is one.
+        resume: continue from ``last_checkpoint`` in ``train.output_dir`` when there is one. A
+            completed run whose final evaluation did not finish (its job's time ran out) evaluates.
+        requeue: under SLURM, what requeues the job after its time-limit signal.
     """
     with user_input_stage():  # bad config values, data sets or checkpoints: one line, exit 2
         model = instantiate(cfg.model).to(cfg.train.device)
@@ -150,6 +154,12 @@ def do_train(cfg, *, resume: bool) -> None:
         model = wrap_ddp(model, **cfg.train.ddp)
         trainer_class = _CheckedAMPTrainer if cfg.train.amp.enabled else _CheckedSimpleTrainer
         trainer = trainer_class(model, train_loader, optimizer)
+        evaluations = []  # every evaluation's results: the last is the final one once training is done
+
+        def evaluate():
+            evaluations.append(do_test(cfg, model))
+            return evaluations[-1]
+
         metadata = ModelMetadataState(training_model_metadata(cfg))  # class names, saved with the weights
         checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer, metadata=metadata)
         clip = cfg.train.get("clip_grad", {}) or {}
@@ -163,9 +173,9 @@ def do_train(cfg, *, resume: bool) -> None:
                     if clip.get("enabled")
                     else None
                 ),
-                CheckpointOnSignalHook(checkpointer),
+                CheckpointOnSignalHook(checkpointer, requeue),
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
-                hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+                hooks.EvalHook(cfg.train.eval_period, evaluate),
                 (
                     hooks.PeriodicWriter(
                         default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
@@ -180,10 +190,24 @@ def do_train(cfg, *, resume: bool) -> None:
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that just finished: start at the next one.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    if start_iter >= cfg.train.max_iter:
+    if start_iter:
+        job = slurm_job()
         logger.info(
-            "Nothing to train: the checkpoint is at iteration %d of %d", start_iter, cfg.train.max_iter
+            "Resuming at iteration %d of %d from %s%s",
+            start_iter,
+            cfg.train.max_iter,
+            checkpointer.get_checkpoint_file(),
+            f" ({describe_job(job)})" if job else "",
         )
+    if start_iter >= cfg.train.max_iter:
+        results_file = os.path.join(cfg.train.output_dir, "eval_results.json")
+        if cfg.train.eval_period > 0 and not os.path.exists(results_file):
+            logger.info("Training is complete but its final evaluation is missing: evaluating")
+            write_eval_results(do_test(cfg, model), cfg.train.output_dir)
+        else:
+            logger.info(
+                "Nothing to train: the checkpoint is at iteration %d of %d", start_iter, cfg.train.max_iter
+            )
         return
     try:
         trainer.train(start_iter, cfg.train.max_iter)
@@ -191,3 +215,5 @@ def do_train(cfg, *, resume: bool) -> None:
         raise
     except FloatingPointError as e:  # Detectron2's own divergence checks (e.g. NaN boxes)
         raise NonFiniteLossError(f"training diverged at iteration {trainer.iter}: {e}") from e
+    if evaluations:
+        write_eval_results(evaluations[-1], cfg.train.output_dir)
