@@ -1,6 +1,7 @@
 """Shared test helpers: small weight files in the formats users bring."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -65,3 +66,26 @@ def tiny_shapes(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
     return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster for this test session (tests/slurm_cluster.py). Where it cannot
+    be started the tests that use it skip, except under CI=true, where that is a failure."""
+    from slurm_cluster import SlurmCluster, missing_requirements
+
+    reason = missing_requirements()
+    cluster = None
+    if reason is None:
+        cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
+        try:
+            cluster.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            cluster.stop()
+            reason = f"SLURM did not start: {e}"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+    yield cluster
+    cluster.stop()
