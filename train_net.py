@@ -14,7 +14,6 @@ through a yacs config of configs/yacs with MODEL.WEIGHTS; your own COCO-format d
 
 import argparse
 import logging
-import os
 import signal
 import sys
 
@@ -49,12 +48,8 @@ from rsb_backbone.engine import (
     wrap_ddp,
     write_eval_results,
 )
-from rsb_backbone.model_metadata import training_model_metadata
-from rsb_backbone.timm_resnet import skip_pretrained_weights
-
-# The shapes demo's data sets, for its yacs configs and its runs' config.yaml (its LazyConfigs register them).
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "shapes_demo"))
-from shapes_registration import register_shapes_demo_datasets  # noqa: E402
+from rsb_backbone.checkpoint.model_metadata import training_model_metadata
+from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
 logger = logging.getLogger("rsb_backbone.train_net")
 
@@ -92,7 +87,6 @@ def build_argument_parser():
 
 def setup_config(args):
     """Load the config, apply overrides, register data sets and fill in device and classes."""
-    register_shapes_demo_datasets()
     for spec in args.register_coco:
         register_coco_from_arg(spec)
     if config_file_kind(args.config_file) == YACS:
@@ -152,9 +146,9 @@ def invoke_main() -> None:
     except UserInputError as e:
         outcome = outcome_of(e)
     except KeyboardInterrupt:  # Ctrl-C before the training loop took over SIGINT
-        outcome = RunOutcome(128 + signal.SIGINT, "train_net.py: interrupted before training started")
+        outcome = RunOutcome(128 + signal.SIGINT, "interrupted before training started")
     if outcome is not None:
-        print(outcome.message, file=sys.stderr)
+        print(f"{parser.prog}: {outcome.message}", file=sys.stderr)
         sys.exit(outcome.exit_code)
 
 

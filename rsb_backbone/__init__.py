@@ -1,15 +1,25 @@
 """RSB-Detectron2: timm's "ResNet strikes back" ResNet-50 as a Detectron2 backbone.
 
-Importing it registers the yacs backbone builders in Detectron2's ``BACKBONE_REGISTRY`` and nothing
-else: no data sets (the shapes demo's configs register theirs) and no OpenCV import.
+Importing it registers the yacs backbone builders and the mmdetection-faithful heads in
+Detectron2's registries and nothing else: no data sets (``rsb_backbone.data`` registers the shapes
+demo's, as ``detectron2.data`` registers its builtin sets) and no OpenCV import. Earlier module
+names (``rsb_backbone.export``, ``rsb_backbone.modeling.backbone.timm_resnet``, ...) still import.
 """
 
-from .fpn import RetinaNetP6P7
-from .norm_modes import FROZEN_STATS_BN, NORM_MODES
-from .pixel_stats import pixel_normalization
-from .timm_resnet import STAGE_NAMES, TimmResNet, stage_channels
-from .tensor_files import WeightFileError
-from .yacs_builders import add_rsb_config  # also registers the yacs backbone builders
+from .checkpoint.tensor_files import WeightFileError
+from .modeling.backbone import (
+    FROZEN_STATS_BN,
+    NORM_MODES,
+    STAGE_NAMES,
+    RetinaNetP6P7,
+    TimmResNet,
+    add_rsb_config,
+    pixel_normalization,
+    stage_channels,
+)
+from .utils import moved_modules
+
+moved_modules.install()
 
 __version__ = "0.1.0"
 

@@ -8,11 +8,8 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The shapes demo's generator and data set registration (shapes_generator, shapes_registration).
-SHAPES_DEMO_DIR = os.path.join(REPO_ROOT, "projects", "shapes_demo")
-for _path in (SHAPES_DEMO_DIR, REPO_ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if REPO_ROOT not in sys.path:  # the configs package (configs/) for LazyConfig imports in tests
+    sys.path.insert(0, REPO_ROOT)
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
@@ -62,7 +59,7 @@ def timm_resnet50_state_dict():
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory):
     """A small generated COCO-format data set with masks: 8 train and 4 val images."""
-    from shapes_generator import generate_shapes_dataset
+    from rsb_backbone.data.datasets.shapes import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
     return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)
@@ -89,3 +86,12 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip(reason)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def trained_detectors(tiny_shapes, tmp_path_factory):
+    """The six detectors, each trained once per session by train_net.py on ``tiny_shapes`` and
+    evaluated with ``--eval-only`` (tests/trained_detectors.py): name -> TrainedDetector."""
+    from trained_detectors import train_detectors
+
+    return train_detectors(tiny_shapes, str(tmp_path_factory.mktemp("trained_detectors")))

@@ -18,7 +18,7 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.structures import Boxes, BoxMode, Instances
 
-import shapes_generator as shapes  # projects/shapes_demo, on sys.path through conftest.py
+import rsb_backbone.data.datasets.shapes as shapes
 from rsb_backbone.data import (
     SkippingDatasetMapper,
     load_coco_instances_checked,
@@ -26,8 +26,8 @@ from rsb_backbone.data import (
     register_coco_from_arg,
     register_coco_instances_checked,
 )
-from shapes_generator import ensure_shapes_dataset, generate_shapes_dataset
-from shapes_registration import (
+from rsb_backbone.data.datasets.shapes import ensure_shapes_dataset, generate_shapes_dataset
+from rsb_backbone.data.datasets.builtin import (
     SHAPES_DATASETS,
     datasets_root,
     register_shapes_dataset,

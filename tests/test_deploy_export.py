@@ -17,18 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from deploy_training import (
-    DEPLOY_CONFIGS,
-    MASK_MODELS,
-    VAL_NAME,
-    model_overrides,
-    register_args,
-    train_deploy_checkpoints,
-)
 from detection_checks import assert_same_detections
-from rsb_backbone.deploy import ExportedDetector, Preprocessor, export_predictor, preprocessing_spec
+from rsb_backbone.export import ExportedDetector, Preprocessor, export_predictor, preprocessing_spec
 from rsb_backbone.inference import LazyConfigPredictor
-from train_net_runner import read_eval_results, run_train_net
+from trained_detectors import DETECTOR_CONFIGS, MASK_MODELS, VAL_NAME
+from train_net_runner import dataset_args, read_eval_results
 
 # Low enough that the briefly trained models detect something, above RetinaNet's prior (0.01).
 SCORE_THRESHOLD = 0.02
@@ -36,23 +29,15 @@ TEST_SIZES = [(150, 220), (260, 140)]  # (height, width) of the compared images
 
 
 @pytest.fixture(scope="session")
-def deploy_data(tmp_path_factory):
-    from shapes_generator import generate_shapes_dataset
-
-    root = tmp_path_factory.mktemp("deploy_data") / "shapes"
-    return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)
+def deploy_models(trained_detectors):
+    """name -> (saved config.yaml, model_final.pth) of the session's shared train_net.py runs."""
+    return {name: (trained.config, trained.checkpoint) for name, trained in trained_detectors.items()}
 
 
 @pytest.fixture(scope="session")
-def deploy_models(deploy_data, tmp_path_factory):
-    """name -> (saved config.yaml, model_final.pth) after 2 training iterations."""
-    return train_deploy_checkpoints(deploy_data, str(tmp_path_factory.mktemp("deploy_train")))
-
-
-@pytest.fixture(scope="session")
-def images(deploy_data):
+def images(tiny_shapes):
     """The traced image (first val image) and two generated images of other sizes."""
-    root = deploy_data["val"]["image_root"]
+    root = tiny_shapes["val"]["image_root"]
     files = sorted(os.listdir(root))
     sample = cv2.imread(os.path.join(root, files[0]))
     others = [cv2.resize(cv2.imread(os.path.join(root, f)), (w, h)) for f, (h, w) in zip(files[1:], TEST_SIZES)]
@@ -74,7 +59,7 @@ def _predictor(models, name, fuse=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(DEPLOY_CONFIGS))
+@pytest.mark.parametrize("name", list(DETECTOR_CONFIGS))
 def test_exported_models_give_pytorch_detections(name, deploy_models, images, tmp_path):
     sample, others = images
     reference = _predictor(deploy_models, name)
@@ -111,10 +96,10 @@ def _run_script(script, args):
 
 
 @pytest.mark.slow
-def test_onnx_model_evaluates_like_train_net_eval_only(deploy_models, deploy_data, tmp_path):
+def test_onnx_model_evaluates_like_train_net_eval_only(trained_detectors, tiny_shapes, tmp_path):
     name = "mask_rcnn"
-    config, checkpoint = deploy_models[name]
-    registration = register_args(deploy_data)
+    config, checkpoint = trained_detectors[name].config, trained_detectors[name].checkpoint
+    registration = dataset_args(tiny_shapes)[:4]  # the --register-coco arguments
     export_dir, eval_dir = str(tmp_path / "onnx"), str(tmp_path / "onnx_eval")
     exported = _run_script(
         "export_model.py",
@@ -126,13 +111,7 @@ def test_onnx_model_evaluates_like_train_net_eval_only(deploy_models, deploy_dat
     with open(os.path.join(eval_dir, "eval_results.json")) as f:
         onnx_results = json.load(f)
 
-    train_net_dir = str(tmp_path / "train_net_eval")
-    run_train_net(
-        ["--config-file", os.path.join(REPO_ROOT, DEPLOY_CONFIGS[name]), "--eval-only", *registration,
-         f"train.init_checkpoint={checkpoint}", f"train.output_dir={train_net_dir}", "train.device=cpu",
-         *model_overrides(name)]
-    )  # fmt: skip
-    expected = read_eval_results(train_net_dir)
+    expected = read_eval_results(trained_detectors[name].eval_dir)  # train_net.py --eval-only
     assert set(onnx_results) == set(expected) == {"bbox", "segm"}
     assert np.isfinite(expected["bbox"]["AP"]) and np.isfinite(onnx_results["bbox"]["AP"])
     assert abs(onnx_results["bbox"]["AP"] - expected["bbox"]["AP"]) <= 0.1, (onnx_results, expected)
@@ -144,10 +123,10 @@ def test_onnx_model_evaluates_like_train_net_eval_only(deploy_models, deploy_dat
     results_dir = str(tmp_path / "onnx_results")
     _run_script(
         "run_exported.py",
-        ["--model", export_dir, "--input", deploy_data["val"]["image_root"],
-         "--coco-json", deploy_data["val"]["json_file"], "--output", results_dir],
+        ["--model", export_dir, "--input", tiny_shapes["val"]["image_root"],
+         "--coco-json", tiny_shapes["val"]["json_file"], "--output", results_dir],
     )  # fmt: skip
-    coco = COCO(deploy_data["val"]["json_file"])
+    coco = COCO(tiny_shapes["val"]["json_file"])
     detections = coco.loadRes(os.path.join(results_dir, "predictions.json"))
     assert len(detections.getAnnIds()) > 0
 

@@ -13,7 +13,7 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from conftest import REPO_ROOT, randomize_batchnorm
 from detection_checks import assert_same_detections
-from rsb_backbone.deploy import fold_norm_into_conv, fold_norms, to_deployment_form
+from rsb_backbone.export import fold_norm_into_conv, fold_norms, to_deployment_form
 from rsb_backbone.config import load_config_with_overrides
 from rsb_backbone.inference import set_score_threshold
 

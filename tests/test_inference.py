@@ -1,9 +1,9 @@
 """Inference: DefaultPredictor on the yacs configs, LazyConfigPredictor, the demo, yacs evaluation.
 
-The slow tests share checkpoints of the four shapes detectors, each trained for two iterations
-by ``train_net.py`` (one subprocess for all four) on a tiny generated data set. The trunk is
-ResNet-18 to save CPU time: the FPN takes its input channels from the trunk's output shapes, so
-yacs and LazyConfig models change together and the comparisons stay meaningful.
+The slow tests share the session's checkpoints of the four shapes detectors, each trained for three
+iterations by ``train_net.py`` (tests/trained_detectors.py). The trunk is ResNet-18 to save CPU
+time: the FPN takes its input channels from the trunk's output shapes, so yacs and LazyConfig
+models change together and the comparisons stay meaningful.
 """
 
 import contextlib
@@ -30,7 +30,7 @@ from detectron2.modeling import build_model
 from conftest import REPO_ROOT
 from rsb_backbone import pixel_normalization
 from rsb_backbone.data import register_coco_instances_checked
-from shapes_generator import generate_shapes_dataset
+from rsb_backbone.data.datasets.shapes import generate_shapes_dataset
 from rsb_backbone.config import LAZY, YACS, config_file_kind, load_config_with_overrides
 from rsb_backbone.inference import (
     ARCHITECTURES,
@@ -40,7 +40,7 @@ from rsb_backbone.inference import (
     load_yacs_config,
     yacs_config_file,
 )
-from rsb_backbone.tensor_files import WeightFileError
+from rsb_backbone.checkpoint.tensor_files import WeightFileError
 
 ARCHS = tuple(ARCHITECTURES)
 TRUNK = "resnet18"
@@ -128,47 +128,11 @@ def _register_args(paths):
     ]  # fmt: skip
 
 
-# Runs train_net.py's own main() once per detector in one process (one interpreter start-up).
-_TRAIN_DRIVER = """
-import json, sys
-sys.path.insert(0, {repo!r})
-import train_net
-for argv in json.loads(sys.argv[1]):
-    train_net.main(train_net.build_argument_parser().parse_args(argv))
-"""
-
-
 @pytest.fixture(scope="session")
-def checkpoints(tiny_data, tmp_path_factory):
-    """arch -> model_final.pth written by train_net.py after 2 iterations on the tiny data."""
-    out = tmp_path_factory.mktemp("inference_train")
-    runs, files = [], {}
-    for arch in ARCHS:
-        output_dir = str(out / arch)
-        runs.append(
-            ["--config-file", shapes_config(arch), *_register_args(tiny_data),
-             f"dataloader.train.dataset.names={TRAIN_NAME}", f"dataloader.test.dataset.names={VAL_NAME}",
-             "train.max_iter=2", "train.eval_period=0", f"train.output_dir={output_dir}",
-             "dataloader.train.total_batch_size=1", "dataloader.train.num_workers=0",
-             # CPU time: 32 sampled RoIs per image (shapes config: 128) cut the RoI heads' backward
-             *([] if arch == "retinanet" else ["model.roi_heads.batch_size_per_image=32"]),
-             "dataloader.test.num_workers=0",
-             f"dataloader.train.mapper.augmentations.0.short_edge_length=[{MIN_SIZE}]",
-             f"dataloader.train.mapper.augmentations.0.max_size={MAX_SIZE}",
-             *LAZY_OVERRIDES, *LAZY_CAPS[arch]]
-        )  # fmt: skip
-        files[arch] = os.path.join(output_dir, "model_final.pth")
-    result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_DRIVER.format(repo=REPO_ROOT), json.dumps(runs)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, f"train_net.py failed:\n{result.stderr[-4000:]}"
-    for arch, path in files.items():
-        assert os.path.isfile(path), f"{arch}: no {path}"
-    return files
+def checkpoints(trained_detectors):
+    """arch -> model_final.pth of the session's shared train_net.py runs (tests/trained_detectors.py:
+    ResNet-18 trunk, 3 iterations)."""
+    return {arch: trained_detectors[arch].checkpoint for arch in ARCHS}
 
 
 @pytest.fixture(scope="session")
@@ -547,5 +511,5 @@ def test_train_net_refuses_to_train_from_a_yacs_config(tmp_path):
     import train_net
 
     args = train_net.build_argument_parser().parse_args(["--config-file", yacs_config_file("faster_rcnn")])
-    with pytest.raises(ValueError, match=r"yacs config, which train_net.py only evaluates \(--eval-only\)"):
+    with pytest.raises(ValueError, match=r"yacs config, which is for evaluation only \(--eval-only\)"):
         train_net.setup_config(args)

@@ -105,5 +105,6 @@ def test_installed_copy_builds_a_predictor_from_a_packaged_config(tmp_path):
     assert seen["image_size"] == [72, 100] and seen["num_detections"] > 0
     assert 0.0 <= seen["box_range"][0] <= seen["box_range"][1] <= 100.0
     assert (seen["yacs_backbone"], seen["yacs_rsb_norm"]) == ("build_rsb_resnet_fpn_backbone", "FrozenStatsBN")
-    # The shapes configs load; without the checkout's projects/shapes_demo they register nothing.
-    assert seen["shapes_test_set"] == "rsb_shapes_val" and seen["registered_shapes"] == []
+    # The shapes configs load, and their data sets are the installed package's builtin ones.
+    assert seen["shapes_test_set"] == "rsb_shapes_val"
+    assert seen["registered_shapes"] == ["rsb_shapes_train", "rsb_shapes_val"]

@@ -32,3 +32,4 @@ def test_processes_that_finish_leave_the_process_group_before_exiting(tmp_path):
     assert outcome is None
     states = {name: (tmp_path / name).read_text() for name in sorted(os.listdir(tmp_path))}
     assert states == {"process0": "destroyed", "process1": "destroyed"}
+

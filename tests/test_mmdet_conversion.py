@@ -25,7 +25,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from rsb_backbone.engine import AtomicCheckpointer
+from rsb_backbone.checkpoint import AtomicCheckpointer
 from rsb_backbone.mmdet_conversion import (
     DEFAULT_CONFIGS,
     DETECTORS,
@@ -38,7 +38,7 @@ from rsb_backbone.mmdet_conversion import (
     permute_anchor_blocks,
 )
 from rsb_backbone.mmdet_conversion import convert as convert_module
-from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
+from rsb_backbone.checkpoint.tensor_files import WeightFileError, load_tensor_file
 
 from conftest import REPO_ROOT
 

@@ -17,8 +17,8 @@ from detectron2.utils.events import EventStorage
 from conftest import REPO_ROOT
 from rsb_backbone.data.image_size_filter import drop_small_images, get_detection_dataset_dicts_min_size
 from rsb_backbone.modeling import MMDetMatcher, anchors_on_image
-from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
-from rsb_backbone.timm_weights import resolve_weights_file
+from rsb_backbone.checkpoint.tensor_files import WeightFileError, load_tensor_file
+from rsb_backbone.modeling.backbone.timm_weights import resolve_weights_file
 from train_net_runner import FAST_OVERRIDES, dataset_args, read_metrics, run_train_net
 
 RPN_MATCHER = dict(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True)

@@ -22,8 +22,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
 from conftest import REPO_ROOT
-from rsb_backbone.engine import AtomicCheckpointer
-from rsb_backbone.model_metadata import (
+from rsb_backbone.checkpoint import AtomicCheckpointer
+from rsb_backbone.checkpoint.model_metadata import (
     ModelMetadataState,
     config_model_metadata,
     detectron2_metadata,
@@ -33,7 +33,7 @@ from rsb_backbone.model_metadata import (
     storable_model_metadata,
     training_model_metadata,
 )
-from rsb_backbone.publishing import publish_checkpoint
+from rsb_backbone.checkpoint.publishing import publish_checkpoint
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET
 
 # shapes category id -> (new id, new name): non-contiguous ids, names unlike the shapes set's.
@@ -156,7 +156,7 @@ def _relabel(json_file, out_file):
 @pytest.fixture(scope="module")
 def relabelled(tmp_path_factory):
     """4 train and 2 val shapes images, with the re-labelled categories."""
-    from shapes_generator import generate_shapes_dataset
+    from rsb_backbone.data.datasets.shapes import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("relabelled")
     paths = generate_shapes_dataset(

@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 
 from conftest import REPO_ROOT
-from rsb_backbone.engine import AtomicCheckpointer
+from rsb_backbone.checkpoint import AtomicCheckpointer
 from rsb_backbone.inference import load_detector_checkpoint
-from rsb_backbone.model_metadata import read_model_metadata
-from rsb_backbone.publishing import publish_checkpoint, published_file_name
-from rsb_backbone.tensor_files import WeightFileError, load_tensor_file
+from rsb_backbone.checkpoint.model_metadata import read_model_metadata
+from rsb_backbone.checkpoint.publishing import publish_checkpoint, published_file_name
+from rsb_backbone.checkpoint.tensor_files import WeightFileError, load_tensor_file
 from test_mmdet_conversion import (  # noqa: F401 (cached_models is a fixture)
     NUM_CLASSES,
     cached_models,

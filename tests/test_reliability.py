@@ -16,7 +16,8 @@ from detectron2.config import LazyCall as L
 from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import ConstantParamScheduler
 
-from rsb_backbone.engine import AtomicCheckpointer, NonFiniteLossError, do_train
+from rsb_backbone.checkpoint import AtomicCheckpointer
+from rsb_backbone.engine import NonFiniteLossError, do_train
 
 from conftest import REPO_ROOT, CreatesFileWhenUnpickled
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
@@ -98,7 +99,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    import rsb_backbone.engine.atomic_checkpointer as checkpoint_module
+    import rsb_backbone.utils.file_io as checkpoint_module
 
     real_save = torch.save
     calls = {"n": 0}

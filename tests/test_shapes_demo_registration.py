@@ -1,4 +1,6 @@
-"""Where the shapes demo's data sets are registered: by its configs, never by ``import rsb_backbone``."""
+"""Where the shapes demo's data sets are registered: by ``import rsb_backbone.data`` (as importing
+``detectron2.data`` registers Detectron2's builtin sets), never by ``import rsb_backbone`` alone
+or by a config file itself; registering writes nothing and needs no OpenCV."""
 
 import json
 import os
@@ -39,24 +41,25 @@ def _probe(statements: str, tmp_path, **env) -> dict:
     return seen
 
 
-def test_import_registers_no_data_set_and_needs_no_opencv(tmp_path):
+def test_importing_the_package_registers_no_data_set_and_needs_no_opencv(tmp_path):
     # Detectron2 itself imports OpenCV when it is imported, unless DETECTRON2_DISABLE_CV2=1: then
     # any `import cv2` raises ImportError, so this fails if a module of the package imports it.
-    seen = _probe("import rsb_backbone, rsb_backbone.data", tmp_path, DETECTRON2_DISABLE_CV2="1")
+    seen = _probe("import rsb_backbone", tmp_path, DETECTRON2_DISABLE_CV2="1")
     assert seen["cv2"] == "None"  # blocked by Detectron2's switch, never loaded
     assert seen["names"] == []
 
 
-def test_a_shapes_config_registers_the_demo_data_sets(tmp_path):
-    config = os.path.join(REPO_ROOT, "configs", "shapes", "faster_rcnn_rsb_r18_fpn_shapes_quick.py")
-    seen = _probe(f"from detectron2.config import LazyConfig; LazyConfig.load({config!r})", tmp_path)
+def test_the_data_package_registers_the_builtin_shapes_sets_writing_nothing(tmp_path):
+    seen = _probe("import rsb_backbone.data", tmp_path, DETECTRON2_DISABLE_CV2="1")
+    assert seen["cv2"] == "None"
     assert seen["names"] == ["rsb_shapes_train", "rsb_shapes_val"]
     shapes_root = os.path.join(str(tmp_path), "datasets", "shapes")  # $RSB_DATASETS/shapes
     assert seen["json_files"] == [os.path.join(shapes_root, f"{s}.json") for s in ("train", "val")]
     assert not os.path.exists(shapes_root)  # registering writes nothing
 
 
-def test_a_coco_config_registers_no_demo_data_set(tmp_path):
-    config = os.path.join(REPO_ROOT, "configs", "COCO", "mask_rcnn_rsb_r50_fpn_1x.py")
+def test_a_shapes_config_finds_the_sets_through_the_package_it_imports(tmp_path):
+    config = os.path.join(REPO_ROOT, "configs", "shapes", "faster_rcnn_rsb_r18_fpn_shapes_quick.py")
     seen = _probe(f"from detectron2.config import LazyConfig; LazyConfig.load({config!r})", tmp_path)
-    assert seen["names"] == []
+    assert seen["names"] == ["rsb_shapes_train", "rsb_shapes_val"]
+    assert not os.path.exists(os.path.join(str(tmp_path), "datasets"))

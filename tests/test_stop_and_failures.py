@@ -18,7 +18,15 @@ from detectron2.config import instantiate
 from rsb_backbone.config import load_config_with_overrides
 
 from conftest import REPO_ROOT
-from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
+from train_net_runner import (
+    FAST_OVERRIDES,
+    TRAIN_NET,
+    dataset_args,
+    read_metrics,
+    run_train_net,
+    shapes_config,
+    train_net_in_process,
+)
 
 FASTER = shapes_config("faster_rcnn")
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -199,11 +207,9 @@ def test_an_error_deep_in_training_keeps_its_traceback(tiny_shapes, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def faster_checkpoint(tiny_shapes, tmp_path_factory):
-    """A briefly trained Faster R-CNN (ResNet-18 trunk) on the tiny shapes set."""
-    out = str(tmp_path_factory.mktemp("faster_r18"))
-    run_train_net(_args(tiny_shapes, out, max_iter=1))
-    return os.path.join(out, "model_final.pth")
+def faster_checkpoint(trained_detectors):
+    """A briefly trained Faster R-CNN (ResNet-18 trunk) on the tiny shapes set (the session's shared run)."""
+    return trained_detectors["faster_rcnn"].checkpoint
 
 
 @pytest.mark.slow
@@ -234,8 +240,7 @@ def _truncate(path, keep_fraction=0.5):
         f.truncate(int(size * keep_fraction))
 
 
-def _with_truncated_image(dataset, root, split):
-    """A copy of ``dataset`` whose first image of ``split`` is cut in half (a partial download)."""
+def _copy_dataset(dataset, root):
     import shutil
 
     copied = {}
@@ -245,6 +250,12 @@ def _with_truncated_image(dataset, root, split):
         json_file = root / f"{name}.json"
         shutil.copy(dataset[name]["json_file"], json_file)
         copied[name] = {"json_file": str(json_file), "image_root": str(image_root)}
+    return copied
+
+
+def _with_truncated_image(dataset, root, split):
+    """A copy of ``dataset`` whose first image of ``split`` is cut in half (a partial download)."""
+    copied = _copy_dataset(dataset, root)
     first = json.loads((root / f"{split}.json").read_text())["images"][0]["file_name"]
     _truncate(root / split / first)
     return copied, str(root / split / first)
@@ -282,7 +293,7 @@ def test_truncated_evaluation_jpeg_is_named_in_one_line(tiny_shapes, faster_chec
 
 
 def test_override_of_the_wrong_type_is_one_line():
-    result = run_train_net(["--config-file", FASTER, "train.max_iter=abc"], check=False, timeout=120)
+    result = train_net_in_process(["--config-file", FASTER, "train.max_iter=abc"])
     assert result.returncode == 2
     _assert_one_line(result.stderr, "train_net.py: error:", "train.max_iter", "'abc'", "integer")
 
@@ -290,7 +301,7 @@ def test_override_of_the_wrong_type_is_one_line():
 def test_config_file_with_a_syntax_error_is_one_line(tmp_path):
     broken = tmp_path / "broken_config.py"
     broken.write_text("from configs.shapes import x\nmodel = dict(\n")
-    result = run_train_net(["--config-file", str(broken)], check=False, timeout=120)
+    result = train_net_in_process(["--config-file", str(broken)])
     assert result.returncode == 2
     _assert_one_line(result.stderr, "train_net.py: error:", str(broken), "line 2")
 

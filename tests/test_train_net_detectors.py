@@ -1,50 +1,41 @@
-"""Each of the four RSB detectors trains and evaluates through train_net.py on CPU."""
+"""Each of the four RSB detectors trains and evaluates through train_net.py on CPU (the session's
+shared runs of tests/trained_detectors.py: 3 iterations, a checkpoint after each, the final
+evaluation, then ``--eval-only`` of the final checkpoint)."""
 
+import json
 import math
 import os
 
 import pytest
 import torch
 
-from train_net_runner import (
-    FAST_OVERRIDES,
-    dataset_args,
-    read_eval_results,
-    read_metrics,
-    run_train_net,
-    shapes_config,
-)
-
-DETECTORS = ["faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet"]
-MASK_DETECTORS = {"mask_rcnn", "cascade_mask_rcnn"}
+from trained_detectors import MASK_MODELS, MAX_ITER, SHAPES_DETECTORS
+from train_net_runner import read_eval_results, read_metrics
 
 
 def _load_model_state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def _assert_coco_results(results, detector):
+    expected_tasks = {"bbox", "segm"} if detector in MASK_MODELS else {"bbox"}
+    assert set(results) == expected_tasks
+    for task in expected_tasks:
+        assert {"AP", "AP50", "AP75"} <= set(results[task])
+        # percentages; NaN where a category or size has no ground truth (pycocotools' -1)
+        assert all(math.isnan(v) or 0.0 <= v <= 100.0 for v in results[task].values()), results[task]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("detector", DETECTORS)
-def test_trains_then_evaluates_checkpoint(detector, tiny_shapes, tmp_path):
-    out = str(tmp_path / "train")
-    run_train_net(
-        [
-            "--config-file", shapes_config(detector),
-            *dataset_args(tiny_shapes),
-            *FAST_OVERRIDES,
-            "train.max_iter=3",
-            "train.eval_period=0",
-            "train.checkpointer.period=1",
-            "train.checkpointer.max_to_keep=10",  # keep model_0000000.pth for the comparison below
-            f"train.output_dir={out}",
-        ]
-    )
+@pytest.mark.parametrize("detector", SHAPES_DETECTORS)
+def test_trains_with_finite_losses_and_moves_only_trainable_weights(detector, trained_detectors):
+    out = trained_detectors[detector].output_dir
     # Finite losses at every iteration, named as Detectron2 names them.
     records = [r for r in read_metrics(out) if "total_loss" in r]
-    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert [r["iteration"] for r in records] == list(range(MAX_ITER))
     assert all(math.isfinite(r["total_loss"]) for r in records)
     loss_names = {k for r in records for k in r if k.startswith("loss_")}
-    if detector in MASK_DETECTORS:
+    if detector in MASK_MODELS:
         assert "loss_mask" in loss_names
     # TensorBoard events and checkpoints exist; trainable weights moved, frozen ones did not.
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
@@ -58,24 +49,17 @@ def test_trains_then_evaluates_checkpoint(detector, tiny_shapes, tmp_path):
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert f.read().strip() == "model_final.pth"
 
-    # --eval-only on that checkpoint: COCO AP from pycocotools-format evaluation.
-    eval_out = str(tmp_path / "eval")
-    result = run_train_net(
-        [
-            "--config-file", shapes_config(detector),
-            "--eval-only",
-            *dataset_args(tiny_shapes),
-            *FAST_OVERRIDES,
-            f"train.init_checkpoint={out}/model_final.pth",
-            f"train.output_dir={eval_out}",
-        ]
-    )
-    results = read_eval_results(eval_out)
-    expected_tasks = {"bbox", "segm"} if detector in MASK_DETECTORS else {"bbox"}
-    assert set(results) == expected_tasks
-    for task in expected_tasks:
-        assert {"AP", "AP50", "AP75"} <= set(results[task])
-        # percentages; NaN where a category or size has no ground truth (pycocotools' -1)
-        assert all(math.isnan(v) or 0.0 <= v <= 100.0 for v in results[task].values()), results[task]
-    assert "copypaste: AP,AP50,AP75" in result.stdout + result.stderr
-    assert os.path.isfile(os.path.join(eval_out, "inference", "coco_instances_results.json"))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", SHAPES_DETECTORS)
+def test_the_final_evaluation_and_eval_only_give_the_same_coco_ap(detector, trained_detectors):
+    trained = trained_detectors[detector]
+    final = read_eval_results(trained.output_dir)  # written by training's final evaluation
+    _assert_coco_results(final, detector)
+    assert any("bbox/AP" in r for r in read_metrics(trained.output_dir)), "not in metrics.json"
+    evaluated = read_eval_results(trained.eval_dir)  # --eval-only of model_final.pth
+    _assert_coco_results(evaluated, detector)
+    assert json.dumps(evaluated, sort_keys=True) == json.dumps(final, sort_keys=True)
+    with open(os.path.join(trained.eval_dir, "log.txt")) as f:
+        assert "copypaste: AP,AP50,AP75" in f.read()
+    assert os.path.isfile(os.path.join(trained.eval_dir, "inference", "coco_instances_results.json"))

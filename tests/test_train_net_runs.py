@@ -5,14 +5,7 @@ import os
 
 import pytest
 
-from train_net_runner import (
-    FAST_OVERRIDES,
-    dataset_args,
-    read_eval_results,
-    read_metrics,
-    run_train_net,
-    shapes_config,
-)
+from train_net_runner import FAST_OVERRIDES, dataset_args, read_metrics, run_train_net, shapes_config, train_net_in_process
 
 FASTER = shapes_config("faster_rcnn")
 
@@ -71,25 +64,19 @@ def test_missing_config_file_is_named(tmp_path):
 
 
 def test_unknown_override_key_is_named_with_a_suggestion():
-    result = run_train_net(["--config-file", FASTER, "train.max_itr=3"], check=False, timeout=120)
+    result = train_net_in_process(["--config-file", FASTER, "train.max_itr=3"])
     _assert_one_line_error(result, "train.max_itr", "train.max_iter")
 
 
 def test_missing_json_is_named(tmp_path, tiny_shapes):
     image_dir = tiny_shapes["train"]["image_root"]
-    result = run_train_net(
-        ["--config-file", FASTER, "--register-coco", f"mine={tmp_path}/absent.json:{image_dir}"],
-        check=False, timeout=120,
-    )
+    result = train_net_in_process(["--config-file", FASTER, "--register-coco", f"mine={tmp_path}/absent.json:{image_dir}"])
     _assert_one_line_error(result, "absent.json")
 
 
 def test_missing_image_folder_is_named(tmp_path, tiny_shapes):
     json_file = tiny_shapes["train"]["json_file"]
-    result = run_train_net(
-        ["--config-file", FASTER, "--register-coco", f"mine={json_file}:{tmp_path}/no_images"],
-        check=False, timeout=120,
-    )
+    result = train_net_in_process(["--config-file", FASTER, "--register-coco", f"mine={json_file}:{tmp_path}/no_images"])
     _assert_one_line_error(result, "no_images")
 
 
@@ -99,23 +86,18 @@ def test_class_count_mismatch_between_train_and_test_sets(tmp_path, tiny_shapes)
     data["categories"].append({"id": 4, "name": "star", "supercategory": "shape"})
     json_file = tmp_path / "val_4_classes.json"
     json_file.write_text(json.dumps(data))
-    result = run_train_net(
-        [
+    result = train_net_in_process([
             "--config-file", FASTER,
             *dataset_args(tiny_shapes)[:2],
             "--register-coco", f"val4={json_file}:{tiny_shapes['val']['image_root']}",
             "dataloader.train.dataset.names=tiny_train",
             "dataloader.test.dataset.names=val4",
-        ],
-        check=False, timeout=120,
-    )
+        ])
     _assert_one_line_error(result, "class mismatch", "tiny_train", "val4")
 
 
 def test_unregistered_dataset_is_named():
-    result = run_train_net(
-        ["--config-file", FASTER, "dataloader.train.dataset.names=my_missing_set"], check=False, timeout=120
-    )
+    result = train_net_in_process(["--config-file", FASTER, "dataloader.train.dataset.names=my_missing_set"])
     _assert_one_line_error(result, "my_missing_set", "--register-coco")
 
 

@@ -1,9 +1,12 @@
 """Runs train_net.py as a user would (a subprocess) on small generated data."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from unittest import mock
 from typing import Dict, List, Sequence
 
 from conftest import REPO_ROOT
@@ -54,6 +57,22 @@ def run_train_net(args: Sequence[str], *, timeout: float = 900, env=None, check:
             f"train_net.py exited {result.returncode}\n--- stderr (end) ---\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def train_net_in_process(args: Sequence[str]) -> subprocess.CompletedProcess:
+    """Run ``train_net.py ARGS``'s entry point in this process, for bad input that it finds before
+    any training process starts (no interpreter start-up: a second instead of ten); the returned
+    object has the exit code and stderr, as :func:`run_train_net`'s."""
+    import train_net
+
+    stderr = io.StringIO()
+    returncode = 0
+    with mock.patch.object(sys, "argv", [TRAIN_NET, *args]), contextlib.redirect_stderr(stderr):
+        try:
+            train_net.invoke_main()
+        except SystemExit as e:
+            returncode = e.code
+    return subprocess.CompletedProcess([TRAIN_NET, *args], returncode, "", stderr.getvalue())
 
 
 def read_metrics(output_dir: str) -> List[dict]:

@@ -1,36 +1,15 @@
-# The generated shapes data set (projects/shapes_demo: circles, squares, triangles with masks) at
-# CPU-friendly sizes, for the configs/shapes/* demos. Random init by default, so that they run
-# offline; pass model.backbone.bottom_up.weights=resnet50.a1_in1k (or a file) to fine-tune from
-# the RSB weights. Any data set registered with --register-coco works too.
-#
-# Loading this file registers rsb_shapes_train/rsb_shapes_val (generated under
-# $RSB_DATASETS/shapes on first use) from the repository's projects/shapes_demo, the way a
-# Detectron2 project registers its own data. A copy of the configs without that folder (the
-# installed package) registers nothing: use --register-coco there.
-import logging
-import os
-import sys
-
+# The generated shapes data set (circles, squares, triangles with masks) at CPU-friendly sizes,
+# for the configs/shapes/* demos. rsb_shapes_train/rsb_shapes_val are builtin data sets of
+# rsb_backbone.data (generated under $RSB_DATASETS/shapes on first use), registered when that
+# package is imported, as it is by rsb_base. Random init by default, so that they run offline;
+# pass model.backbone.bottom_up.weights=resnet50.a1_in1k (or a file) to fine-tune from the RSB
+# weights. Any data set registered with --register-coco works too.
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 
 from .rsb_base import dataloader, train
-
-_SHAPES_DEMO_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "projects", "shapes_demo")
-)
-if os.path.isfile(os.path.join(_SHAPES_DEMO_DIR, "shapes_registration.py")):
-    if _SHAPES_DEMO_DIR not in sys.path:
-        sys.path.insert(0, _SHAPES_DEMO_DIR)
-    from shapes_registration import register_shapes_demo_datasets
-
-    register_shapes_demo_datasets()
-else:
-    logging.getLogger(__name__).info(
-        "%s not found: rsb_shapes_train/rsb_shapes_val are not registered", _SHAPES_DEMO_DIR
-    )
 
 NUM_CLASSES = 3  # train_net.py sets it from the training set's classes anyway
 

@@ -12,7 +12,7 @@ measured alternately, so that load from other processes touches both alike:
   the configs;
 * with ``--deploy`` (default): the deployment forms of the RSB model, measured in the same
   alternation: the folded model (norm layers folded into the convolutions,
-  ``rsb_backbone.deploy.to_deployment_form``) at batch 1 and ``--batch-size``, and that model
+  ``rsb_backbone.export.to_deployment_form``) at batch 1 and ``--batch-size``, and that model
   exported to ONNX and run by ONNX Runtime (CPU; batch 1; as many threads as torch), both as
   ratios against the built-in model.
 
@@ -59,7 +59,7 @@ from detectron2.utils.events import EventStorage
 
 from rsb_backbone import model_zoo
 from rsb_backbone.config import head_config, resolve_device, set_score_threshold
-from rsb_backbone.timm_resnet import skip_pretrained_weights
+from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
 
@@ -180,8 +180,8 @@ def build_deployment_forms(models: Dict[str, torch.nn.Module], image: Dict, devi
         name -> callable taking a list of model inputs (``rsb_folded`` a module, ``onnx`` a
         function of one image).
     """
-    from rsb_backbone.deploy import to_deployment_form
-    from rsb_backbone.deploy.export import trace_detector
+    from rsb_backbone.export import to_deployment_form
+    from rsb_backbone.export.exporter import trace_detector
 
     folded = to_deployment_form(copy.deepcopy(models["rsb"]).to(device))
     forms = {"rsb_folded": folded}

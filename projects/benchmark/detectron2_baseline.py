@@ -33,7 +33,7 @@ from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.utils.registry import locate
 
 from rsb_backbone import FROZEN_STATS_BN, NORM_MODES, TimmResNet
-from rsb_backbone.norm_modes import set_batchnorm_eval
+from rsb_backbone.modeling.backbone.timm_resnet import set_batchnorm_eval
 
 __all__ = [
     "EvalStatsResNet",

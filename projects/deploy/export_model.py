@@ -21,18 +21,15 @@ test resize, the score threshold, class names). Run them with ``run_exported.py`
 import argparse
 import logging
 import os
-import sys
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
-from rsb_backbone.cli import run_command
+from rsb_backbone.utils.errors import run_command
 from rsb_backbone.data import register_coco_from_arg
-from rsb_backbone.deploy import FORMATS, export_predictor
+from rsb_backbone.export import FORMATS, export_predictor
 from rsb_backbone.inference import build_predictor
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shapes_demo"))
-from shapes_registration import register_shapes_demo_datasets  # noqa: E402  (rsb_shapes_train/val)
 
 logger = logging.getLogger("rsb_detectron2.export_model")
 
@@ -92,7 +89,6 @@ def sample_image(args, predictor):
 
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
-    register_shapes_demo_datasets()
     for spec in args.register_coco:
         register_coco_from_arg(spec)
     opts = [o for o in args.opts if o != "--"]

@@ -29,12 +29,10 @@ from detectron2.data.detection_utils import read_image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "predict_demo"))
 from predict import coco_image_ids, collect_inputs  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shapes_demo"))
-from shapes_registration import register_shapes_demo_datasets  # noqa: E402  (rsb_shapes_train/val)
 
-from rsb_backbone.cli import run_command  # noqa: E402
+from rsb_backbone.utils.errors import run_command  # noqa: E402
 from rsb_backbone.data import register_coco_from_arg  # noqa: E402
-from rsb_backbone.deploy import ExportedDetector  # noqa: E402
+from rsb_backbone.export import ExportedDetector  # noqa: E402
 from rsb_backbone.inference import contiguous_to_dataset_ids, instances_to_coco_results  # noqa: E402
 
 logger = logging.getLogger("rsb_detectron2.run_exported")
@@ -88,7 +86,6 @@ def evaluate(detector: ExportedDetector, dataset: str, output_dir: str) -> dict:
 
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
-    register_shapes_demo_datasets()
     for spec in args.register_coco:
         register_coco_from_arg(spec)
     detector = ExportedDetector(args.model, num_threads=args.num_threads)

@@ -23,7 +23,7 @@ import os
 import sys
 
 from rsb_backbone.mmdet_conversion import DETECTORS, convert_mmdet_checkpoint
-from rsb_backbone.tensor_files import WeightFileError
+from rsb_backbone.checkpoint.tensor_files import WeightFileError
 
 
 def build_argument_parser() -> argparse.ArgumentParser:

@@ -175,7 +175,7 @@ def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True):
     from detectron2.config import LazyConfig, instantiate
 
     from rsb_backbone.engine import AtomicCheckpointer
-    from rsb_backbone.timm_resnet import skip_pretrained_weights
+    from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
     cfg = LazyConfig.load(os.path.join(REPO_ROOT, "configs", "COCO", f"{detector}_rsb_r50_fpn_1x_mmdet.py"))
     skip_pretrained_weights(cfg.model)  # no ImageNet download: every weight is set later

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from rsb_backbone.cli import run_command
+from rsb_backbone.utils.errors import run_command
 from rsb_backbone.inference import build_predictor, contiguous_to_dataset_ids, instances_to_coco_results
 
 logger = logging.getLogger("rsb_detectron2.predict_demo")

@@ -22,8 +22,8 @@ import argparse
 import logging
 import sys
 
-from rsb_backbone.publishing import publish_checkpoint
-from rsb_backbone.tensor_files import WeightFileError
+from rsb_backbone.checkpoint.publishing import publish_checkpoint
+from rsb_backbone.checkpoint.tensor_files import WeightFileError
 
 logger = logging.getLogger("rsb_detectron2.publish_model")
 

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from shapes_generator import generate_shapes_dataset  # this folder: sys.path[0] when run as a script
+from rsb_backbone.data.datasets.shapes import generate_shapes_dataset
 
 logger = logging.getLogger("rsb_detectron2.generate_shapes")
 

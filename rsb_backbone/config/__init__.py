@@ -1,15 +1,16 @@
-"""Loading and completing configs of either system for training and inference: LazyConfig overrides,
-file kinds, the four detectors' yacs configs, the device, the heads' classes and score threshold."""
+"""Loading and completing configs of either system for training and inference: where the packaged
+configs are, LazyConfig overrides, file kinds, the four detectors' yacs configs, the device, the
+heads' classes and score threshold."""
 
-from .detector_heads import (
+from .files import LAZY, YACS, config_file_kind, configs_root, get_config_file
+from .run_settings import (
     dataset_names,
     head_config,
+    resolve_device,
     score_threshold_of,
     set_score_threshold,
     sync_num_classes,
 )
-from .devices import resolve_device
-from .file_kind import LAZY, YACS, config_file_kind
 from .lazy_overrides import load_config_with_overrides
 from .yacs_configs import ARCHITECTURES, get_rsb_cfg, load_yacs_config, yacs_config_file
 
@@ -18,7 +19,9 @@ __all__ = [
     "LAZY",
     "YACS",
     "config_file_kind",
+    "configs_root",
     "dataset_names",
+    "get_config_file",
     "get_rsb_cfg",
     "head_config",
     "load_config_with_overrides",

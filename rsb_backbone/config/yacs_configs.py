@@ -1,15 +1,14 @@
 """yacs configs (``configs/yacs``) of the four RSB detectors, ready for ``DefaultPredictor``; they
-mirror the LazyConfigs of ``configs/COCO``, so ``train_net.py`` checkpoints load into them."""
+mirror the LazyConfigs of ``configs/COCO``, so checkpoints trained with those load into them."""
 
 import os
 from typing import Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 
-from ..model_zoo import get_config_file
-from ..yacs_builders import add_rsb_config
-from .detector_heads import head_config, set_score_threshold
-from .devices import resolve_device
+from ..modeling.backbone.fpn import add_rsb_config
+from .files import get_config_file
+from .run_settings import head_config, resolve_device, set_score_threshold
 
 # Each has its COCO 1x yacs config, configs/yacs/{arch}_rsb_r50_fpn_1x.yaml.
 ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
@@ -79,12 +78,13 @@ def get_rsb_cfg(
     test_dataset: Optional[str] = None,
     opts: Sequence[str] = (),
 ) -> CfgNode:
-    """A yacs config for ``DefaultPredictor(cfg)`` (or ``train_net.py --eval-only``).
+    """A yacs config for ``DefaultPredictor(cfg)`` (or COCO evaluation with ``--eval-only``).
 
     Args:
         arch: one of :data:`ARCHITECTURES`.
         checkpoint, device, score_threshold, opts: as in :func:`load_yacs_config`; ``checkpoint``
-            may be a ``train_net.py`` ``model_final.pth`` of the LazyConfig of the same architecture.
+            may be the ``model_final.pth`` of a training run of the LazyConfig of the same
+            architecture.
         num_classes: classes of the checkpoint; None keeps COCO's 80.
         min_size_test: short side images are resized to (``INPUT.MIN_SIZE_TEST``); None keeps 800.
         max_size_test: longest side after resizing (``INPUT.MAX_SIZE_TEST``); None keeps 1333.

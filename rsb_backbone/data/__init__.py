@@ -1,4 +1,6 @@
-"""Checked COCO registration and fault-tolerant dataset mappers; importing this registers no data set."""
+"""Checked COCO registration, fault-tolerant dataset mappers and the builtin data sets: importing
+this registers the shapes demo's ``rsb_shapes_train``/``rsb_shapes_val`` (generated on first use),
+as importing ``detectron2.data`` registers Detectron2's builtin sets."""
 
 from .coco_registration import (
     load_coco_instances_checked,
@@ -6,6 +8,7 @@ from .coco_registration import (
     register_coco_from_arg,
     register_coco_instances_checked,
 )
+from .datasets import builtin  # noqa: F401  (registers the shapes demo's data sets)
 from .mapper import EvaluationDatasetMapper, SkippingDatasetMapper
 
 __all__ = [

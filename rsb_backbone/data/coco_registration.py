@@ -1,5 +1,5 @@
-"""Registering a user's COCO-format instance data set (``train_net.py --register-coco``): Detectron2's
-``load_coco_json`` with the checks and cleaning of the README's "Data problems in COCO-format sets".
+"""Registering a user's COCO-format instance data set (``--register-coco`` of the training entry point): Detectron2's
+``load_coco_json`` with the checks and cleaning of docs/failure_behaviour.md, "Data problems in COCO-format sets".
 RLE masks are kept as they are; keypoints are dropped.
 """
 
@@ -16,7 +16,7 @@ import pycocotools.coco
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..tensor_files import first_items
+from ..utils.errors import first_items
 
 logger = logging.getLogger(__name__)
 

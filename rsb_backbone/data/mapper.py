@@ -5,8 +5,7 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 from detectron2.data import DatasetMapper
 
-from ..errors import UserInputError
-from ..tensor_files import one_line_summary
+from ..utils.errors import UserInputError, one_line_summary
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class UnreadableImageError(UserInputError):
 
 class EvaluationDatasetMapper(DatasetMapper):
     """Detectron2's :class:`DatasetMapper` (same arguments) that stops at an unreadable image with
-    :class:`UnreadableImageError` naming the file (``train_net.py``: exit code 2, no traceback):
+    :class:`UnreadableImageError` naming the file (in training runs: exit code 2, no traceback):
     skipping it would evaluate another image twice, and COCO AP needs a prediction for every image."""
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,7 +1,6 @@
-"""Training machinery used by ``train_net.py``: atomic checkpoints, launch (also under SLURM),
-training and evaluation loops, and how a run ends (exit codes and one-line messages)."""
+"""Training machinery of the entry point: launch (also under SLURM), training and evaluation
+loops, agreed stops on signals, and how a run ends (exit codes and one-line messages)."""
 
-from .atomic_checkpointer import AtomicCheckpointer
 from .launch import describe_process, launch_workers
 from .outcomes import NonFiniteLossError, RunOutcome, UserInputError, outcome_of, user_input_stage
 from .slurm import SlurmRequeue, parse_signal, slurm_job, srun_task
@@ -9,7 +8,6 @@ from .training import do_test, do_train, load_eval_checkpoint, wrap_ddp, write_e
 from .yacs_eval import evaluate_yacs, setup_yacs_config
 
 __all__ = [
-    "AtomicCheckpointer",
     "launch_workers",
     "describe_process",
     "SlurmRequeue",

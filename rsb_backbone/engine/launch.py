@@ -126,8 +126,7 @@ def _launch_and_collect(
         name = signal.Signals(stop).name
         return RunOutcome(
             128 + stop,
-            f"train_net.py: stopped by {name} outside the training loop; "
-            f"checkpoints written before are kept",
+            f"stopped by {name} outside the training loop; " f"checkpoints written before are kept",
         )
     return None
 

@@ -1,11 +1,11 @@
 """The expected ends of a run (exceptions) and the exit code and one-line message of each; anything
-else is unexpected and keeps its traceback. The table is in the README's "Failure behaviour"."""
+else is unexpected and keeps its traceback. The table is in docs/failure_behaviour.md."""
 
 import contextlib
 from typing import Iterator, NamedTuple, Optional
 
-from ..errors import UserInputError
-from ..tensor_files import WeightFileError
+from ..checkpoint.tensor_files import WeightFileError
+from ..utils.errors import UserInputError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,7 +40,8 @@ def user_input_stage() -> Iterator[None]:
 
 
 class RunOutcome(NamedTuple):
-    """An expected end of a run: its exit code and one-line message."""
+    """An expected end of a run: its exit code and one-line message, which the entry point prints
+    after its program name ("train: error: ...")."""
 
     exit_code: int
     message: str
@@ -53,9 +54,9 @@ def outcome_of(error: BaseException) -> Optional[RunOutcome]:
         error: the exception that ended the run.
     """
     if isinstance(error, UserInputError):
-        return RunOutcome(2, f"train_net.py: error: {error}")
+        return RunOutcome(2, f"error: {error}")
     if isinstance(error, NonFiniteLossError):
-        return RunOutcome(1, f"train_net.py: error: {error}; the last complete checkpoint is kept")
+        return RunOutcome(1, f"error: {error}; the last complete checkpoint is kept")
     if isinstance(error, TrainingInterrupted):
-        return RunOutcome(128 + error.signum, f"train_net.py: {error}; {error.next_step}")
+        return RunOutcome(128 + error.signum, f"{error}; {error.next_step}")
     return None

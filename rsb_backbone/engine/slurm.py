@@ -18,7 +18,7 @@ import subprocess
 from typing import Dict, List, Mapping, NamedTuple, Optional
 from urllib.parse import urlparse
 
-from .atomic_checkpointer import atomic_write_bytes
+from ..utils.file_io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """One agreed stop on SIGTERM/SIGINT, or on SLURM's time-limit signal, whichever processes of a
-job receive the signal (README, "Failure behaviour"; docs/slurm.md): the launcher forwards it
+job receive the signal (docs/failure_behaviour.md, docs/slurm.md): the launcher forwards it
 (:func:`forward_stop_signals`), the training processes agree after every iteration
 (:class:`CheckpointOnSignalHook`), and DataLoader workers ignore it
 (:func:`ignore_stop_signals_in_workers`) so that it cannot crash the data loader.

@@ -1,4 +1,4 @@
-"""Training and evaluation loops for LazyConfigs (what ``train_net.py`` runs in each process), with
+"""Training and evaluation loops for LazyConfigs (what the training entry point runs in each process), with
 the trainers' finite-loss check and gradient clipping."""
 
 import json
@@ -14,9 +14,9 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from ..detector_checkpoint import load_detector_checkpoint
-from ..model_metadata import ModelMetadataState, training_model_metadata
-from .atomic_checkpointer import AtomicCheckpointer, remove_stale_temporary_files
+from ..checkpoint.detection_checkpoint import AtomicCheckpointer, load_detector_checkpoint
+from ..checkpoint.model_metadata import ModelMetadataState, training_model_metadata
+from ..utils.file_io import remove_stale_temporary_files
 from .outcomes import NonFiniteLossError, user_input_stage
 from .slurm import SlurmRequeue, describe_job, slurm_job
 from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers, max_over_processes
@@ -50,7 +50,8 @@ class GradientClipHook(HookBase):
 
 class _FiniteLossCheck:
     """Checks every loss before metrics are written, which is before ``optimizer.step``, so the
-    failing iteration's update is never applied. The processes agree on the result, so all raise
+    failing iteration's update is never applied. It overrides Detectron2's private
+    ``SimpleTrainer._write_metrics``: no public hook sees the loss dict before the optimizer step. The processes agree on the result, so all raise
     :class:`NonFiniteLossError` at the same iteration instead of waiting for the collective timeout."""
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):

@@ -1,4 +1,4 @@
-"""``train_net.py --eval-only`` for yacs configs (``configs/yacs``), which build the same modules
+"""``--eval-only`` of the training entry point for yacs configs (``configs/yacs``), which build the same modules
 as the LazyConfigs, so their checkpoints evaluate unchanged; training stays on LazyConfigs."""
 
 import os
@@ -27,7 +27,7 @@ def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool)
     """
     if not eval_only:
         raise ValueError(
-            f"{config_file} is a yacs config, which train_net.py only evaluates (--eval-only); "
+            f"{config_file} is a yacs config, which is for evaluation only (--eval-only); "
             f"train with a LazyConfig (configs/COCO/*.py, configs/shapes/*.py)"
         )
     cfg = load_yacs_config(config_file, opts=opts)

@@ -2,7 +2,7 @@
 predictor with the same interface (BGR images in) for LazyConfigs; usage in the README."""
 
 from ..config import ARCHITECTURES, get_rsb_cfg, load_yacs_config, set_score_threshold, yacs_config_file
-from ..detector_checkpoint import load_detector_checkpoint
+from ..checkpoint.detection_checkpoint import load_detector_checkpoint
 from .coco_results import contiguous_to_dataset_ids, instances_to_coco_results
 from .lazy_predictor import LazyConfigPredictor
 from .predictors import build_default_predictor, build_predictor

@@ -14,10 +14,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
 from ..config import dataset_names, load_config_with_overrides, resolve_device, set_score_threshold
-from ..deploy import to_deployment_form
-from ..detector_checkpoint import load_detector_checkpoint
-from ..model_metadata import config_model_metadata, detectron2_metadata
-from ..timm_resnet import skip_pretrained_weights
+from ..checkpoint.detection_checkpoint import load_detector_checkpoint
+from ..checkpoint.model_metadata import config_model_metadata, detectron2_metadata
+from ..modeling.backbone.timm_resnet import skip_pretrained_weights
+from ..modeling.fold_norms import to_deployment_form
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,14 @@ class LazyConfigPredictor:
         """
         Args:
             config_file_or_cfg: a LazyConfig ``.py`` file, the ``config.yaml`` that
-                ``train_net.py`` saves, or a loaded LazyConfig (not changed).
+                a training run saves, or a loaded LazyConfig (not changed).
             checkpoint: detector checkpoint trained with this config (``.pth``/``.safetensors``),
                 read tensors-only; every weight of the model must be in it, so the backbone's
                 own pretrained weights are not loaded.
             device: "cpu", "cuda", "cuda:N", or "auto" for CUDA when present.
             score_threshold: smallest score of a returned detection, in [0, 1].
-            overrides: ``KEY=VALUE`` config overrides, as on ``train_net.py``'s command line.
-            fuse: run the deployment form of the model (:func:`rsb_backbone.deploy.to_deployment_form`).
+            overrides: ``KEY=VALUE`` config overrides, as on the training command line.
+            fuse: run the deployment form of the model (:func:`rsb_backbone.modeling.fold_norms.to_deployment_form`).
         """
         if not isinstance(config_file_or_cfg, (str, os.PathLike, DictConfig)):
             raise ValueError(

@@ -6,10 +6,10 @@ from typing import Sequence
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 
-from ..deploy import to_deployment_form
+from ..checkpoint.detection_checkpoint import load_detector_checkpoint
+from ..checkpoint.model_metadata import detectron2_metadata
 from ..config import YACS, config_file_kind, load_yacs_config
-from ..detector_checkpoint import load_detector_checkpoint
-from ..model_metadata import detectron2_metadata
+from ..modeling.fold_norms import to_deployment_form
 from .lazy_predictor import LazyConfigPredictor
 
 logger = logging.getLogger(__name__)
@@ -18,11 +18,11 @@ logger = logging.getLogger(__name__)
 def build_default_predictor(cfg: CfgNode, *, fuse: bool = False) -> DefaultPredictor:
     """Detectron2's ``DefaultPredictor`` for ``cfg``, with the checkpoint's own class names.
 
-    ``MODEL.WEIGHTS`` is read by :func:`load_detector_checkpoint` (differences: README, inference).
+    ``MODEL.WEIGHTS`` is read by :func:`load_detector_checkpoint` (differences: docs/inference_and_publishing.md).
 
     Args:
         cfg: a yacs config (e.g. :func:`~rsb_backbone.inference.get_rsb_cfg`) with ``MODEL.WEIGHTS`` set.
-        fuse: run the deployment form of the model (:func:`rsb_backbone.deploy.to_deployment_form`).
+        fuse: run the deployment form of the model (:func:`rsb_backbone.export.to_deployment_form`).
     """
     checkpoint = cfg.MODEL.WEIGHTS
     if not checkpoint:

@@ -12,12 +12,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint_layouts import MMDETECTION_ENTRY, checkpoint_tensors
-from ..engine.atomic_checkpointer import atomic_torch_save
-from ..model_metadata import METADATA_KEY, storable_model_metadata
-from ..model_zoo import get_config_file
-from ..tensor_files import WeightFileError, load_tensor_file
-from ..timm_resnet import skip_pretrained_weights
+from ..checkpoint.checkpoint_layouts import MMDETECTION_ENTRY, checkpoint_tensors
+from ..checkpoint.model_metadata import METADATA_KEY, storable_model_metadata
+from ..checkpoint.tensor_files import WeightFileError, load_tensor_file
+from ..config import get_config_file
+from ..modeling.backbone.timm_resnet import skip_pretrained_weights
+from ..utils.file_io import atomic_torch_save
 from .key_maps import DETECTORS, TENSOR_TRANSFORMS, map_key
 
 logger = logging.getLogger(__name__)

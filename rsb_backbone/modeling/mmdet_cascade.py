@@ -12,6 +12,9 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
+
+# Private to Detectron2's cascade_rcnn.py, which has no public form of it: reused so that the
+# Detectron2-style option (scale_stage_gradients=True) is exactly Detectron2's CascadeROIHeads.
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals

@@ -1,15 +1,13 @@
-"""The demo data sets ``rsb_shapes_train`` and ``rsb_shapes_val``, registered lazily.
+"""The builtin data sets ``rsb_shapes_train`` and ``rsb_shapes_val`` (the shapes demo), registered
+when ``rsb_backbone.data`` is imported, as ``detectron2.data.datasets.builtin`` registers
+Detectron2's.
 
 The data sets live in ``$RSB_DATASETS/shapes`` (``RSB_DATASETS`` defaults to ``datasets``,
-relative to the working directory at registration). Registering writes nothing: the first
+relative to the working directory at import). Registering writes nothing: the first
 ``DatasetCatalog.get`` of either name generates the set if it is missing (see
-:func:`shapes_generator.ensure_shapes_dataset`). Their ``json_file`` metadata names the file
-that this first load writes, so a ``COCOEvaluator`` built after the test loader, as
-Detectron2's trainers build it, finds it.
-
-Nothing registers them on ``import rsb_backbone``: ``configs/common/shapes_demo.py`` (run by
-every ``configs/shapes`` config) and the command-line tools of the repository call
-:func:`register_shapes_demo_datasets`.
+:func:`.shapes.ensure_shapes_dataset`). Their ``json_file`` metadata names the file that this
+first load writes, so a ``COCOEvaluator`` built after the test loader, as Detectron2's trainers
+build it, finds it.
 """
 
 import logging
@@ -18,8 +16,8 @@ from typing import Any, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from rsb_backbone.data import load_coco_instances_checked
-from shapes_generator import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dataset_paths
+from ..coco_registration import load_coco_instances_checked
+from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dataset_paths
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +92,6 @@ def register_shapes_demo_datasets(root: Optional[str] = None) -> None:
     shapes_root = os.path.join(datasets_root() if root is None else os.path.abspath(root), "shapes")
     for name, split in SHAPES_DATASETS.items():
         register_shapes_dataset(name, split, root=shapes_root)
+
+
+register_shapes_demo_datasets()

@@ -1,5 +1,5 @@
 """Folding inference-time norm layers into the convolution before them (the deployment form;
-which pairs, and when: README, "The deployment form of the PyTorch model")."""
+which pairs, and when: docs/deployment.md, "The deployment form of the PyTorch model")."""
 
 import logging
 from typing import Iterator, Tuple
@@ -52,7 +52,7 @@ def _pairs(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str, nn.Conv2d]]:
     (blocks; the stem, a deep stem's last conv), ``nn.Sequential`` neighbours, Detectron2 ``Conv2d.norm``."""
     from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    from ..timm_resnet import TimmResNet
+    from .backbone.timm_resnet import TimmResNet
 
     for prefix, module in model.named_modules():
         if isinstance(module, (BasicBlock, Bottleneck, TimmResNet, ResNet)):

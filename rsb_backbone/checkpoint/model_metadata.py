@@ -1,5 +1,5 @@
-"""A trained model's class names and category ids, its *model metadata*, kept with the model (README,
-"Class names and publishing a model"). Category ids are ints in memory (:func:`parse_model_metadata`)
+"""A trained model's class names and category ids, its *model metadata*, kept with the model (docs/inference_and_publishing.md,
+"Class names kept with the model"). Category ids are ints in memory (:func:`parse_model_metadata`)
 and strings where written, as JSON and YAML keep them (:func:`storable_model_metadata`).
 """
 
@@ -12,7 +12,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .tensor_files import WeightFileError, first_items, load_tensor_file
+from ..utils.errors import first_items
+from .tensor_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def config_model_metadata(cfg, source: str = "config") -> Optional[Dict[str, Any
     """The model metadata a LazyConfig records (its top-level ``metadata`` node), parsed.
 
     Args:
-        cfg: a loaded LazyConfig, e.g. the ``config.yaml`` that ``train_net.py`` saved.
+        cfg: a loaded LazyConfig, e.g. the ``config.yaml`` that a training run saved.
         source: the config's name, for error messages.
     """
     return parse_model_metadata(cfg.get(METADATA_KEY, None), f"{source}: {METADATA_KEY}")
@@ -127,7 +128,7 @@ def read_model_metadata(path: str, loaded: Any = None) -> Optional[Dict[str, Any
     """The model metadata stored in a checkpoint or published file; None when it holds none.
 
     Args:
-        path: a ``train_net.py`` checkpoint, a published ``.pth`` or ``.safetensors`` file (only
+        path: a training checkpoint, a published ``.pth`` or ``.safetensors`` file (only
             its header is read), or a converted mmdetection checkpoint (read tensors-only).
         loaded: the content of a file other than ``.safetensors``, when already loaded.
     """

@@ -1,6 +1,6 @@
-"""A Detectron2 checkpointer that never leaves a half-written checkpoint behind: each file is
-written to a temporary file, flushed and renamed into place, ``last_checkpoint`` only after the
-checkpoint is complete (README, "Failure behaviour"); files are read as tensors only."""
+"""Writing files so that a reader never sees half of one: each is written to a temporary file in
+the same folder, flushed and renamed into place (docs/failure_behaviour.md); and removing the
+temporary files that a killed writer left."""
 
 import contextlib
 import logging
@@ -11,11 +11,7 @@ from typing import Any
 
 import torch
 
-from ..detector_checkpoint import TensorsOnlyCheckpointer
-
 logger = logging.getLogger(__name__)
-
-__all__ = ["AtomicCheckpointer", "atomic_write_bytes", "atomic_torch_save", "remove_stale_temporary_files"]
 
 
 def _fsync_dir(directory: str) -> None:
@@ -56,24 +52,6 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
     _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-class AtomicCheckpointer(TensorsOnlyCheckpointer):
-    """:class:`DetectionCheckpointer` (same arguments) with atomic saves and tensors-only loading."""
-
-    def save(self, name: str, **kwargs: Any) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {key: obj.state_dict() for key, obj in {"model": self.model, **self.checkpointables}.items()}
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info("Saving checkpoint to %s", save_file)
-        atomic_torch_save(data, save_file)
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
 
 
 def remove_stale_temporary_files(directory: str) -> None:

@@ -4,27 +4,17 @@
 
 import os
 import pickle
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..utils.errors import one_line_summary
+
 
 class WeightFileError(ValueError):
     """A weight or checkpoint file that cannot be used; the message names the file."""
-
-
-def one_line_summary(error: BaseException) -> str:
-    """The message of ``error`` on one line, shortened to 200 characters, for a one-line error."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def first_items(items: Sequence[Any], shown: int = 5) -> str:
-    """``[a, b, c, d, e, ... (7 in all)]``: the first ``shown`` of ``items``, for one-line messages."""
-    more = f", ... ({len(items)} in all)" if len(items) > shown else ""
-    return "[" + ", ".join(str(i) for i in items[:shown]) + more + "]"
 
 
 def load_tensor_file(path: str) -> Any:

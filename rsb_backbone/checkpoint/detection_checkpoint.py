@@ -1,4 +1,5 @@
-"""Reading detector checkpoints tensors-only; loading a whole one with every key accounted for."""
+"""Detector checkpoints: read tensors-only, saved atomically (never half-written), and loaded whole
+with every key accounted for."""
 
 import logging
 import os
@@ -8,15 +9,17 @@ from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.errors import first_items
+from ..utils.file_io import atomic_torch_save, atomic_write_bytes
 from .model_metadata import read_model_metadata
-from .tensor_files import WeightFileError, first_items, load_tensor_file
+from .tensor_files import WeightFileError, load_tensor_file
 
 logger = logging.getLogger(__name__)
 
 
 class TensorsOnlyCheckpointer(DetectionCheckpointer):
     """:class:`DetectionCheckpointer` (same arguments) that reads files tensors-only, never arbitrary
-    pickles (:func:`~rsb_backbone.tensor_files.load_tensor_file`)."""
+    pickles (:func:`~rsb_backbone.checkpoint.tensor_files.load_tensor_file`)."""
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         loaded = load_tensor_file(filename)
@@ -26,6 +29,24 @@ class TensorsOnlyCheckpointer(DetectionCheckpointer):
             loaded = {"model": loaded}
         loaded.setdefault("matching_heuristics", False)
         return loaded
+
+
+class AtomicCheckpointer(TensorsOnlyCheckpointer):
+    """:class:`DetectionCheckpointer` (same arguments) with atomic saves and tensors-only loading."""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {key: obj.state_dict() for key, obj in {"model": self.model, **self.checkpointables}.items()}
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
 
 
 class _CheckedCheckpointer(TensorsOnlyCheckpointer):
@@ -47,7 +68,8 @@ class _CheckedCheckpointer(TensorsOnlyCheckpointer):
                 f"layers, set the config's number of classes to the checkpoint's"
             )
         if problems:
-            source = self._parsed_url_during_load.geturl()  # the path, set by DetectionCheckpointer.load
+            # The path, which DetectionCheckpointer.load keeps only in this private attribute.
+            source = self._parsed_url_during_load.geturl()
             raise WeightFileError(
                 f"{source}: does not fit the model built from the config: " + "; ".join(problems)
             )
@@ -68,7 +90,7 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict
             keys, other shapes); the message names the file and the keys.
 
     Returns:
-        the model metadata stored with the weights (:mod:`rsb_backbone.model_metadata`), or None.
+        the model metadata stored with the weights (:mod:`rsb_backbone.checkpoint.model_metadata`), or None.
     """
     if not checkpoint:
         raise ValueError("checkpoint='': a detector checkpoint file is needed for inference")

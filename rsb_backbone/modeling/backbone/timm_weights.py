@@ -1,19 +1,21 @@
 """Load the ``weights`` argument of :class:`TimmResNet` into a timm ResNet by timm's key names
-(sources: README, the backbone).
+(sources: docs/backbone.md), and the input normalization that goes with timm weights.
 
-Files are read tensors-only by :func:`~rsb_backbone.tensor_files.load_tensor_file`, not by timm's
+Files are read tensors-only by :func:`~rsb_backbone.checkpoint.tensor_files.load_tensor_file`, not by timm's
 loaders: their errors do not name the file, they do not refuse Detectron2 ``.pkl`` files, and
 their strict load reports a misfit as a many-line list.
 """
 
 import logging
 import os
+from typing import Dict, List, Union
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from .tensor_files import WeightFileError, first_items, load_tensor_file, one_line_summary
+from ...checkpoint.tensor_files import WeightFileError, load_tensor_file
+from ...utils.errors import first_items, one_line_summary
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +133,29 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
         )
     model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
     logger.info("Loaded %d backbone tensors from %s", len(matched), path)
+
+
+def pixel_normalization(pretrained_name: str = "resnet50.a1_in1k") -> Dict[str, Union[List[float], str]]:
+    """Detectron2's ``pixel_mean``, ``pixel_std`` and ``input_format`` for a timm model.
+
+    timm's statistics are for RGB in [0, 1], Detectron2's for 0-255 pixels, hence the factor 255
+    (ImageNet's give mmdetection's mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375]).
+
+    Args:
+        pretrained_name: a timm name with or without tag (the default tag is used without).
+
+    Returns:
+        dict with ``pixel_mean``, ``pixel_std`` (3 floats each, RGB order) and ``input_format`` "RGB".
+    """
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(pretrained_name)
+    if cfg is None:
+        raise ValueError(f"{pretrained_name!r} has no timm pretrained config to take statistics from")
+    if tuple(cfg.input_size)[0] != 3:
+        raise ValueError(f"{pretrained_name!r} takes {cfg.input_size[0]}-channel input; expected RGB")
+    return {
+        "pixel_mean": [round(m * 255.0, 6) for m in cfg.mean],
+        "pixel_std": [round(s * 255.0, 6) for s in cfg.std],
+        "input_format": "RGB",
+    }

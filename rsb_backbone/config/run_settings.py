@@ -1,15 +1,30 @@
-"""The detection heads' settings, in one place for both config systems and for built models:
-where the number of classes lives, setting it from the data sets, and the test score threshold."""
+"""What a run fills into a config, in one place for both config systems and for built models: the
+device, where the number of classes lives and setting it from the data sets, and the test score
+threshold."""
 
 import logging
 from typing import List, Optional
 
+import torch
 from torch import nn
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """The device to use for ``device`` ("auto", "cpu", "cuda" or "cuda:N"): "auto" is "cuda" when a
+    GPU is present, else "cpu"; CUDA without a GPU is refused."""
+    device = str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is available; use device='cpu'")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
 
 
 def dataset_names(names) -> List[str]:

@@ -1,6 +1,7 @@
-"""timm's ResNet family (RSB weights included) as a Detectron2 :class:`Backbone`."""
+"""timm's ResNet family (RSB weights included) as a Detectron2 :class:`Backbone`, and how its
+BatchNorm layers behave during detection training (:data:`NORM_MODES`)."""
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -11,8 +12,26 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 from detectron2.utils.registry import locate
 
-from .norm_modes import FROZEN_STATS_BN, NORM_MODES, set_batchnorm_eval
 from .timm_weights import load_backbone_weights
+
+FROZEN_STATS_BN = "FrozenStatsBN"
+
+NORM_MODES: Tuple[str, ...] = (
+    "FrozenBN",  # Detectron2's FrozenBatchNorm2d: statistics and affine frozen
+    "BN",  # plain BatchNorm2d: batch statistics in training, everything updated
+    "SyncBN",  # torch.nn.SyncBatchNorm: batch statistics across all workers (needs CUDA)
+    # mmdetection's RSB setting (norm_eval=True, requires_grad=True): BatchNorm2d always in eval
+    # mode, so the ImageNet running statistics never change; gamma/beta trainable
+    FROZEN_STATS_BN,
+)
+
+
+def set_batchnorm_eval(module: nn.Module) -> None:
+    """Put every BatchNorm layer inside ``module`` in eval mode (running stats stay fixed)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
 
 # Detectron2 stage names and the timm modules that produce them.
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -54,7 +73,7 @@ def stage_channels(model_name: str, stage: str = "res5") -> int:
 
 class TimmResNet(Backbone):
     """A timm ResNet-family trunk with Detectron2's outputs ``res2``..``res5`` and timm's parameter
-    names, onto which timm, torchvision and mmpretrain ResNet weights map (README: the backbone)."""
+    names, onto which timm, torchvision and mmpretrain ResNet weights map (docs/backbone.md)."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Exporting a detector to TorchScript (``model.ts``) or ONNX (``model.onnx``) with Detectron2's
 ``TracingAdapter``, with the ``model.json`` that :class:`.ExportedDetector` reads (outputs, model
-metadata, the test resize done outside the graph). Inputs, outputs, mask pasting: README, "Deployment"."""
+metadata, the test resize done outside the graph). Inputs, outputs, mask pasting: docs/deployment.md."""
 
 import json
 import logging
@@ -18,8 +18,8 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from ..config import score_threshold_of
-from ..model_metadata import storable_model_metadata
-from .fold_norms import to_deployment_form
+from ..checkpoint.model_metadata import storable_model_metadata
+from ..modeling.fold_norms import to_deployment_form
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def paste_masks(
     threshold: float = 0.5,
 ) -> torch.Tensor:
     """Binary image masks from per-box mask probabilities, every mask sampled at every pixel at
-    once (one ``grid_sample``, which ONNX Runtime accepts; why: README, "Deployment").
+    once (one ``grid_sample``, which ONNX Runtime accepts; why: docs/deployment.md).
 
     Args:
         mask_probs: (N, M, M) probabilities in [0, 1].

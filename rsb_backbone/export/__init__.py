@@ -1,8 +1,8 @@
 """Deployment: norm folding (the deployment form), TorchScript/ONNX export, running exported models."""
 
-from .export import FORMATS, Preprocessor, export_predictor, preprocessing_spec
+from .exporter import FORMATS, Preprocessor, export_predictor, preprocessing_spec
 from .exported_model import ExportedDetector
-from .fold_norms import fold_norm_into_conv, fold_norms, to_deployment_form
+from ..modeling.fold_norms import fold_norm_into_conv, fold_norms, to_deployment_form
 
 __all__ = [
     "FORMATS",

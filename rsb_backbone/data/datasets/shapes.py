@@ -10,8 +10,8 @@ Layout written under ``output_dir``::
     train/000001.jpg ...   train.json
     val/000001.jpg ...     val.json
 
-The module belongs to the shapes demo (``projects/shapes_demo``), not to the ``rsb_backbone``
-library: scripts and configs put this folder on ``sys.path`` and import it by name.
+:mod:`.builtin` registers the generated set; ``projects/shapes_demo/generate_shapes.py`` writes
+one from the command line.
 """
 
 import json
@@ -22,7 +22,6 @@ import shutil
 import tempfile
 from typing import Dict, List, Tuple
 
-import cv2
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -106,6 +105,7 @@ def _make_image(
     rng: np.random.Generator, min_size: int, max_size: int
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """One image and its objects as (category_id, polygon (N, 2) in pixel coordinates)."""
+    import cv2  # only when generating: importing rsb_backbone.data registers this set, needing no OpenCV
     width = int(rng.integers(min_size, max_size + 1))
     height = int(rng.integers(min_size, max_size))
     if height >= width:  # keep every image non-square: heights skip the width's value
@@ -142,6 +142,7 @@ def _write_split(
     output_dir: str, *, split: str, num_images: int, min_size: int, max_size: int, seed: int
 ) -> int:
     """Write the images of one split and its COCO json; returns the number of annotations."""
+    import cv2
     split_dir = shapes_dataset_paths(output_dir)[split]["image_root"]
     json_path = shapes_dataset_paths(output_dir)[split]["json_file"]
     os.makedirs(split_dir)

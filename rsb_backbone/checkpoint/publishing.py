@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .checkpoint_layouts import DETECTRON2_ENTRY, checkpoint_tensors
-from .engine.atomic_checkpointer import atomic_write_bytes
+from ..utils.file_io import atomic_write_bytes
 from .model_metadata import (
     METADATA_KEY,
     metadata_to_safetensors_header,
@@ -54,7 +54,7 @@ def publish_checkpoint(
     """Write the model tensors and model metadata of a checkpoint to ``<stem>-<hash8>.pth``.
 
     Args:
-        input_path: a ``train_net.py`` checkpoint (``model_final.pth``), a converted mmdetection
+        input_path: a training checkpoint (``model_final.pth``), a converted mmdetection
             checkpoint, a published file, or a bare ``{name: tensor}`` file; read tensors-only.
         output: requested path; written atomically, named by :func:`published_file_name`.
         fp16: store floating point tensors in half precision (the loaders cast them back to the

@@ -9,8 +9,8 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from ..model_metadata import detectron2_metadata, parse_model_metadata
-from .export import FORMATS, SPEC_FILE, Preprocessor
+from ..checkpoint.model_metadata import detectron2_metadata, parse_model_metadata
+from .exporter import FORMATS, SPEC_FILE, Preprocessor
 
 __all__ = ["ExportedDetector"]
 

@@ -1,0 +1,145 @@
+"""Briefly trained checkpoints of the six detectors (the four shapes detectors and the
+mmdetection-faithful Cascade and RetinaNet), trained once per test session by ``train_net.py``
+(the ``trained_detectors`` fixture of conftest.py) and shared by the training, inference and
+export tests.
+
+One subprocess runs ``train_net.main`` for each detector in turn (one interpreter start-up): a
+ResNet-18 trunk, 128-px images, 3 iterations with a checkpoint after each and the final COCO
+evaluation, on the session's tiny shapes set registered with ``--register-coco`` as
+``tiny_train``/``tiny_val``; then ``--eval-only`` of each final checkpoint. Each training folder
+holds ``model_0000000.pth`` .. ``model_final.pth``, ``metrics.json``, TensorBoard events,
+``eval_results.json`` and the ``config.yaml`` that ``train_net.py`` saved.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, NamedTuple
+
+from conftest import REPO_ROOT
+from train_net_runner import dataset_args
+
+MAX_ITER = 3
+MIN_SIZE, MAX_SIZE = 128, 192
+TRAIN_NAME, VAL_NAME = "tiny_train", "tiny_val"  # the names train_net_runner.dataset_args registers
+
+# name -> LazyConfig: the four shapes detectors and the mmdetection-faithful variants.
+DETECTOR_CONFIGS = {
+    "faster_rcnn": "configs/shapes/faster_rcnn_rsb_r50_fpn_shapes.py",
+    "mask_rcnn": "configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py",
+    "cascade_mask_rcnn": "configs/shapes/cascade_mask_rcnn_rsb_r50_fpn_shapes.py",
+    "retinanet": "configs/shapes/retinanet_rsb_r50_fpn_shapes.py",
+    "cascade_mask_rcnn_mmdet": "configs/COCO/cascade_mask_rcnn_rsb_r50_fpn_1x_mmdet.py",
+    "retinanet_mmdet": "configs/COCO/retinanet_rsb_r50_fpn_1x_mmdet.py",
+}
+SHAPES_DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
+MASK_MODELS = {"mask_rcnn", "cascade_mask_rcnn", "cascade_mask_rcnn_mmdet"}
+
+# CPU time: 100 RPN proposals at test (COCO: 1000), 100 RetinaNet candidates per level.
+TEST_CAPS = {
+    "rcnn": ["model.proposal_generator.post_nms_topk=[1000,100]"],
+    "retinanet": ["+model.test_topk_candidates=100"],
+}
+
+
+class TrainedDetector(NamedTuple):
+    """The outputs of one detector's training and of ``--eval-only`` on its final checkpoint."""
+
+    output_dir: str
+    config: str  # the config.yaml train_net.py saved
+    checkpoint: str  # model_final.pth
+    eval_dir: str  # --eval-only output folder: eval_results.json, log.txt
+
+
+def model_overrides(name: str) -> list:
+    """Config overrides shared by training, ``--eval-only`` and the exporter."""
+    caps = TEST_CAPS["retinanet" if name.startswith("retinanet") else "rcnn"]
+    return [
+        "model.backbone.bottom_up.model_name=resnet18",
+        "model.backbone.bottom_up.weights=None",
+        f"dataloader.test.mapper.augmentations.0.short_edge_length={MIN_SIZE}",
+        f"dataloader.test.mapper.augmentations.0.max_size={MAX_SIZE}",
+        f"dataloader.test.dataset.names={VAL_NAME}",
+        "dataloader.test.num_workers=0",
+        *caps,
+    ]
+
+
+def _train_args(name: str, paths, output_dir: str) -> list:
+    return [
+        "--config-file", os.path.join(REPO_ROOT, DETECTOR_CONFIGS[name]), *dataset_args(paths),
+        f"train.max_iter={MAX_ITER}", f"train.eval_period={MAX_ITER}", "train.log_period=1",
+        "train.checkpointer.period=1", "train.checkpointer.max_to_keep=10", f"train.output_dir={output_dir}",
+        "train.device=cpu",
+        # A fixed seed (the shapes configs' own; the COCO configs have none, so Detectron2 would
+        # draw one): whether 3 iterations lift a score above the tests' threshold is then not luck.
+        "+train.seed=42",
+        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+        f"dataloader.train.mapper.augmentations.0.short_edge_length=[{MIN_SIZE}]",
+        f"dataloader.train.mapper.augmentations.0.max_size={MAX_SIZE}",
+        # CPU time: 32 sampled RoIs per image cut the RoI heads' backward. RetinaNet starts with
+        # every score at its prior (0.01): a larger step spreads them within the 3 iterations.
+        *(["optimizer.lr=0.002"] if name.startswith("retinanet") else ["model.roi_heads.batch_size_per_image=32"]),
+        *model_overrides(name),
+    ]  # fmt: skip
+
+
+def _eval_args(name: str, paths, checkpoint: str, eval_dir: str) -> list:
+    return [
+        "--config-file", os.path.join(REPO_ROOT, DETECTOR_CONFIGS[name]), "--eval-only", *dataset_args(paths),
+        f"train.init_checkpoint={checkpoint}", f"train.output_dir={eval_dir}", *model_overrides(name),
+    ]  # fmt: skip
+
+
+_DRIVER = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import train_net
+for argv in json.loads(sys.argv[1]):
+    train_net.main(train_net.build_argument_parser().parse_args(argv))
+"""
+
+
+def train_detectors(paths, out_dir: str, names=tuple(DETECTOR_CONFIGS)) -> Dict[str, TrainedDetector]:
+    """Train each detector of ``names``, then evaluate its final checkpoint.
+
+    Args:
+        paths: the generated data set (``generate_shapes_dataset``'s return value).
+        out_dir: a folder for the outputs, two subfolders per detector.
+        names: keys of :data:`DETECTOR_CONFIGS`.
+    """
+    runs, trained = [], {}
+    for name in names:
+        output_dir = os.path.join(out_dir, name)
+        detector = TrainedDetector(
+            output_dir,
+            os.path.join(output_dir, "config.yaml"),
+            os.path.join(output_dir, "model_final.pth"),
+            os.path.join(out_dir, f"{name}_eval"),
+        )
+        runs += [_train_args(name, paths, output_dir), _eval_args(name, paths, detector.checkpoint, detector.eval_dir)]
+        trained[name] = detector
+    result = subprocess.run(
+        [sys.executable, "-c", _DRIVER.format(repo=REPO_ROOT), json.dumps(runs)],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"train_net.py failed:\n{result.stderr[-4000:]}")
+    for name, detector in trained.items():
+        for path in (detector.config, detector.checkpoint, os.path.join(detector.eval_dir, "eval_results.json")):
+            assert os.path.isfile(path), f"{name}: no {path}"
+    return trained
+
+
+if __name__ == "__main__":  # python3 tests/trained_detectors.py OUT_DIR: data and checkpoints for manual runs
+    from rsb_backbone.data.datasets.shapes import generate_shapes_dataset
+
+    out = sys.argv[1]
+    data = generate_shapes_dataset(os.path.join(out, "shapes"), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)
+    names = sys.argv[2].split(",") if len(sys.argv) > 2 else tuple(DETECTOR_CONFIGS)
+    print(json.dumps({"data": data, "models": train_detectors(data, out, names)}, indent=1))
