@@ -50,6 +50,7 @@ from rsb_backbone.engine import (
 )
 from rsb_backbone.checkpoint.model_metadata import training_model_metadata
 from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
+from rsb_backbone.utils.file_io import check_output_dir
 
 logger = logging.getLogger("rsb_backbone.train_net")
 
@@ -90,8 +91,11 @@ def setup_config(args):
     for spec in args.register_coco:
         register_coco_from_arg(spec)
     if config_file_kind(args.config_file) == YACS:
-        return setup_yacs_config(args.config_file, args.opts, eval_only=args.eval_only)
+        cfg = setup_yacs_config(args.config_file, args.opts, eval_only=args.eval_only)
+        check_output_dir(cfg.OUTPUT_DIR, key="OUTPUT_DIR")
+        return cfg
     cfg = load_config_with_overrides(args.config_file, args.opts)
+    check_output_dir(cfg.train.output_dir)
     cfg.train.device = resolve_device(cfg.train.get("device", "auto"))
     sync_num_classes(cfg, training=not args.eval_only)
     if not args.eval_only:  # class names and category ids, saved with config.yaml

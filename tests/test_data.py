@@ -20,6 +20,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 import rsb_backbone.data.datasets.shapes as shapes
 from rsb_backbone.data import (
+    EvaluationDatasetMapper,
     SkippingDatasetMapper,
     load_coco_instances_checked,
     parse_register_coco_arg,
@@ -27,6 +28,7 @@ from rsb_backbone.data import (
     register_coco_instances_checked,
 )
 from rsb_backbone.data.datasets.shapes import ensure_shapes_dataset, generate_shapes_dataset
+from rsb_backbone.data.mapper import UnreadableImageError
 from rsb_backbone.data.datasets.builtin import (
     SHAPES_DATASETS,
     datasets_root,
@@ -382,6 +384,42 @@ def test_corrupt_image_is_skipped_by_mapper(tmp_path, caplog, damage):
     assert mapper.num_skipped == 2
     warnings = [r.getMessage() for r in caplog.records if r.name == "rsb_backbone.data.mapper"]
     assert len(warnings) == 1 and bad_file in warnings[0]  # once per file
+
+
+def _with_wrong_size_in_json(tmp_path):
+    """Two images; the JSON gives the first one a width and height its file does not have."""
+    json_file, image_root = _write_coco(
+        tmp_path, [_annotation(1, image_id=1), _annotation(2, image_id=2)], num_images=2
+    )
+    data = _read_json(json_file)
+    data["images"][0]["width"], data["images"][0]["height"] = 30, 40  # the file is 40 x 30
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    return load_coco_instances_checked(json_file, image_root), os.path.join(image_root, "1.jpg")
+
+
+def test_image_of_another_size_than_the_json_is_skipped_and_counted_in_training(tmp_path, caplog):
+    records, wrong = _with_wrong_size_in_json(tmp_path)
+    mapper = SkippingDatasetMapper(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)
+    dataset = MapDataset(DatasetFromList(records, copy=False), mapper)
+    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.mapper"):
+        assert dataset[0]["image_id"] == 2  # another image was sampled
+    assert mapper.num_skipped == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "rsb_backbone.data.mapper"]
+    assert wrong in warning and "width x height in the JSON is 30x40 but the file's is 40x30" in warning
+
+
+def test_image_of_another_size_than_the_json_names_both_sizes_in_evaluation(tmp_path):
+    records, wrong = _with_wrong_size_in_json(tmp_path)
+    mapper = EvaluationDatasetMapper(is_train=False, augmentations=[], image_format="RGB")
+    with pytest.raises(UnreadableImageError) as info:
+        mapper(records[0])
+    message = str(info.value)
+    assert message == (
+        f"evaluation image {wrong}: its width x height in the JSON is 30x40 but the file's is 40x30; "
+        f"correct width/height in the JSON or the file"
+    )
+    assert mapper(records[1])["image_id"] == 2
 
 
 def test_unknown_category_id(tmp_path):

@@ -182,6 +182,21 @@ def test_corrupted_checkpoint_is_named_on_resume(tiny_shapes, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_checkpoints_get_the_permissions_of_any_file_the_user_writes(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+        checkpointer.save("model_final")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(previous)
+    assert oct(os.stat(tmp_path / "model_final.pth").st_mode & 0o777) == oct(mode)
+    assert oct(os.stat(tmp_path / "last_checkpoint").st_mode & 0o777) == oct(mode)
+    assert os.stat(plain).st_mode & 0o777 == mode
+
+
 def test_checkpoint_whose_unpickling_runs_code_is_refused(tmp_path):
     marker = tmp_path / "created-by-pickle"
     path = tmp_path / "model_final.pth"

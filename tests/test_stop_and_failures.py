@@ -274,7 +274,7 @@ def test_truncated_training_jpeg_is_skipped_and_stale_temporary_files_removed(ti
     # 8 iterations of 1 image read every image of the 8 (the sampler shuffles each pass).
     result = run_train_net(_args(dataset, str(out), max_iter=8, workers=1))
     log = result.stdout + result.stderr
-    assert f"Skipping unreadable image {cut} (OSError: image file is truncated" in log
+    assert f"Skipping image {cut} (OSError: image file is truncated" in log
     assert os.path.isfile(out / "model_final.pth")
     assert not any(path.exists() for path in stale)
     assert unrelated.exists()
@@ -290,6 +290,24 @@ def test_truncated_evaluation_jpeg_is_named_in_one_line(tiny_shapes, faster_chec
     )
     assert result.returncode == 2, result.stderr[-3000:]
     _assert_one_line(result.stderr, "train_net.py: error: evaluation image", cut, "truncated")
+
+
+@pytest.mark.slow
+def test_evaluation_image_of_another_size_than_the_json_is_one_line(tiny_shapes, faster_checkpoint, tmp_path):
+    dataset = _copy_dataset(tiny_shapes, tmp_path / "sized")
+    val_json = json.loads(open(dataset["val"]["json_file"]).read())
+    first = val_json["images"][0]  # the JSON now gives it another width and height than its file's
+    first["width"], first["height"] = first["height"] + 3, first["width"]
+    open(dataset["val"]["json_file"], "w").write(json.dumps(val_json))
+    result = run_train_net(
+        ["--eval-only", *_args(dataset, str(tmp_path / "sized_eval"), max_iter=1),
+         f"train.init_checkpoint={faster_checkpoint}"],
+        check=False, timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    wrong = os.path.join(dataset["val"]["image_root"], first["file_name"])
+    _assert_one_line(result.stderr, f"train_net.py: error: evaluation image {wrong}: its width x height in the JSON is "
+                     f"{first['width']}x{first['height']} but the file's is {first['height']}x{first['width'] - 3}")
 
 
 def test_override_of_the_wrong_type_is_one_line():

@@ -58,6 +58,25 @@ def _assert_one_line_error(result, *needles):
         assert needle in last, (needle, last)
 
 
+def test_an_output_folder_that_is_a_file_is_one_line_before_anything_starts(tmp_path):
+    existing = tmp_path / "results.txt"
+    existing.write_text("mine")
+    result = train_net_in_process(["--config-file", FASTER, f"train.output_dir={existing}"])
+    assert result.returncode == 2
+    _assert_one_line_error(result, f"train.output_dir={existing} is a file; expected a folder")
+    assert existing.read_text() == "mine"
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    existing = tmp_path / "results.txt"
+    existing.write_text("mine")
+    below_a_file = existing / "run1"
+    result = train_net_in_process(["--config-file", FASTER, f"train.output_dir={below_a_file}"])
+    assert result.returncode == 2
+    _assert_one_line_error(result, f"train.output_dir={below_a_file}: cannot be created, {existing} is a file")
+    assert existing.read_text() == "mine"
+
+
 def test_missing_config_file_is_named(tmp_path):
     result = run_train_net(["--config-file", str(tmp_path / "nope.py")], check=False, timeout=120)
     _assert_one_line_error(result, "nope.py")

@@ -27,11 +27,21 @@ def _fsync_dir(directory: str) -> None:
 _TEMPORARY_NAME = re.compile(r"^\.(.+\.pth|last_checkpoint)\.[a-z0-9_]{8}\.tmp$")
 
 
+def _default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file: 0o666 less the process's umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        # mkstemp creates the file readable by its owner only; the result gets the permissions of any
+        # other file the user writes (colleagues on a shared cluster read checkpoints too).
+        os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -52,6 +62,30 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_output_dir(path: str, key: str = "train.output_dir") -> None:
+    """Check, without creating anything, that the output folder ``path`` exists or can be created,
+    and that files can be written in it.
+
+    Args:
+        path: the folder.
+        key: the config key that gave it, for the message.
+
+    Raises:
+        ValueError: ``path`` is a file, lies below a file, or is not writable (one line naming it).
+    """
+    if not path:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{key}={path} is a file; expected a folder for the run's outputs")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the folder that its creation would start from
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{key}={path}: cannot be created, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}={path}: cannot write in {existing} (permission denied)")
 
 
 def remove_stale_temporary_files(directory: str) -> None:
