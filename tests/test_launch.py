@@ -33,3 +33,15 @@ def test_processes_that_finish_leave_the_process_group_before_exiting(tmp_path):
     states = {name: (tmp_path / name).read_text() for name in sorted(os.listdir(tmp_path))}
     assert states == {"process0": "destroyed", "process1": "destroyed"}
 
+
+def _record_threads(marker_dir: str) -> None:
+    with open(os.path.join(marker_dir, f"process{comm.get_rank()}"), "w") as f:
+        f.write(str(torch.get_num_threads()))
+
+
+def test_the_processes_of_a_machine_share_its_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert launch_workers(_record_threads, num_gpus_per_machine=2, args=(str(tmp_path),)) is None
+    cores = len(os.sched_getaffinity(0))
+    threads = sorted((tmp_path / name).read_text() for name in os.listdir(tmp_path))
+    assert threads == [str(max(1, cores // 2))] * 2

@@ -56,9 +56,19 @@ def _local_device(local_rank: int, local_world_size: int) -> int:
     )
 
 
+def _share_cpu_threads() -> None:
+    """Split the machine's cores between its training processes unless ``OMP_NUM_THREADS`` says
+    otherwise (torchrun sets it to 1): N processes that each use every core slow each other down,
+    on a 2-core machine 2 CPU processes by 2.8x per iteration."""
+    processes = comm.get_local_size()
+    if processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes))
+
+
 def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[RunOutcome]:
     """Run ``main_func(*args)``; the outcome of an expected end, None on success; anything
     unexpected propagates with its traceback."""
+    _share_cpu_threads()
     try:
         main_func(*args)
     except Exception as e:
