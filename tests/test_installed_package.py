@@ -64,14 +64,13 @@ print(json.dumps({
 
 def _copy_sources(destination: str) -> None:
     """The working tree without version control, build products, outputs or data sets."""
-    shutil.copytree(
-        REPO_ROOT,
-        destination,
-        ignore=shutil.ignore_patterns(
-            ".git", "build", "dist", "*.egg-info", "output", "outputs", "datasets", "__pycache__",
-            ".pytest_cache", "*.pth",
-        ),
-    )
+    anywhere = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.pth")
+    in_the_root = {"output", "outputs", "datasets"}  # run outputs; not the package's data/datasets/
+
+    def ignore(folder, names):
+        return set(anywhere(folder, names)) | (in_the_root & set(names) if folder == REPO_ROOT else set())
+
+    shutil.copytree(REPO_ROOT, destination, ignore=ignore)
 
 
 @pytest.mark.slow
