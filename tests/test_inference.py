@@ -409,7 +409,8 @@ def test_lazy_config_predictor_reads_train_net_config_yaml(checkpoints, val_imag
     checkpoint = checkpoints["retinanet"]
     saved = os.path.join(os.path.dirname(checkpoint), "config.yaml")
     assert config_file_kind(saved) == LAZY
-    predictor = LazyConfigPredictor(saved, checkpoint, score_threshold=0.0)
+    # The same detection cap as lazy_predictor's (the training run saved the config's 100).
+    predictor = LazyConfigPredictor(saved, checkpoint, score_threshold=0.0, overrides=["+model.max_detections_per_image=10"])
     expected = lazy_predictor("retinanet", checkpoint)(val_images[0])["instances"]
     got = predictor(val_images[0])["instances"]
     assert len(got) == len(expected) > 0
