@@ -1,5 +1,6 @@
 """TorchScript and ONNX export of the six deployable detectors (the four RSB detectors and the
-mmdetection-faithful Cascade and RetinaNet), from checkpoints that train_net.py trained briefly.
+mmdetection-faithful Cascade and RetinaNet), from checkpoints that train_net.py trained briefly
+(the session's shared runs, tests/trained_detectors.py).
 
 On images of two sizes other than the traced one, each exported model gives the PyTorch model's
 detections (count, classes, boxes within 1e-3 relative, masks with IoU > 0.99), and so does the
@@ -20,7 +21,7 @@ from conftest import REPO_ROOT
 from detection_checks import assert_same_detections
 from rsb_backbone.export import ExportedDetector, Preprocessor, export_predictor, preprocessing_spec
 from rsb_backbone.inference import LazyConfigPredictor
-from trained_detectors import DETECTOR_CONFIGS, MASK_MODELS, VAL_NAME
+from trained_detectors import DEPLOYED, MASK_MODELS, VAL_NAME
 from train_net_runner import dataset_args, read_eval_results
 
 # Low enough that the briefly trained models detect something, above RetinaNet's prior (0.01).
@@ -59,7 +60,7 @@ def _predictor(models, name, fuse=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(DETECTOR_CONFIGS))
+@pytest.mark.parametrize("name", DEPLOYED)
 def test_exported_models_give_pytorch_detections(name, deploy_models, images, tmp_path):
     sample, others = images
     reference = _predictor(deploy_models, name)

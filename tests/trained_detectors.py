@@ -1,7 +1,7 @@
-"""Briefly trained checkpoints of the six detectors (the four shapes detectors and the
-mmdetection-faithful Cascade and RetinaNet), trained once per test session by ``train_net.py``
-(the ``trained_detectors`` fixture of conftest.py) and shared by the training, inference and
-export tests.
+"""Briefly trained checkpoints of the four shapes detectors and the four mmdetection-faithful
+(``_mmdet``) configs, trained once per test session by ``train_net.py`` (the
+``trained_detectors`` fixture of conftest.py) and shared by the training, inference, ``_mmdet``
+and export tests.
 
 One subprocess runs ``train_net.main`` for each detector in turn (one interpreter start-up): a
 ResNet-18 trunk, 128-px images, 3 iterations with a checkpoint after each and the final COCO
@@ -24,17 +24,15 @@ MAX_ITER = 3
 MIN_SIZE, MAX_SIZE = 128, 192
 TRAIN_NAME, VAL_NAME = "tiny_train", "tiny_val"  # the names train_net_runner.dataset_args registers
 
-# name -> LazyConfig: the four shapes detectors and the mmdetection-faithful variants.
-DETECTOR_CONFIGS = {
-    "faster_rcnn": "configs/shapes/faster_rcnn_rsb_r50_fpn_shapes.py",
-    "mask_rcnn": "configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py",
-    "cascade_mask_rcnn": "configs/shapes/cascade_mask_rcnn_rsb_r50_fpn_shapes.py",
-    "retinanet": "configs/shapes/retinanet_rsb_r50_fpn_shapes.py",
-    "cascade_mask_rcnn_mmdet": "configs/COCO/cascade_mask_rcnn_rsb_r50_fpn_1x_mmdet.py",
-    "retinanet_mmdet": "configs/COCO/retinanet_rsb_r50_fpn_1x_mmdet.py",
-}
 SHAPES_DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
-MASK_MODELS = {"mask_rcnn", "cascade_mask_rcnn", "cascade_mask_rcnn_mmdet"}
+# name -> LazyConfig: the four shapes detectors and the four mmdetection-faithful configs.
+DETECTOR_CONFIGS = {
+    **{name: f"configs/shapes/{name}_rsb_r50_fpn_shapes.py" for name in SHAPES_DETECTORS},
+    **{f"{name}_mmdet": f"configs/COCO/{name}_rsb_r50_fpn_1x_mmdet.py" for name in SHAPES_DETECTORS},
+}
+# The export tests take the four detectors and the two _mmdet models whose inference differs.
+DEPLOYED = (*SHAPES_DETECTORS, "cascade_mask_rcnn_mmdet", "retinanet_mmdet")
+MASK_MODELS = {"mask_rcnn", "cascade_mask_rcnn", "mask_rcnn_mmdet", "cascade_mask_rcnn_mmdet"}
 
 # CPU time: 100 RPN proposals at test (COCO: 1000), 100 RetinaNet candidates per level.
 TEST_CAPS = {
