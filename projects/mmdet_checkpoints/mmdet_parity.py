@@ -223,7 +223,7 @@ def build_mmdet_model(detector: str):
 def build_d2_model(checkpoint: str, config: str):
     from detectron2.config import LazyConfig, instantiate
 
-    from rsb_backbone.engine import AtomicCheckpointer
+    from rsb_backbone.checkpoint import AtomicCheckpointer
     from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
     cfg = LazyConfig.load(os.path.join(REPO_ROOT, config))

@@ -174,7 +174,7 @@ def detectron2_training_behaviour(node) -> None:
 def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True):
     from detectron2.config import LazyConfig, instantiate
 
-    from rsb_backbone.engine import AtomicCheckpointer
+    from rsb_backbone.checkpoint import AtomicCheckpointer
     from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
     cfg = LazyConfig.load(os.path.join(REPO_ROOT, "configs", "COCO", f"{detector}_rsb_r50_fpn_1x_mmdet.py"))
