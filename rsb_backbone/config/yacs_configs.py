@@ -7,11 +7,19 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from ..modeling.backbone.fpn import add_rsb_config
+from ..modeling.backbone.timm_weights import pixel_normalization
 from .files import get_config_file
 from .run_settings import head_config, resolve_device, set_score_threshold
 
 # Each has its COCO 1x yacs config, configs/yacs/{arch}_rsb_r50_fpn_1x.yaml.
 ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
+# The trunks of the LazyConfigs configs/COCO/*_rsb_r{50,101,152}_fpn_*.py and their RSB weights,
+# whose timm pretrained config gives the pixel statistics (docs/model_zoo.md).
+TRUNK_WEIGHTS = {
+    "resnet50": "resnet50.a1_in1k",
+    "resnet101": "resnet101.a1h_in1k",
+    "resnet152": "resnet152.a1h_in1k",
+}
 
 
 def yacs_config_file(arch: str) -> str:
@@ -66,9 +74,22 @@ def load_yacs_config(
     return cfg
 
 
+def _trunk_opts(trunk: str) -> list:
+    """``KEY=VALUE`` overrides giving the yacs configs (written for ResNet-50) the trunk ``trunk``."""
+    if trunk not in TRUNK_WEIGHTS:
+        raise ValueError(f"trunk={trunk!r}: expected one of {', '.join(TRUNK_WEIGHTS)}")
+    pixel = pixel_normalization(TRUNK_WEIGHTS[trunk])
+    return [
+        f"MODEL.RSB.MODEL_NAME={trunk}",
+        f"MODEL.PIXEL_MEAN={pixel['pixel_mean']}",
+        f"MODEL.PIXEL_STD={pixel['pixel_std']}",
+    ]
+
+
 def get_rsb_cfg(
     arch: str,
     *,
+    trunk: str = "resnet50",
     checkpoint: Optional[str] = None,
     device: str = "cpu",
     score_threshold: float = 0.5,
@@ -82,9 +103,13 @@ def get_rsb_cfg(
 
     Args:
         arch: one of :data:`ARCHITECTURES`.
+        trunk: a key of :data:`TRUNK_WEIGHTS`: ``MODEL.RSB.MODEL_NAME``, and ``MODEL.PIXEL_MEAN`` /
+            ``PIXEL_STD`` of its RSB weights, as the LazyConfigs ``{arch}_rsb_r{50,101,152}_fpn_*``
+            set them. ``MODEL.RSB.WEIGHTS`` stays empty, as for ResNet-50: the detector checkpoint
+            holds the trunk (``opts`` may name ``TRUNK_WEIGHTS[trunk]`` there to start from them).
         checkpoint, device, score_threshold, opts: as in :func:`load_yacs_config`; ``checkpoint``
             may be the ``model_final.pth`` of a training run of the LazyConfig of the same
-            architecture.
+            architecture and trunk (1x or 3x). ``opts`` are applied after the trunk's keys.
         num_classes: classes of the checkpoint; None keeps COCO's 80.
         min_size_test: short side images are resized to (``INPUT.MIN_SIZE_TEST``); None keeps 800.
         max_size_test: longest side after resizing (``INPUT.MAX_SIZE_TEST``); None keeps 1333.
@@ -93,7 +118,7 @@ def get_rsb_cfg(
     """
     cfg = load_yacs_config(
         yacs_config_file(arch),
-        opts=opts,
+        opts=[*_trunk_opts(trunk), *opts],
         checkpoint=checkpoint,
         device=device,
         score_threshold=score_threshold,
