@@ -213,16 +213,6 @@ def test_yacs_config_builds_the_lazy_config_model(arch):
     assert not differences, f"yacs vs LazyConfig: {differences}"
 
 
-def test_settings_walk_sees_a_changed_value():
-    model = build_model(get_rsb_cfg("cascade_mask_rcnn", opts=YACS_OPTS))
-    before = _settings(model)
-    model.roi_heads.box_predictor[2].box2box_transform.weights = (30.0, 30.0, 15.0, 15.0)
-    after = _settings(model)
-    assert [k for k in before if before[k] != after[k]] == [
-        "roi_heads.box_predictor.2.box2box_transform.weights"
-    ]
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shapes_yacs_configs_follow_the_shapes_lazy_configs(arch):
     """configs/yacs/shapes/* take sizes, classes and data sets from configs/shapes/*."""

@@ -235,14 +235,6 @@ def test_mmdet_configs_filter_the_training_set_by_size(tiny_shapes):
     assert get_detection_dataset_dicts_min_size("mmdet_filter_train", min_size=0) == everything
 
 
-# ---- backbone weights by address ----------------------------------------------------------------
-def test_mmdet_configs_name_openmmlab_rsb_a1_weights():
-    for detector in MMDET_CONFIGS:
-        weights = LazyConfig.load(_mmdet_config(detector)).model.backbone.bottom_up.weights
-        assert weights.endswith("resnet50_8xb256-rsb-a1-600e_in1k_20211228-20e21305.pth"), detector
-        assert weights.startswith("https://download.openmmlab.com/")
-
-
 def test_weights_address_is_downloaded_once_with_its_hash_checked(tmp_path, monkeypatch):
     import functools
     import hashlib
