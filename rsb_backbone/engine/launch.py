@@ -58,8 +58,9 @@ def _local_device(local_rank: int, local_world_size: int) -> int:
 
 def _share_cpu_threads() -> None:
     """Split the machine's cores between its training processes unless ``OMP_NUM_THREADS`` says
-    otherwise (torchrun sets it to 1): N processes that each use every core slow each other down,
-    on a 2-core machine 2 CPU processes by 2.8x per iteration."""
+    otherwise (torchrun sets it to 1): N processes that each use every core slow each other down
+    (2 CPU processes on 2 cores, a ResNet-18 Faster R-CNN at 128 px: 1.67 s per iteration with 2
+    threads each, 0.77 s with 1)."""
     processes = comm.get_local_size()
     if processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes))
