@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 from rsb_backbone import pixel_normalization
 from rsb_backbone.config import get_rsb_cfg, load_config_with_overrides
 from rsb_backbone.config.yacs_configs import TRUNK_WEIGHTS
-from train_net_runner import dataset_args, read_metrics
+from train_net_runner import dataset_args, read_metrics, run_train_net_mains
 
 COCO = os.path.join(REPO_ROOT, "configs", "COCO")
 DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
@@ -190,17 +190,6 @@ def test_a_yacs_model_of_a_trunk_takes_the_lazy_models_weights():
 # The R-152 1x configs are the R-152 3x models with the 1x schedule: their 3x twins train.
 TRAINED = [c for c in NEW_CONFIGS if c[1:] != (152, "1x")]
 MIN_SIZE, MAX_SIZE = 128, 192
-_DRIVER = """
-import glob, json, os, sys
-sys.path.insert(0, {repo!r})
-import train_net
-for argv, output_dir in json.loads(sys.argv[1]):
-    train_net.main(train_net.build_argument_parser().parse_args(argv))
-    for checkpoint in glob.glob(os.path.join(output_dir, "*.pth")):
-        os.remove(checkpoint)  # the final checkpoint of a 100M-parameter model and its AdamW state
-"""
-
-
 def _train_args(detector: str, depth: int, schedule: str, data, output_dir: str) -> list:
     # 3x: a multi-scale choice as the config's, scaled down; 1x: one scale
     short_edges = "[112,120,128]" if schedule == "3x" else f"[{MIN_SIZE}]"
@@ -227,17 +216,10 @@ def one_iteration_runs(tiny_shapes, tmp_path_factory):
     runs, folders = [], {}
     for detector, depth, schedule in TRAINED:
         folder = str(out / f"{detector}_r{depth}_{schedule}")
-        runs.append([_train_args(detector, depth, schedule, tiny_shapes, folder), folder])
+        # the final checkpoint of a 100M-parameter model and its AdamW state: not read, removed
+        runs.append((_train_args(detector, depth, schedule, tiny_shapes, folder), folder))
         folders[(detector, depth, schedule)] = folder
-    result = subprocess.run(
-        [sys.executable, "-c", _DRIVER.format(repo=REPO_ROOT), json.dumps(runs)],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert result.returncode == 0, f"train_net.py failed:\n{result.stderr[-4000:]}"
+    run_train_net_mains(runs)
     return folders
 
 

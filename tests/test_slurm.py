@@ -250,7 +250,7 @@ def test_time_limit_stops_saves_requeues_and_resumes_to_the_end(slurm_cluster, t
 @pytest.mark.slow
 def test_forced_requeue_with_scancel_usr1_resumes_at_the_saved_iteration(slurm_cluster, tiny_shapes, tmp_path):
     # One task per node starting --num-gpus processes: the launcher passes the signal on.
-    job = _Job(slurm_cluster, ONE_NODE, tiny_shapes, tmp_path, max_iter=16, tasks=1, train=["--num-gpus", "2"])
+    job = _Job(slurm_cluster, ONE_NODE, tiny_shapes, tmp_path, max_iter=10, tasks=1, train=["--num-gpus", "2"])
     job.wait_for_iteration(3)
     slurm_cluster.scancel("--signal=USR1", job.id)
     info = job.wait_for_end()
@@ -266,7 +266,7 @@ def test_forced_requeue_with_scancel_usr1_resumes_at_the_saved_iteration(slurm_c
 
 @pytest.mark.slow
 def test_scancel_saves_a_checkpoint_without_requeue_and_a_new_submission_resumes(slurm_cluster, tiny_shapes, tmp_path):
-    cancelled = _Job(slurm_cluster, MULTI_NODE, tiny_shapes, tmp_path, max_iter=12, sbatch=["--nodes=1"])
+    cancelled = _Job(slurm_cluster, MULTI_NODE, tiny_shapes, tmp_path, max_iter=8, sbatch=["--nodes=1"])
     cancelled.wait_for_iteration(2)
     slurm_cluster.scancel(cancelled.id)
     info = cancelled.wait_for_end()
@@ -277,11 +277,11 @@ def test_scancel_saves_a_checkpoint_without_requeue_and_a_new_submission_resumes
     with open(os.path.join(cancelled.out, "last_checkpoint")) as f:
         assert f.read().strip() == f"model_{stopped_at:07d}.pth"
 
-    again = _Job(slurm_cluster, MULTI_NODE, tiny_shapes, tmp_path, max_iter=12, sbatch=["--nodes=1"])
+    again = _Job(slurm_cluster, MULTI_NODE, tiny_shapes, tmp_path, max_iter=8, sbatch=["--nodes=1"])
     assert again.out == cancelled.out
     info = again.wait_for_end()
     assert info["JobState"] == "COMPLETED", (info, again.text()[-3000:])
-    assert f"Resuming at iteration {stopped_at + 1} of 12" in again.text()
+    assert f"Resuming at iteration {stopped_at + 1} of 8" in again.text()
     again.assert_every_iteration_once()
 
 

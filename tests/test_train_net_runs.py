@@ -122,7 +122,8 @@ def test_unregistered_dataset_is_named():
 
 def test_eval_only_without_checkpoint_says_what_to_pass(tiny_shapes, tmp_path):
     result = run_train_net(
-        ["--config-file", FASTER, "--eval-only", *dataset_args(tiny_shapes), f"train.output_dir={tmp_path}"],
+        ["--config-file", FASTER, "--eval-only", *dataset_args(tiny_shapes), *FAST_OVERRIDES,
+         f"train.output_dir={tmp_path}"],
         check=False, timeout=300,
     )
     _assert_one_line_error(result, "train.init_checkpoint")

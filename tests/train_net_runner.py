@@ -7,14 +7,16 @@ import os
 import subprocess
 import sys
 from unittest import mock
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from conftest import REPO_ROOT
 
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 
-# CPU-sized settings for every test run: tiny images, 2 images per batch, no loader workers.
+# CPU-sized settings for every test run: the cheapest trunk, tiny images, 2 images per batch, no
+# loader workers.
 FAST_OVERRIDES = (
+    "model.backbone.bottom_up.model_name=resnet18",
     "dataloader.train.total_batch_size=2",
     "dataloader.train.num_workers=0",
     "dataloader.test.num_workers=0",
@@ -57,6 +59,37 @@ def run_train_net(args: Sequence[str], *, timeout: float = 900, env=None, check:
             f"train_net.py exited {result.returncode}\n--- stderr (end) ---\n{result.stderr[-4000:]}"
         )
     return result
+
+
+_MAINS_DRIVER = """
+import glob, json, os, sys
+sys.path.insert(0, {repo!r})
+import train_net
+for argv, remove_checkpoints_of in json.loads(sys.argv[1]):
+    train_net.main(train_net.build_argument_parser().parse_args(argv))
+    for checkpoint in glob.glob(os.path.join(remove_checkpoints_of, "*.pth")) if remove_checkpoints_of else []:
+        os.remove(checkpoint)
+"""
+
+
+def run_train_net_mains(runs: Sequence[Tuple[Sequence[str], Optional[str]]], *, timeout: float = 1800) -> None:
+    """Run ``train_net.main`` for each ``(argv, folder)`` of ``runs`` in turn, in one subprocess (one
+    interpreter start-up for all); after a run, remove the ``*.pth`` files of ``folder`` if given
+    (the checkpoints of large models that a test does not read).
+
+    Raises:
+        AssertionError: a run failed (the end of its stderr).
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", _MAINS_DRIVER.format(repo=REPO_ROOT), json.dumps([list(r) for r in runs])],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"train_net.py failed:\n{result.stderr[-4000:]}")
 
 
 def train_net_in_process(args: Sequence[str]) -> subprocess.CompletedProcess:
