@@ -16,11 +16,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
+
+from detectron2.structures import ROIMasks
 
 from conftest import REPO_ROOT
 from detection_checks import assert_same_detections
 from rsb_backbone.export import ExportedDetector, Preprocessor, export_predictor, preprocessing_spec
-from rsb_backbone.inference import LazyConfigPredictor
+from rsb_backbone.inference import LazyConfigPredictor, instances_to_coco_results
 from trained_detectors import DEPLOYED, MASK_MODELS, VAL_NAME
 from train_net_runner import dataset_args, read_eval_results
 
@@ -41,7 +44,9 @@ def images(tiny_shapes):
     root = tiny_shapes["val"]["image_root"]
     files = sorted(os.listdir(root))
     sample = cv2.imread(os.path.join(root, files[0]))
-    others = [cv2.resize(cv2.imread(os.path.join(root, f)), (w, h)) for f, (h, w) in zip(files[1:], TEST_SIZES)]
+    others = [
+        cv2.resize(cv2.imread(os.path.join(root, f)), (w, h)) for f, (h, w) in zip(files[1:], TEST_SIZES)
+    ]
     return sample, others
 
 
@@ -82,9 +87,65 @@ def test_exported_models_give_pytorch_detections(name, deploy_models, images, tm
         assert spec["metadata"]["thing_classes"] == ["circle", "square", "triangle"]
         assert spec["norms_folded"] and spec["score_threshold"] == SCORE_THRESHOLD
         exported = ExportedDetector(str(tmp_path / fmt))
-        assert ("masks" in exported.output_names) == (name in MASK_MODELS)
+        assert exported.has_masks == ("mask_probs" in exported.output_names) == (name in MASK_MODELS)
         for image, instances in zip(others, expected):
             assert_same_detections(instances, exported(image)["instances"], f"{name} {fmt} {image.shape}")
+        if name in MASK_MODELS:  # the compact form: the same COCO results, pasted one at a time
+            compact = ExportedDetector(str(tmp_path / fmt), mask_format="roi")(others[0])["instances"]
+            assert isinstance(compact.pred_masks, ROIMasks)
+            full = exported(others[0])["instances"]
+            assert instances_to_coco_results(compact, 1) == instances_to_coco_results(full, 1)
+
+
+LARGE_IMAGE_SIZE = 2048
+MEMORY_MARGIN = 1.2  # an exported model's peak memory: at most the PyTorch predictor's + 20 %
+
+
+def _measure_in_child(image_path, output, *form_args):
+    """Peak memory (MiB) and detections of one model form, run in a process of its own."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tests", "detection_memory.py"), "--image", image_path,
+         "--output", output, *form_args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{form_args} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    with np.load(output) as saved:
+        shape = tuple(saved["mask_shape"])
+        detections = {k: saved[k] for k in ("boxes", "scores", "classes")}
+        detections["masks"] = np.unpackbits(saved["packed_masks"], axis=-1, count=shape[-1]).astype(bool)
+    return report["peak_rss_mib"], detections
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mask_rcnn", "cascade_mask_rcnn"])
+def test_exported_masks_on_a_large_image_cost_what_the_pytorch_model_does(
+    name, deploy_models, images, tmp_path
+):
+    """On a 2048 x 2048 image with 100 detections (score threshold 0) both export formats give
+    the folded PyTorch model's detections and masks, in at most its peak memory + 20 %: the
+    graphs return each box's mask probabilities and the runner pastes them into their boxes."""
+    sample, _ = images
+    image_path = str(tmp_path / "large.png")
+    cv2.imwrite(image_path, cv2.resize(sample, (LARGE_IMAGE_SIZE, LARGE_IMAGE_SIZE)))
+    config, checkpoint = deploy_models[name]
+    folded = LazyConfigPredictor(config, checkpoint, score_threshold=0.0, fuse=True)
+    reference_mib, expected = _measure_in_child(
+        image_path, str(tmp_path / "torch.npz"), "--predictor", config, checkpoint
+    )
+    assert len(expected["scores"]) >= 50 and expected["masks"].shape[1:] == (
+        LARGE_IMAGE_SIZE,
+        LARGE_IMAGE_SIZE,
+    )
+    for fmt in ("torchscript", "onnx"):
+        export_predictor(folded, sample, str(tmp_path / fmt), fmt)
+        peak_mib, actual = _measure_in_child(
+            image_path, str(tmp_path / f"{fmt}.npz"), "--exported", str(tmp_path / fmt)
+        )
+        assert_same_detections(expected, actual, f"{name} {fmt} {LARGE_IMAGE_SIZE}px")
+        assert (
+            peak_mib <= MEMORY_MARGIN * reference_mib
+        ), f"{name} {fmt}: peak memory {peak_mib:.0f} MiB, PyTorch predictor {reference_mib:.0f} MiB"
 
 
 def _run_script(script, args):
@@ -108,7 +169,9 @@ def test_onnx_model_evaluates_like_train_net_eval_only(trained_detectors, tiny_s
          *registration],
     )  # fmt: skip
     assert "Class names: circle, square, triangle" in exported.stderr
-    _run_script("run_exported.py", ["--model", export_dir, "--eval", VAL_NAME, "--output", eval_dir, *registration])
+    _run_script(
+        "run_exported.py", ["--model", export_dir, "--eval", VAL_NAME, "--output", eval_dir, *registration]
+    )
     with open(os.path.join(eval_dir, "eval_results.json")) as f:
         onnx_results = json.load(f)
 
@@ -135,3 +198,82 @@ def test_onnx_model_evaluates_like_train_net_eval_only(trained_detectors, tiny_s
 def test_exported_detector_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.json: no such file"):
         ExportedDetector(str(tmp_path / "missing"))
+
+
+class _PastedMasksModel(torch.nn.Module):
+    """The outputs of an export whose graph pasted the masks: one detection with an image mask."""
+
+    def forward(self, image, height, width):
+        masks = torch.zeros(1, int(height), int(width), dtype=torch.bool)
+        masks[:, 3:30, 2:20] = True
+        return torch.tensor([[2.0, 3.0, 20.0, 30.0]]), torch.tensor([0.9]), torch.tensor([1]), masks
+
+
+def test_an_export_with_masks_pasted_in_the_graph_still_runs(tmp_path):
+    torch.jit.script(_PastedMasksModel()).save(str(tmp_path / "model.ts"))
+    spec = {
+        "format": "torchscript",
+        "model_file": "model.ts",
+        "inputs": ["image", "height", "width"],
+        "outputs": ["boxes", "scores", "classes", "masks"],
+        "preprocessing": {"input_format": "BGR", "short_edge_length": 32, "max_size": 64, "interp": 2},
+        "metadata": None,
+    }
+    (tmp_path / "model.json").write_text(json.dumps(spec))
+    for mask_format in ("bitmask", "roi"):
+        detector = ExportedDetector(str(tmp_path), mask_format=mask_format)
+        instances = detector(np.zeros((40, 50, 3), dtype=np.uint8))["instances"]
+        assert detector.has_masks and instances.pred_masks.dtype == torch.bool
+        assert instances.pred_masks.shape == (1, 40, 50) and int(instances.pred_masks.sum()) == 27 * 18
+        [result] = instances_to_coco_results(instances, 7)
+        assert result["bbox"] == [2.0, 3.0, 18.0, 27.0] and result["segmentation"]["size"] == [40, 50]
+    with pytest.raises(ValueError, match="mask_format='rle': expected one of"):
+        ExportedDetector(str(tmp_path), mask_format="rle")
+
+
+class _ClassNMS(torch.nn.Module):
+    def forward(self, boxes, scores, classes):
+        from detectron2.layers import batched_nms
+
+        return batched_nms(boxes, scores, classes, 0.5)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_nms_is_recorded_class_by_class_and_keeps_what_eager_nms_keeps(fmt, tmp_path):
+    """2,000 overlapping boxes of 5 classes (eager Detectron2 runs NMS per class above 1,000): the
+    traced graph, run on other boxes than the traced ones, keeps the same boxes in the same order."""
+    from rsb_backbone.export.exporter import _per_class_nms
+
+    def boxes_of(seed, n):
+        generator = torch.Generator().manual_seed(seed)
+        xy = torch.rand(n, 2, generator=generator) * 100
+        boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=generator) * 30], dim=1)
+        return boxes, torch.rand(n, generator=generator), torch.randint(0, 5, (n,), generator=generator)
+
+    model, path = _ClassNMS(), str(tmp_path / f"nms.{fmt}")
+    with _per_class_nms(fmt):
+        if fmt == "onnx":
+            torch.onnx.export(
+                model, boxes_of(0, 2000), path, input_names=["boxes", "scores", "classes"],
+                dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}}, opset_version=17,
+                dynamo=False,
+            )  # fmt: skip
+        else:
+            torch.jit.trace(model, boxes_of(0, 2000), check_trace=False).save(path)
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+
+        ops = [node.op_type for node in onnx.load(path).graph.node]
+        assert ops.count("NonMaxSuppression") == 1 and "OneHot" in ops
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        run = lambda b, s, c: torch.as_tensor(  # noqa: E731
+            session.run(None, {"boxes": b.numpy(), "scores": s.numpy(), "classes": c.numpy()})[0]
+        )
+    else:
+        run = torch.jit.load(path)
+    for seed, n in ((1, 2500), (2, 300)):
+        inputs = boxes_of(seed, n)
+        expected = model(*inputs)
+        assert 0 < len(expected) < n
+        assert torch.equal(run(*inputs), expected), f"{fmt}: {n} boxes"

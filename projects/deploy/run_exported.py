@@ -12,7 +12,8 @@ Examples::
         --output output/exported_eval
 
 ``--model`` is a folder written by ``export_model.py``. Class indices become the category ids
-stored with the model when it has them.
+stored with the model when it has them. Masks are pasted and encoded one detection at a time
+(``ExportedDetector(mask_format="roi")``), so no image-sized mask is held for every detection.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from typing import Dict, List
 from tqdm import tqdm
 
 from detectron2.data.detection_utils import read_image
+from detectron2.evaluation import COCOEvaluator, print_csv_format
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "predict_demo"))
 from predict import coco_image_ids, collect_inputs  # noqa: E402
@@ -55,6 +57,19 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RoiMaskCOCOEvaluator(COCOEvaluator):
+    """Detectron2's ``COCOEvaluator`` for outputs whose masks are ``ROIMasks``: each image's
+    detections become COCO results at once, one mask pasted at a time
+    (:func:`~rsb_backbone.inference.instances_to_coco_results`)."""
+
+    def process(self, inputs, outputs):
+        # COCOEvaluator.process appends {"image_id", "instances": COCO results} to _predictions,
+        # which evaluate() reads; the same record, made without image-sized masks.
+        for record, output in zip(inputs, outputs):
+            results = instances_to_coco_results(output["instances"], record["image_id"])
+            self._predictions.append({"image_id": record["image_id"], "instances": results})
+
+
 def predict_images(detector: ExportedDetector, images: List[str], image_ids: Dict[str, int]) -> List[dict]:
     """COCO results of ``detector`` on image files; ``image_ids``: file name -> id (else 1, 2, ...)."""
     category_ids = contiguous_to_dataset_ids(detector.metadata)
@@ -69,12 +84,11 @@ def predict_images(detector: ExportedDetector, images: List[str], image_ids: Dic
 def evaluate(detector: ExportedDetector, dataset: str, output_dir: str) -> dict:
     """COCO AP of ``detector`` on a registered data set: ``{"bbox": {...}[, "segm": {...}]}``."""
     from detectron2.data import DatasetCatalog
-    from detectron2.evaluation import COCOEvaluator, print_csv_format
 
     if dataset not in DatasetCatalog.list():
         raise ValueError(f"--eval {dataset}: not registered; add --register-coco {dataset}=JSON:IMAGE_DIR")
-    tasks = ("bbox", "segm") if "masks" in detector.output_names else ("bbox",)
-    evaluator = COCOEvaluator(dataset, tasks=tasks, distributed=False, output_dir=output_dir)
+    tasks = ("bbox", "segm") if detector.has_masks else ("bbox",)
+    evaluator = RoiMaskCOCOEvaluator(dataset, tasks=tasks, distributed=False, output_dir=output_dir)
     evaluator.reset()
     for record in tqdm(DatasetCatalog.get(dataset), desc=dataset, unit="image"):
         outputs = detector(read_image(record["file_name"], format="BGR"))
@@ -88,7 +102,7 @@ def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
     for spec in args.register_coco:
         register_coco_from_arg(spec)
-    detector = ExportedDetector(args.model, num_threads=args.num_threads)
+    detector = ExportedDetector(args.model, num_threads=args.num_threads, mask_format="roi")
     logger.info("%s model %s, outputs %s", detector.format, detector.model_path, ", ".join(detector.output_names))
     os.makedirs(args.output, exist_ok=True)
     if args.eval:

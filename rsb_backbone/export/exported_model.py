@@ -7,24 +7,37 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, ROIMasks
 
 from ..checkpoint.model_metadata import detectron2_metadata, parse_model_metadata
+from ..inference.coco_results import MASK_THRESHOLD
 from .exporter import FORMATS, SPEC_FILE, Preprocessor
 
-__all__ = ["ExportedDetector"]
+__all__ = ["ExportedDetector", "MASK_FORMATS"]
+
+# "bitmask": bool (N, H, W) image masks, as DefaultPredictor returns them; "roi": Detectron2's
+# ROIMasks, each box's (M, M) mask probabilities, pasted by whoever needs a mask.
+MASK_FORMATS = ("bitmask", "roi")
 
 
 class ExportedDetector:
     """An exported model folder (``model.json`` + ``model.ts``/``model.onnx``), called like
     ``DefaultPredictor``: an (H, W, 3) uint8 BGR image in, ``{"instances": Instances}`` out with
-    ``pred_boxes``, ``scores``, ``pred_classes`` (and bool ``pred_masks`` for mask models), CPU
+    ``pred_boxes``, ``scores``, ``pred_classes`` (and ``pred_masks`` for mask models), CPU
     tensors in original image coordinates.
+
+    Masks are pasted here, one box at a time into the box's region, by Detectron2's
+    ``paste_masks_in_image`` (bilinear, threshold 0.5), which is what the PyTorch model does on
+    the CPU. Folders exported before the graph returned ``mask_probs`` hold image-sized ``masks``
+    and are read as they are.
 
     Args:
         model_dir: the export folder (or its ``model.json``).
         num_threads: intra-op threads (ONNX Runtime session, or torch for TorchScript); None
             leaves the runtime's default.
+        mask_format: "bitmask": ``pred_masks`` are bool (N, H, W) image masks; "roi": they stay
+            Detectron2 ``ROIMasks`` of (N, M, M) probabilities (no image-sized array;
+            :func:`~rsb_backbone.inference.instances_to_coco_results` encodes them one at a time).
 
     Attributes:
         spec: the contents of ``model.json``.
@@ -32,10 +45,13 @@ class ExportedDetector:
 
     Raises:
         FileNotFoundError: ``model.json`` or the model file it names is missing.
-        ValueError: ``model.json`` names an unknown format.
+        ValueError: ``model.json`` names an unknown format, or ``mask_format`` is unknown.
     """
 
-    def __init__(self, model_dir: str, *, num_threads: Optional[int] = None):
+    def __init__(self, model_dir: str, *, num_threads: Optional[int] = None, mask_format: str = "bitmask"):
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format={mask_format!r}: expected one of {MASK_FORMATS}")
+        self.mask_format = mask_format
         spec_path = model_dir if model_dir.endswith(".json") else os.path.join(model_dir, SPEC_FILE)
         if not os.path.isfile(spec_path):
             raise FileNotFoundError(f"{spec_path}: no such file; expected an export folder with {SPEC_FILE}")
@@ -77,6 +93,20 @@ class ExportedDetector:
         instances.pred_boxes = Boxes(torch.as_tensor(outputs["boxes"]))
         instances.scores = torch.as_tensor(outputs["scores"])
         instances.pred_classes = torch.as_tensor(outputs["classes"]).long()
-        if "masks" in outputs:
+        if "mask_probs" in outputs:
+            roi_masks = ROIMasks(torch.as_tensor(outputs["mask_probs"]))
+            if self.mask_format == "roi":
+                instances.pred_masks = roi_masks
+            else:
+                bitmasks = roi_masks.to_bitmasks(
+                    instances.pred_boxes, int(height), int(width), MASK_THRESHOLD
+                )
+                instances.pred_masks = bitmasks.tensor
+        elif "masks" in outputs:  # an export whose graph pasted the masks
             instances.pred_masks = torch.as_tensor(outputs["masks"]).bool()
         return {"instances": instances}
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the model predicts masks."""
+        return "mask_probs" in self.output_names or "masks" in self.output_names

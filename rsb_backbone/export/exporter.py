@@ -1,15 +1,22 @@
 """Exporting a detector to TorchScript (``model.ts``) or ONNX (``model.onnx``) with Detectron2's
 ``TracingAdapter``, with the ``model.json`` that :class:`.ExportedDetector` reads (outputs, model
-metadata, the test resize done outside the graph). Inputs, outputs, mask pasting: docs/deployment.md."""
+metadata, the test resize done outside the graph). Inputs, outputs, mask pasting: docs/deployment.md.
 
+Mask models return each detection's M x M mask probabilities (``mask_probs``), not image-sized
+masks: pasting a mask into its box is left to the runner, as Detectron2 does it on the CPU (one box
+at a time, into the box's region), so that an exported model's memory and time follow its boxes
+and not the image's area."""
+
+import contextlib
 import json
 import logging
 import os
+import warnings
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision.ops.boxes as box_ops
 from torch import nn
 
 import detectron2.data.transforms as T
@@ -29,7 +36,7 @@ MODEL_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 FORMATS = tuple(MODEL_FILES)
 SPEC_FILE = "model.json"
 INPUT_NAMES = ("image", "height", "width")
-OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
+OUTPUT_NAMES = ("boxes", "scores", "classes", "mask_probs")
 ONNX_OPSET = 17
 _INPUT_FORMATS = ("RGB", "BGR")
 
@@ -95,37 +102,10 @@ class Preprocessor:
         return tensor, torch.tensor(height, dtype=torch.int64), torch.tensor(width, dtype=torch.int64)
 
 
-def paste_masks(
-    mask_probs: torch.Tensor,
-    boxes: torch.Tensor,
-    height: torch.Tensor,
-    width: torch.Tensor,
-    threshold: float = 0.5,
-) -> torch.Tensor:
-    """Binary image masks from per-box mask probabilities, every mask sampled at every pixel at
-    once (one ``grid_sample``, which ONNX Runtime accepts; why: docs/deployment.md).
-
-    Args:
-        mask_probs: (N, M, M) probabilities in [0, 1].
-        boxes: (N, 4) boxes ``x0, y0, x1, y1`` in image pixels.
-        height, width: the image size (ints, or int64 scalar tensors when tracing).
-        threshold: a pixel is in the mask when its sampled probability is >= threshold.
-
-    Returns:
-        (N, height, width) bool masks.
-    """
-    x0, y0, x1, y1 = boxes.float().split(1, dim=1)  # each (N, 1)
-    ys = torch.arange(height, device=boxes.device).float() + 0.5
-    xs = torch.arange(width, device=boxes.device).float() + 0.5
-    grid_y = ((ys - y0) / (y1 - y0) * 2 - 1)[:, :, None]  # (N, H, 1) in the box's [-1, 1]
-    grid_x = ((xs - x0) / (x1 - x0) * 2 - 1)[:, None, :]  # (N, 1, W)
-    grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=3)  # (N, H, W, 2)
-    return F.grid_sample(mask_probs[:, None].float(), grid, align_corners=False)[:, 0] >= threshold
-
-
 def detection_tensors(model: nn.Module, image: torch.Tensor, height: torch.Tensor, width: torch.Tensor):
-    """Run ``model`` on one image; return ``(boxes, scores, classes[, masks])`` tensors in original
-    image coordinates (R-CNNs: ``detector_postprocess`` here, masks by :func:`paste_masks`).
+    """Run ``model`` on one image; return ``(boxes, scores, classes[, mask_probs])`` tensors in
+    original image coordinates (R-CNNs: ``detector_postprocess`` here; ``mask_probs``: (N, M, M)
+    float probabilities of each box's mask, pasted by the runner).
 
     Args:
         model: a Detectron2 detector in eval mode.
@@ -142,8 +122,98 @@ def detection_tensors(model: nn.Module, image: torch.Tensor, height: torch.Tenso
     instances = detector_postprocess(instances, height, width)
     outputs = (instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
     if instances.has("mask_probs"):
-        outputs += (paste_masks(instances.mask_probs, instances.pred_boxes.tensor, height, width),)
+        outputs += (instances.mask_probs,)
     return outputs
+
+
+class _PerClassNMS(torch.autograd.Function):
+    """``batched_nms`` whose ONNX form is one ``NonMaxSuppression`` with a class axis.
+
+    Traced, torchvision's ``batched_nms`` always takes its coordinate trick: every class's boxes
+    moved apart and one NMS over all of them. With the R-CNN box head's R x K candidates (80,000
+    at score threshold 0) that NMS is quadratic in all of them, and ONNX Runtime spent 9.6 s of
+    Faster R-CNN's 14 s in it at 512 px. Eager PyTorch runs NMS class by class above 1,000
+    boxes; this graph does the same: boxes (1, N, 4), scores (1, K, N) holding each box's score
+    in its own class and -1 elsewhere, so each class's NMS sees only its own boxes.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes, scores, idxs, iou_threshold: float):
+        return box_ops._batched_nms_vanilla(boxes, scores, idxs, iou_threshold)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, idxs, iou_threshold: float):
+        def const(value, dtype=torch.int64):
+            return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+        depth = g.op("Add", g.op("ReduceMax", idxs, keepdims_i=1), const([1]))
+        one_hot = g.op("OneHot", idxs, depth, const([0, 1]), axis_i=0)  # (K, N)
+        own_class = g.op("Cast", one_hot, to_i=9)  # bool
+        unset = const(-1.0, torch.float32)
+        class_scores = g.op("Where", own_class, g.op("Unsqueeze", scores, const([0])), unset)
+        selected = g.op(
+            "NonMaxSuppression",
+            g.op("Unsqueeze", boxes, const([0])),  # IoU is the same for (x0, y0, x1, y1) and (y0, x0, y1, x1)
+            g.op("Unsqueeze", class_scores, const([0])),
+            const([2**31 - 1]),  # no cap per class
+            const([iou_threshold], torch.float32),
+            const([-0.5], torch.float32),  # drops the -1 entries, keeps every real score
+        )  # (M, 3): batch, class, box
+        kept = g.op("Squeeze", g.op("Gather", selected, const([2]), axis_i=1), const([1]))
+        kept_scores = g.op("Gather", scores, kept, axis_i=0)
+        count = g.op("Unsqueeze", g.op("Size", kept), const([0]))
+        _, order = g.op("TopK", kept_scores, count, axis_i=0, largest_i=1, sorted_i=1, outputs=2)
+        return g.op("Gather", kept, order, axis_i=0)
+
+
+def _batched_nms_for_export(fmt: str):
+    """``torchvision.ops.boxes.batched_nms`` for tracing into ``fmt``: NMS class by class."""
+
+    def batched_nms(boxes, scores, idxs, iou_threshold: float):
+        if fmt == "onnx":
+            return _PerClassNMS.apply(boxes, scores, idxs, iou_threshold)
+        return box_ops._batched_nms_vanilla(boxes, scores, idxs, iou_threshold)  # a loop, scripted
+
+    return batched_nms
+
+
+@contextlib.contextmanager
+def _per_class_nms(fmt: str):
+    """While tracing, Detectron2's NMS calls (through ``torchvision.ops.boxes.batched_nms``) are
+    recorded as NMS class by class (:class:`_PerClassNMS`) rather than the coordinate trick."""
+    traced = box_ops.batched_nms
+    box_ops.batched_nms = _batched_nms_for_export(fmt)
+    try:
+        yield
+    finally:
+        box_ops.batched_nms = traced
+
+
+@contextlib.contextmanager
+def _tracer_warnings_to_debug_log():
+    """Warnings raised while tracing go to this module's debug log, counted in one info line.
+
+    The tracer warns about every Python value it records as a constant (image sizes, loops over
+    feature levels), and torch about its tracing APIs' deprecation: pages that say nothing about
+    the user's model. The tests check the exported graphs on image sizes other than the traced one.
+    """
+    fx_logger = logging.getLogger("torch.fx._symbolic_trace")  # logs that is_fx_tracing changed meaning
+    fx_level = fx_logger.level
+    fx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        fx_logger.setLevel(fx_level)
+    messages = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
+    for message in messages:
+        logger.debug("While tracing: %s", message)
+    if messages:
+        logger.info(
+            "Tracing: %d kinds of warnings (values fixed in the graph, deprecated APIs), logged at DEBUG level",
+            len(messages),
+        )
 
 
 def trace_detector(
@@ -163,7 +233,7 @@ def trace_detector(
     """
     # eval: the exporters restore the adapter's mode on the whole model afterwards
     adapter = TracingAdapter(model, tuple(sample), detection_tensors).eval()
-    with torch.no_grad():
+    with torch.no_grad(), _tracer_warnings_to_debug_log(), _per_class_nms(fmt):
         outputs = list(OUTPUT_NAMES[: len(adapter(*adapter.flattened_inputs))])
         if fmt == "torchscript":
             torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False).save(path)

@@ -2,9 +2,15 @@
 
 from typing import Dict, List, Optional
 
+import numpy as np
+import pycocotools.mask as mask_util
+
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import Instances
+from detectron2.layers import paste_masks_in_image
+from detectron2.structures import Instances, ROIMasks
+
+MASK_THRESHOLD = 0.5  # Detectron2's detector_postprocess, and mmdetection's mask_thr_binary
 
 
 def contiguous_to_dataset_ids(metadata: Optional[Metadata]) -> Optional[Dict[int, int]]:
@@ -19,6 +25,10 @@ def instances_to_coco_results(
 ) -> List[dict]:
     """One image's detections as COCO result dicts (Detectron2's ``instances_to_coco_json``).
 
+    ``pred_masks`` may be bool image masks, or ``ROIMasks`` (each box's mask probabilities, as
+    :class:`~rsb_backbone.export.ExportedDetector` gives them with ``mask_format="roi"``): those
+    are pasted and encoded one at a time, so that no image-sized array is held for every detection.
+
     Args:
         instances: a predictor's ``outputs["instances"]``, in original image coordinates.
         image_id: the image's id in the COCO file the results will be compared with.
@@ -28,7 +38,15 @@ def instances_to_coco_results(
     Returns:
         dicts with ``image_id``, ``category_id``, ``bbox`` (XYWH), ``score`` (and RLE ``segmentation``).
     """
-    results = instances_to_coco_json(instances.to("cpu"), image_id)
+    instances = instances.to("cpu")  # a copy: removing a field leaves the caller's
+    roi_masks = instances.get("pred_masks") if instances.has("pred_masks") else None
+    if isinstance(roi_masks, ROIMasks):
+        instances.remove("pred_masks")
+    results = instances_to_coco_json(instances, image_id)
+    if isinstance(roi_masks, ROIMasks):
+        boxes = instances.pred_boxes.tensor
+        for result, mask_probs, box in zip(results, roi_masks.tensor, boxes):
+            result["segmentation"] = _roi_mask_rle(mask_probs, box, instances.image_size)
     if category_ids is not None:
         for result in results:
             index = result["category_id"]
@@ -39,3 +57,11 @@ def instances_to_coco_results(
                 )
             result["category_id"] = category_ids[index]
     return results
+
+
+def _roi_mask_rle(mask_probs, box, image_size) -> dict:
+    """COCO RLE of one (M, M) mask probability map pasted into its box in an image of ``image_size``."""
+    mask = paste_masks_in_image(mask_probs[None], box[None], image_size, threshold=MASK_THRESHOLD)[0]
+    rle = mask_util.encode(np.asfortranarray(mask.numpy()[:, :, None], dtype=np.uint8))[0]
+    rle["counts"] = rle["counts"].decode("utf-8")
+    return rle
