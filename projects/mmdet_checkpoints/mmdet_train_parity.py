@@ -51,12 +51,13 @@ RETINANET_LOSSES = {"loss_cls": "loss_cls", "loss_bbox": "loss_box_reg"}
 GROUPS = {"trunk": "backbone.", "fpn": "neck.", "rpn_head": "rpn_head.", "retinanet_head": "bbox_head.", "roi_heads": "roi_head."}
 
 
-def scenes(seed: int) -> List[Dict[str, np.ndarray]]:
-    """Two RGB images (two aspect ratios) with 6 to 8 rectangles and ellipses each: the image,
-    boxes (x0, y0, x1, y1), classes and bitmap masks of the visible part of each object."""
+def scenes(seed: int, layouts=((352, 480, 8), (448, 320, 6))) -> List[Dict[str, np.ndarray]]:
+    """RGB images with rectangles and ellipses: the image, boxes (x0, y0, x1, y1), classes and
+    bitmap masks of the visible part of each object. ``layouts`` holds (height, width, objects) per
+    image; the default is two images (two aspect ratios) with 8 and 6 objects."""
     rng = np.random.default_rng(seed)
     out = []
-    for height, width, count in ((352, 480, 8), (448, 320, 6)):
+    for height, width, count in layouts:
         yy, xx = np.mgrid[0:height, 0:width]
         image = np.stack([(xx * (c + 1) * 0.3 + yy * 0.2 * (2 - c)) % 255 for c in range(3)], -1)
         owner = np.full((height, width), -1)
@@ -84,7 +85,10 @@ def scenes(seed: int) -> List[Dict[str, np.ndarray]]:
 
 
 # ---- mmdetection ---------------------------------------------------------------------------------
-def mmdet_model(detector: str, seed: int):
+def mmdet_model(detector: str, seed: int, *, exhaustive: bool = True):
+    """mmdetection's model of ``detector`` with its training and test settings, random weights
+    (``randomize_``), in training mode; ``exhaustive``: every anchor and proposal sampled (else
+    the config's samplers)."""
     from mmcv import Config
     from mmdet.models import build_detector
 
@@ -93,7 +97,7 @@ def mmdet_model(detector: str, seed: int):
     cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", MMDET_CONFIGS[detector]))
     cfg.model.backbone.init_cfg = None  # every weight is set by randomize_
     train_cfg = cfg.model.train_cfg
-    if "rpn" in train_cfg:
+    if exhaustive and "rpn" in train_cfg:
         train_cfg.rpn.sampler.num = EXHAUSTIVE
         for rcnn in train_cfg.rcnn if isinstance(train_cfg.rcnn, list) else [train_cfg.rcnn]:
             rcnn.sampler.num = EXHAUSTIVE
@@ -104,8 +108,11 @@ def mmdet_model(detector: str, seed: int):
 
 
 def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
-    """Forward and backward on a batch of ``data``; returns the summed value of each loss term."""
+    """Forward and backward on a batch of ``data``; returns the summed value of each loss term.
+    Bitmap masks are made and passed for the mask detectors only."""
     from mmdet.core import BitmapMasks
+
+    with_masks = detector in ("mask_rcnn", "cascade_mask_rcnn")
 
     pad = [(int(np.ceil(d["image"].shape[0] / 32) * 32), int(np.ceil(d["image"].shape[1] / 32) * 32)) for d in data]
     batch_h, batch_w = max(p[0] for p in pad), max(p[1] for p in pad)
@@ -120,15 +127,16 @@ def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[
                 scale_factor=np.ones(4, dtype=np.float32), flip=False, flip_direction=None,
             )
         )
-        padded = np.zeros((len(d["masks"]), ph, pw), dtype=np.uint8)
-        padded[:, :h, :w] = d["masks"]
-        gt_masks.append(BitmapMasks(padded, ph, pw))
+        if with_masks:
+            padded = np.zeros((len(d["masks"]), ph, pw), dtype=np.uint8)
+            padded[:, :h, :w] = d["masks"]
+            gt_masks.append(BitmapMasks(padded, ph, pw))
     kwargs = dict(
         img=img, img_metas=metas,
         gt_bboxes=[torch.from_numpy(d["boxes"]) for d in data],
         gt_labels=[torch.from_numpy(d["classes"]).long() for d in data],
     )
-    if detector in ("mask_rcnn", "cascade_mask_rcnn"):
+    if with_masks:
         kwargs["gt_masks"] = gt_masks
     losses = model.forward_train(**kwargs)
     total, _ = model._parse_losses(losses)
@@ -171,7 +179,9 @@ def detectron2_training_behaviour(node) -> None:
             detectron2_training_behaviour(node.get(key))
 
 
-def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True):
+def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True, exhaustive: bool = True):
+    """The ``_mmdet`` config's model of ``detector`` with ``checkpoint`` loaded, in training mode;
+    ``exhaustive``: every anchor and proposal sampled (else the config's sampling)."""
     from detectron2.config import LazyConfig, instantiate
 
     from rsb_backbone.checkpoint import AtomicCheckpointer
@@ -179,7 +189,7 @@ def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True):
 
     cfg = LazyConfig.load(os.path.join(REPO_ROOT, "configs", "COCO", f"{detector}_rsb_r50_fpn_1x_mmdet.py"))
     skip_pretrained_weights(cfg.model)  # no ImageNet download: every weight is set later
-    if "proposal_generator" in cfg.model:
+    if exhaustive and "proposal_generator" in cfg.model:
         cfg.model.proposal_generator.batch_size_per_image = EXHAUSTIVE
         cfg.model.roi_heads.batch_size_per_image = EXHAUSTIVE
     if not mmdet_training:
@@ -190,6 +200,9 @@ def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True):
 
 
 def d2_step(model, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+    """Forward and backward on a batch of ``data``; returns the value of each loss term. Ground
+    truth masks go in where ``data`` has them: a boolean array as ``BitMasks``, a Detectron2 mask
+    structure (e.g. ``PolygonMasks``) as it is."""
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
 
@@ -200,8 +213,10 @@ def d2_step(model, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
             (h, w),
             gt_boxes=Boxes(torch.from_numpy(d["boxes"])),
             gt_classes=torch.from_numpy(d["classes"]).long(),
-            gt_masks=BitMasks(torch.from_numpy(d["masks"])),
         )
+        if "masks" in d:
+            masks = d["masks"]
+            instances.gt_masks = BitMasks(torch.from_numpy(masks)) if isinstance(masks, np.ndarray) else masks
         inputs.append({"image": torch.from_numpy(np.ascontiguousarray(d["image"].transpose(2, 0, 1))), "instances": instances})
     with EventStorage():
         losses = model(inputs)
