@@ -272,8 +272,10 @@ def test_nms_is_recorded_class_by_class_and_keeps_what_eager_nms_keeps(fmt, tmp_
         )
     else:
         run = torch.jit.load(path)
-    for seed, n in ((1, 2500), (2, 300)):
+    for seed, n in ((1, 2500), (2, 300), (3, 1)):
         inputs = boxes_of(seed, n)
         expected = model(*inputs)
-        assert 0 < len(expected) < n
+        assert 0 < len(expected) < n or n == 1
         assert torch.equal(run(*inputs), expected), f"{fmt}: {n} boxes"
+    nothing = run(*(t[:0] for t in boxes_of(4, 1)))  # an image without candidates
+    assert nothing.shape == (0,) and nothing.dtype == torch.int64

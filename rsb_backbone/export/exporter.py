@@ -139,6 +139,7 @@ class _PerClassNMS(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes, scores, idxs, iou_threshold: float):
+        # torchvision's own per-class path (private; what its batched_nms runs eagerly above 1,000 boxes)
         return box_ops._batched_nms_vanilla(boxes, scores, idxs, iou_threshold)
 
     @staticmethod
@@ -146,7 +147,9 @@ class _PerClassNMS(torch.autograd.Function):
         def const(value, dtype=torch.int64):
             return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
-        depth = g.op("Add", g.op("ReduceMax", idxs, keepdims_i=1), const([1]))
+        # K = largest class + 1; the 0 appended keeps ReduceMax defined when there is no box
+        largest = g.op("ReduceMax", g.op("Concat", idxs, const([0]), axis_i=0), keepdims_i=1)
+        depth = g.op("Add", largest, const([1]))
         one_hot = g.op("OneHot", idxs, depth, const([0, 1]), axis_i=0)  # (K, N)
         own_class = g.op("Cast", one_hot, to_i=9)  # bool
         unset = const(-1.0, torch.float32)
