@@ -4,6 +4,8 @@
 from detectron2.config import LazyCall as L
 
 from rsb_backbone.data.image_size_filter import get_detection_dataset_dicts_min_size
+from rsb_backbone.data.mmdet_mapper import MMDetDatasetMapper
+from rsb_backbone.data.mmdet_resize import MMDetResize
 from rsb_backbone.modeling import MMDetBoxHead, MMDetFPN, MMDetMaskHead, MMDetMatcher, MMDetRetinaNet, MMDetRPN
 
 # The RSB-A1 ResNet-50 that mmdetection's resnet_strikes_back configs start from (OpenMMLab's own
@@ -30,6 +32,18 @@ def use_mmdet_training(model, dataloader, *, roi_low_quality_matches: bool = Fal
     # training images with a side under 32 px are dropped (mmdet CocoDataset min_size=32)
     dataloader.train.dataset._target_ = get_detection_dataset_dicts_min_size
     dataloader.train.dataset.min_size = 32
+    dataloader.train.dataset.keep_crowd_only_images = True  # mmdet _filter_imgs counts crowd annotations
+    # mmdetection's Resize (OpenCV bilinear, mmcv's rounding of the size) and annotations as its
+    # CocoDataset/LoadAnnotations make them (slivers under 1 px left out, float64 box corners,
+    # polygons rasterized at the original size); measured in docs/mmdet_parity.md, "Training: the data pipeline".
+    train_resize = dataloader.train.mapper.augmentations[0]
+    dataloader.train.mapper.augmentations[0] = L(MMDetResize)(
+        short_edge_length=train_resize.short_edge_length, max_size=train_resize.max_size
+    )
+    dataloader.train.mapper._target_ = MMDetDatasetMapper
+    dataloader.train.mapper.update(
+        annotations_as_mmdet=True, rasterize_polygons_at_original_size=True, instance_mask_format="bitmask"
+    )
     if "proposal_generator" not in model:
         _use_mmdet_retinanet_training(model)
         return
