@@ -154,11 +154,14 @@ def test_table_shows_the_deployment_forms():
     report = _fake_report("cpu")
     metrics = report["results"][0]["metrics"]
     metrics["latency_b1_ms_folded"] = {"rsb_folded": 3.0, "builtin": 4.0, "ratio": 0.75}
-    metrics["latency_b1_ms_onnx"] = {"onnx": 2.0, "builtin": 4.0, "ratio": 0.5}
+    metrics["latency_b1_ms_onnx"] = {
+        "onnx": 2.0, "builtin": 4.0, "ratio": 0.5, "ratio_q1": 0.48, "ratio_q3": 0.53,
+        "ratio_to_rsb": {"onnx": 2.0, "rsb": 2.5, "ratio": 0.8, "ratio_q1": 0.79, "ratio_q3": 0.82},
+    }
     table = benchmark.format_table(report)
-    assert "latency b1 folded (ms) | latency b1 folded ratio" in table
+    assert "latency b1 folded (ms) | latency b1 folded / built-in | latency b1 folded / RSB PyTorch" in table
     row = [line for line in table.splitlines() if line.startswith("| cascade_mask_rcnn")][-1]
-    assert row == "| cascade_mask_rcnn | 3.0 | 0.75 | 2.0 | 0.50 | - | - |"
+    assert row == "| cascade_mask_rcnn | 3.0 | 0.75 | - | 2.0 | 0.50 (0.48-0.53) | 0.80 (0.79-0.82) | - | - | - |"
 
 
 def test_cuda_table_compares_memory_with_mmdetection():
@@ -203,7 +206,14 @@ def test_benchmark_command_prints_the_side_by_side_table(tmp_path):
         assert metric["ratio"] == pytest.approx(metric["rsb"] / metric["builtin"])
     assert len(record["samples_ms"]["train_step_ms"]["rsb"]) == 1
     # The deployment forms: the folded model and ONNX Runtime, timed in the same run.
-    for key, _, variant, _ in benchmark.DEPLOY_METRICS:
+    for key, _, variant, source in benchmark.DEPLOY_METRICS:
         metric = record["metrics"][key]
         assert metric[variant] > 0 and metric["ratio"] == pytest.approx(metric[variant] / metric["builtin"])
+        to_rsb = metric["ratio_to_rsb"]  # against the PyTorch model of the same run
+        assert to_rsb["rsb"] == record["metrics"][source]["rsb"]
+        assert to_rsb["ratio"] == pytest.approx(to_rsb[variant] / to_rsb["rsb"])
+    # fvcore's count: the same network in both models, so the same FLOPs.
+    assert record["gflops"]["rsb"] > 0
+    assert record["gflops"]["rsb"] == pytest.approx(record["gflops"]["builtin"], rel=1e-6)
+    assert "fvcore FLOPs of one inference" in table
     assert "latency b1 ONNX Runtime (ms)" in table

@@ -17,6 +17,11 @@ measured alternately, so that load from other processes touches both alike:
   ratios against the built-in model.
 
 Every figure is "lower is better" and comes with the ratio RSB / built-in (target: at most 1.00).
+Timed figures alternate the models sample by sample; their ratio is the median of the per-pair
+ratios with its interquartile range (``paired_ratios.py``), so that load from other processes,
+which slows both samples of a pair, cancels out. The deployment forms also get their ratio to the
+RSB PyTorch model they come from. fvcore's FLOP count of one inference (deterministic) stands next
+to the timings; the two models' counts are equal.
 Peak memory is the model's weights plus everything a training step allocates at its peak: on
 CUDA from the caching allocator (``torch.cuda.max_memory_allocated``, the other model's weights
 left out), on the CPU the growth of the resident set during the steps (``VmHWM`` after resetting
@@ -62,6 +67,7 @@ from rsb_backbone.config import head_config, resolve_device, set_score_threshold
 from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
+from paired_ratios import format_ratio, paired_ratio_statistics
 
 logger = logging.getLogger("rsb_detectron2.benchmark")
 
@@ -336,6 +342,47 @@ def _metric(values: Dict[str, Optional[float]]) -> Dict:
     return {"rsb": rsb, "builtin": builtin, "ratio": ratio}
 
 
+def paired_metric(samples: Dict[str, List[float]], variant: str, reference: str) -> Dict:
+    """Medians of two alternately timed models and the median and IQR of their per-pair ratios.
+
+    Args:
+        samples: model name -> timed samples, sample i of every model from the same round.
+        variant: the numerator (e.g. "rsb", "onnx").
+        reference: the denominator (e.g. "builtin", "rsb").
+
+    Returns:
+        ``{variant: median, reference: median, "ratio": median per-pair ratio, "ratio_q1",
+        "ratio_q3"}``.
+    """
+    stats = paired_ratio_statistics(samples[variant], samples[reference])
+    return {
+        variant: statistics.median(samples[variant]),
+        reference: statistics.median(samples[reference]),
+        "ratio": stats["median"],
+        "ratio_q1": stats["q1"],
+        "ratio_q3": stats["q3"],
+    }
+
+
+def flop_counts(models: Dict[str, torch.nn.Module], image: Dict) -> Dict[str, Optional[float]]:
+    """fvcore's count of one inference of each model on ``image``, in GFLOPs (Detectron2's
+    ``FlopCountAnalysis``: fvcore with Detectron2's input adapter); None where tracing fails."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    counts = {}
+    for name, model in models.items():
+        try:
+            with torch.no_grad():
+                analysis = FlopCountAnalysis(model.eval(), [image])
+                analysis.unsupported_ops_warnings(False)
+                analysis.uncalled_modules_warnings(False)
+                counts[name] = analysis.total() / 1e9
+        except Exception as error:  # noqa: BLE001 - a tracing failure is reported, not fatal
+            logger.warning("fvcore could not count the FLOPs of the %s model: %s", name, error)
+            counts[name] = None
+    return counts
+
+
 def check_same_outputs(models: Dict[str, torch.nn.Module], images: List[Dict], *, amp: bool, device) -> Dict:
     """Run both models on ``images`` in eval mode; same weights must give the same detections."""
     with torch.no_grad(), autocast(device, amp):
@@ -427,19 +474,21 @@ def benchmark_detector(detector: str, args, device: torch.device) -> Dict:
     if args.train:
         samples_ms["train_step_ms"], peaks = measure_training(cfg, models, args, device)
 
-    medians = {
-        key: {name: statistics.median(values) for name, values in per_model.items()}
-        for key, per_model in samples_ms.items()
-    }
-    metrics = {key: _metric({name: values[name] for name in VARIANTS}) for key, values in medians.items()}
+    metrics = {key: paired_metric(per_model, "rsb", "builtin") for key, per_model in samples_ms.items()}
     for key, _, variant, source in DEPLOY_METRICS:
-        if variant in medians[source]:
-            value, builtin = medians[source][variant], medians[source]["builtin"]
-            metrics[key] = {variant: value, "builtin": builtin, "ratio": value / builtin if builtin else None}
+        if variant in samples_ms[source]:
+            metrics[key] = paired_metric(samples_ms[source], variant, "builtin")
+            metrics[key]["ratio_to_rsb"] = paired_metric(samples_ms[source], variant, "rsb")
     for key, source in (("images_per_s_b1", "latency_b1_ms"), ("images_per_s_bN", "time_per_image_bN_ms")):
         metrics[key] = _metric({name: 1000 / metrics[source][name] for name in VARIANTS})
     if peaks is not None:
         metrics["train_peak_mem_mib"] = _metric(peaks)
+    record["gflops"] = flop_counts(models, single[0]) if args.flops else None
+    for key, metric in metrics.items():
+        for name, m in (("", metric), (" to RSB", metric.get("ratio_to_rsb"))):
+            if m and m.get("ratio_q1") is not None and max(m["ratio_q3"] - m["ratio"], m["ratio"] - m["ratio_q1"]) > 0.05:
+                logger.info("%s %s%s: ratio %s is not resolved to +-0.05; more --iters narrow it",
+                            detector, key, name, _fmt_ratio(m))
     record["metrics"] = metrics
     record["samples_ms"] = samples_ms
     return record
@@ -472,6 +521,13 @@ def _fmt(value: Optional[float], digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _fmt_ratio(metric: Dict) -> str:
+    """A metric's ratio: ``median (q1-q3)`` of its per-pair ratios where it was timed in pairs."""
+    if metric.get("ratio_q1") is None:
+        return _fmt(metric["ratio"], 2)
+    return format_ratio({"median": metric["ratio"], "q1": metric["ratio_q1"], "q3": metric["ratio_q3"]})
+
+
 def format_table(report: Dict) -> str:
     """The side-by-side markdown table (and, on CUDA, the figures to compare with mmdetection)."""
     settings = report["settings"]
@@ -482,11 +538,12 @@ def format_table(report: Dict) -> str:
         f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {height}x{width}; "
         f"batch 1 and {settings['batch_size']} for inference, {settings['train_batch_size']} for training; "
         f"amp={settings['amp']}, channels_last={settings['channels_last']}; "
-        f"median of {settings['iters']} runs after {settings['warmup']} warm-up.",
+        f"median of {settings['iters']} runs after {settings['warmup']} warm-up, models alternated run by run.",
         "Built-in = Detectron2's ResNet-50 (BasicStem + BottleneckBlock, stride in 3x3) in the same "
         "model with the same weights; its res3-res5 BatchNorm kept in eval mode with trainable "
         "affine and stem + res2 frozen (FrozenBN), as in the RSB trunk. Ratio = RSB / built-in, "
-        "lower is better (target <= 1.00).",
+        "lower is better (target <= 1.00): for times the median of the per-pair ratios with their "
+        "interquartile range in brackets.",
         "",
     ]
     header = ["detector"]
@@ -502,20 +559,26 @@ def format_table(report: Dict) -> str:
             if metric is None:
                 row += ["-", "-", "-"]
             else:
-                row += [_fmt(metric["rsb"]), _fmt(metric["builtin"]), _fmt(metric["ratio"], 2)]
+                row += [_fmt(metric["rsb"]), _fmt(metric["builtin"]), _fmt_ratio(metric)]
         lines.append("| " + " | ".join(row) + " |")
+    flops = [(r["detector"], r.get("gflops")) for r in report["results"] if r.get("gflops")]
+    if flops:
+        lines += ["", "fvcore FLOPs of one inference (GFLOPs): " + "; ".join(
+            f"{detector} RSB {_fmt(g['rsb'], 2)}, built-in {_fmt(g['builtin'], 2)}" for detector, g in flops
+        ) + "."]
 
     if any(key in record["metrics"] for record in report["results"] for key, *_ in DEPLOY_METRICS):
         lines += [
             "",
-            "Deployment forms of the RSB model (ratio = form / built-in): folded = norm layers folded "
-            "into the convolutions; ONNX Runtime = the folded model exported to ONNX (CPU, batch 1).",
+            "Deployment forms of the RSB model: folded = norm layers folded into the convolutions; "
+            "ONNX Runtime = the folded model exported to ONNX (CPU, batch 1). Ratios to the built-in "
+            "model and to the RSB PyTorch model (unfolded), median (IQR) of the per-pair ratios.",
             "",
         ]
         header = ["detector"] + [
             f"{title.replace('bN', 'b' + str(settings['batch_size']))} {part}"
             for _, title, _, _ in DEPLOY_METRICS
-            for part in ("(ms)", "ratio")
+            for part in ("(ms)", "/ built-in", "/ RSB PyTorch")
         ]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
@@ -523,7 +586,11 @@ def format_table(report: Dict) -> str:
             row = [record["detector"]]
             for key, _, variant, _ in DEPLOY_METRICS:
                 metric = record["metrics"].get(key)
-                row += ["-", "-"] if metric is None else [_fmt(metric[variant]), _fmt(metric["ratio"], 2)]
+                if metric is None:
+                    row += ["-", "-", "-"]
+                else:
+                    to_rsb = metric.get("ratio_to_rsb")
+                    row += [_fmt(metric[variant]), _fmt_ratio(metric), _fmt_ratio(to_rsb) if to_rsb else "-"]
             lines.append("| " + " | ".join(row) + " |")
 
     if settings["device"] == "cuda":
@@ -579,6 +646,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="also time the folded RSB model and (CPU) its ONNX Runtime export (default: yes)",
     )
     parser.add_argument(
+        "--flops", action=argparse.BooleanOptionalAction, default=True,
+        help="count each model's inference FLOPs with fvcore (default: yes)",
+    )
+    parser.add_argument(
         "--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
         help="test-time score threshold; 0 keeps 100 detections per image with random weights",
     )
@@ -618,6 +689,7 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
             "channels_last": args.channels_last,
             "train": args.train,
             "deploy": args.deploy,
+            "ratios": "timed figures: median and IQR of the per-pair ratios of alternating runs",
             "score_thresh": args.score_thresh,
             "instances_per_image": INSTANCES_PER_IMAGE,
             "memory": "CUDA: torch.cuda.max_memory_allocated during the training steps minus the "
