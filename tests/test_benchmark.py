@@ -217,3 +217,32 @@ def test_benchmark_command_prints_the_side_by_side_table(tmp_path):
     assert record["gflops"]["rsb"] == pytest.approx(record["gflops"]["builtin"], rel=1e-6)
     assert "fvcore FLOPs of one inference" in table
     assert "latency b1 ONNX Runtime (ms)" in table
+
+
+scale_benchmark = importlib.import_module("scale_benchmark")  # projects/benchmark is on sys.path
+
+
+def test_scale_summary_pairs_each_form_with_the_predictor_round_by_round():
+    def replies(seconds, peaks):
+        return [{"seconds": s, "peak_rss_mib": p, "detections": 100} for s, p in zip(seconds, peaks)]
+
+    samples = {
+        # a loaded second round slows both forms: the per-round ratios stay 0.5 and 0.6
+        "predictor": replies([2.0, 8.0, 2.0], [1000, 1200, 1100]),
+        "onnx": replies([1.0, 4.8, 1.1], [900, 1500, 1000]),
+    }
+    size = scale_benchmark.summarize_size(2048, (1536, 2048), samples)
+    onnx = size["forms"]["onnx"]
+    assert onnx["time_ratio"]["median"] == pytest.approx(0.55)
+    assert (onnx["time_ratio"]["q1"], onnx["time_ratio"]["q3"]) == pytest.approx((0.525, 0.575))
+    assert onnx["median_ms"] == pytest.approx(1100.0)
+    assert onnx["peak_rss_mib"] == 1500 and onnx["memory_ratio"] == pytest.approx(1500 / 1200)
+    assert size["pixels"] == 1536 * 2048
+
+    report = {
+        "settings": {"forms": ["predictor", "onnx"], "threads": 2, "iters": 3, "warmup": 1},
+        "machine": {"cpu": "Some CPU", "torch": "2.x", "onnxruntime": "1.x"},
+        "results": [{"detector": "mask_rcnn", "sizes": [size]}],
+    }
+    row = [line for line in scale_benchmark.format_table(report).splitlines() if line.startswith("| mask_rcnn")]
+    assert row == ["| mask_rcnn | 2048x1536 | 100 | 2000 | 1200 | 1100 | 1500 | 0.55 (0.53-0.57) | 1.25 |"]
