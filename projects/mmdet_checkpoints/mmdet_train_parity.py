@@ -107,9 +107,9 @@ def mmdet_model(detector: str, seed: int, *, exhaustive: bool = True):
     return model.train()  # norm_eval: BatchNorm statistics stay frozen
 
 
-def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
-    """Forward and backward on a batch of ``data``; returns the summed value of each loss term.
-    Bitmap masks are made and passed for the mask detectors only."""
+def mmdet_inputs(detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[str, object]:
+    """``forward_train``'s arguments for a batch of ``data``: normalised images padded to 32,
+    metas, boxes, labels, and bitmap masks for the mask detectors only."""
     from mmdet.core import BitmapMasks
 
     with_masks = detector in ("mask_rcnn", "cascade_mask_rcnn")
@@ -138,6 +138,13 @@ def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[
     )
     if with_masks:
         kwargs["gt_masks"] = gt_masks
+    return kwargs
+
+
+def mmdet_step(model, detector: str, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+    """Forward and backward on a batch of ``data``; returns the summed value of each loss term.
+    Bitmap masks are made and passed for the mask detectors only."""
+    kwargs = mmdet_inputs(detector, data)
     losses = model.forward_train(**kwargs)
     total, _ = model._parse_losses(losses)
     total.backward()
@@ -199,12 +206,11 @@ def d2_model(detector: str, checkpoint: str, *, mmdet_training: bool = True, exh
     return model.train()
 
 
-def d2_step(model, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
-    """Forward and backward on a batch of ``data``; returns the value of each loss term. Ground
-    truth masks go in where ``data`` has them: a boolean array as ``BitMasks``, a Detectron2 mask
-    structure (e.g. ``PolygonMasks``) as it is."""
+def d2_inputs(data: List[Dict[str, np.ndarray]]) -> List[Dict[str, object]]:
+    """The model's training inputs for a batch of ``data``. Ground truth masks go in where
+    ``data`` has them: a boolean array as ``BitMasks``, a Detectron2 mask structure (e.g.
+    ``PolygonMasks``) as it is."""
     from detectron2.structures import BitMasks, Boxes, Instances
-    from detectron2.utils.events import EventStorage
 
     inputs = []
     for d in data:
@@ -218,6 +224,15 @@ def d2_step(model, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
             masks = d["masks"]
             instances.gt_masks = BitMasks(torch.from_numpy(masks)) if isinstance(masks, np.ndarray) else masks
         inputs.append({"image": torch.from_numpy(np.ascontiguousarray(d["image"].transpose(2, 0, 1))), "instances": instances})
+    return inputs
+
+
+def d2_step(model, data: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+    """Forward and backward on a batch of ``data`` (see :func:`d2_inputs`); returns the value of
+    each loss term."""
+    from detectron2.utils.events import EventStorage
+
+    inputs = d2_inputs(data)
     with EventStorage():
         losses = model(inputs)
     sum(losses.values()).backward()
