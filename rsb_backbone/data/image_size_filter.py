@@ -46,5 +46,9 @@ def get_detection_dataset_dicts_min_size(
     dicts = get_detection_dataset_dicts(names, **kwargs)
     annotated = [d for d in dicts if d.get("annotations")]
     if len(annotated) < len(dicts):
-        logger.info("Removed %d images without annotations; %d images left.", len(dicts) - len(annotated), len(annotated))
+        logger.info(
+            "Removed %d images without annotations; %d images left.",
+            len(dicts) - len(annotated),
+            len(annotated),
+        )
     return drop_small_images(annotated, min_size)

@@ -65,9 +65,19 @@ class MMDetDatasetMapper(SkippingDatasetMapper):
         args, kwargs: Detectron2's ``DatasetMapper`` arguments.
     """
 
-    def __init__(self, *args, annotations_as_mmdet: bool = True, rasterize_polygons_at_original_size: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        annotations_as_mmdet: bool = True,
+        rasterize_polygons_at_original_size: bool = True,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        if rasterize_polygons_at_original_size and self.use_instance_mask and self.instance_mask_format != "bitmask":
+        if (
+            rasterize_polygons_at_original_size
+            and self.use_instance_mask
+            and self.instance_mask_format != "bitmask"
+        ):
             raise ValueError(
                 "MMDetDatasetMapper: rasterize_polygons_at_original_size=True needs "
                 f"instance_mask_format='bitmask', got {self.instance_mask_format!r}"

@@ -51,7 +51,9 @@ class OpenCVResizeTransform(T.Transform):
 
     def _resize(self, array: np.ndarray, interpolation: int) -> np.ndarray:
         if array.shape[:2] != (self.h, self.w):
-            raise ValueError(f"OpenCVResizeTransform expects a {self.h}x{self.w} array, got {array.shape[0]}x{array.shape[1]}")
+            raise ValueError(
+                f"OpenCVResizeTransform expects a {self.h}x{self.w} array, got {array.shape[0]}x{array.shape[1]}"
+            )
         if array.dtype == bool:  # OpenCV has no boolean images
             return self._resize(array.astype(np.uint8), interpolation).astype(bool)
         return cv2.resize(array, (self.new_w, self.new_h), interpolation=interpolation)
@@ -91,11 +93,19 @@ class MMDetResize(T.Augmentation):
 
     def __init__(self, short_edge_length: Union[int, Sequence[int]], max_size: int):
         super().__init__()
-        lengths = [short_edge_length] if isinstance(short_edge_length, (int, np.integer)) else list(short_edge_length)
+        lengths = (
+            [short_edge_length]
+            if isinstance(short_edge_length, (int, np.integer))
+            else list(short_edge_length)
+        )
         if len(lengths) != 1 or not isinstance(lengths[0], (int, np.integer)) or lengths[0] <= 0:
-            raise ValueError(f"MMDetResize: short_edge_length must be one positive int (one scale), got {short_edge_length!r}")
+            raise ValueError(
+                f"MMDetResize: short_edge_length must be one positive int (one scale), got {short_edge_length!r}"
+            )
         if not isinstance(max_size, (int, np.integer)) or max_size < lengths[0]:
-            raise ValueError(f"MMDetResize: max_size must be an int of at least short_edge_length {lengths[0]}, got {max_size!r}")
+            raise ValueError(
+                f"MMDetResize: max_size must be an int of at least short_edge_length {lengths[0]}, got {max_size!r}"
+            )
         self.short_edge_length = tuple(int(v) for v in lengths)
         self.max_size = int(max_size)
 
