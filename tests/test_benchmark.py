@@ -161,7 +161,22 @@ def test_table_shows_the_deployment_forms():
     table = benchmark.format_table(report)
     assert "latency b1 folded (ms) | latency b1 folded / built-in | latency b1 folded / RSB PyTorch" in table
     row = [line for line in table.splitlines() if line.startswith("| cascade_mask_rcnn")][-1]
-    assert row == "| cascade_mask_rcnn | 3.0 | 0.75 | - | 2.0 | 0.50 (0.48-0.53) | 0.80 (0.79-0.82) | - | - | - |"
+    assert row == "| cascade_mask_rcnn | 3.0 | 0.75 | - | 2.0 | 0.50 (0.48-0.53) | 0.80 (0.79-0.82) |"
+    assert "time/img b8 folded" not in table  # not measured in this report: no column
+
+
+def test_table_has_columns_only_for_what_the_run_measured():
+    # --no-train --no-throughput: batch-1 latency only
+    report = _fake_report("cpu")
+    report["settings"].update(train=False, throughput=False)
+    metrics = report["results"][0]["metrics"]
+    for key in list(metrics):
+        if key not in ("latency_b1_ms", "images_per_s_b1"):
+            del metrics[key]
+    table = benchmark.format_table(report)
+    header = next(line for line in table.splitlines() if line.startswith("| detector"))
+    assert header == "| detector | latency b1 RSB (ms) | latency b1 built-in (ms) | latency b1 ratio |"
+    assert "batch 1 for inference; amp=False" in table
 
 
 def test_cuda_table_compares_memory_with_mmdetection():

@@ -464,23 +464,23 @@ def benchmark_detector(detector: str, args, device: torch.device) -> Dict:
     single = make_batch(1, args.image_size, device, seed=args.seed)
     forms = build_deployment_forms(models, single[0], device, torch.get_num_threads()) if args.deploy else {}
     batched = {name: m for name, m in forms.items() if isinstance(m, torch.nn.Module)}  # ONNX: batch 1
-    samples_ms = {
-        "latency_b1_ms": time_inference({**models, **forms}, single, args, device),
-        "time_per_image_bN_ms": time_inference(
+    samples_ms = {"latency_b1_ms": time_inference({**models, **forms}, single, args, device)}
+    if args.throughput:
+        samples_ms["time_per_image_bN_ms"] = time_inference(
             {**models, **batched}, make_batch(args.batch_size, args.image_size, device, seed=args.seed + 1), args, device
-        ),
-    }
+        )
     peaks = None
     if args.train:
         samples_ms["train_step_ms"], peaks = measure_training(cfg, models, args, device)
 
     metrics = {key: paired_metric(per_model, "rsb", "builtin") for key, per_model in samples_ms.items()}
     for key, _, variant, source in DEPLOY_METRICS:
-        if variant in samples_ms[source]:
+        if variant in samples_ms.get(source, {}):
             metrics[key] = paired_metric(samples_ms[source], variant, "builtin")
             metrics[key]["ratio_to_rsb"] = paired_metric(samples_ms[source], variant, "rsb")
     for key, source in (("images_per_s_b1", "latency_b1_ms"), ("images_per_s_bN", "time_per_image_bN_ms")):
-        metrics[key] = _metric({name: 1000 / metrics[source][name] for name in VARIANTS})
+        if source in metrics:
+            metrics[key] = _metric({name: 1000 / metrics[source][name] for name in VARIANTS})
     if peaks is not None:
         metrics["train_peak_mem_mib"] = _metric(peaks)
     record["gflops"] = flop_counts(models, single[0]) if args.flops else None
@@ -536,7 +536,8 @@ def format_table(report: Dict) -> str:
     height, width = settings["image_size"]
     lines = [
         f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {height}x{width}; "
-        f"batch 1 and {settings['batch_size']} for inference, {settings['train_batch_size']} for training; "
+        f"batch 1{' and ' + str(settings['batch_size']) if settings.get('throughput', True) else ''} for inference"
+        f"{', ' + str(settings['train_batch_size']) + ' for training' if settings.get('train', True) else ''}; "
         f"amp={settings['amp']}, channels_last={settings['channels_last']}; "
         f"median of {settings['iters']} runs after {settings['warmup']} warm-up, models alternated run by run.",
         "Built-in = Detectron2's ResNet-50 (BasicStem + BottleneckBlock, stride in 3x3) in the same "
@@ -546,15 +547,18 @@ def format_table(report: Dict) -> str:
         "interquartile range in brackets.",
         "",
     ]
+    measured = {key for record in report["results"] for key in record["metrics"]}
+    metrics = [m for m in METRICS if m[0] in measured]  # the columns of the figures this run measured
+    deploy_metrics = [m for m in DEPLOY_METRICS if m[0] in measured]
     header = ["detector"]
-    for _, title, unit in METRICS:
+    for _, title, unit in metrics:
         title = title.replace("bN", f"b{settings['batch_size']}")
         header += [f"{title} RSB ({unit})", f"{title} built-in ({unit})", f"{title} ratio"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for record in report["results"]:
         row = [record["detector"]]
-        for key, _, _ in METRICS:
+        for key, _, _ in metrics:
             metric = record["metrics"].get(key)
             if metric is None:
                 row += ["-", "-", "-"]
@@ -567,7 +571,7 @@ def format_table(report: Dict) -> str:
             f"{detector} RSB {_fmt(g['rsb'], 2)}, built-in {_fmt(g['builtin'], 2)}" for detector, g in flops
         ) + "."]
 
-    if any(key in record["metrics"] for record in report["results"] for key, *_ in DEPLOY_METRICS):
+    if deploy_metrics:
         lines += [
             "",
             "Deployment forms of the RSB model: folded = norm layers folded into the convolutions; "
@@ -577,14 +581,14 @@ def format_table(report: Dict) -> str:
         ]
         header = ["detector"] + [
             f"{title.replace('bN', 'b' + str(settings['batch_size']))} {part}"
-            for _, title, _, _ in DEPLOY_METRICS
+            for _, title, _, _ in deploy_metrics
             for part in ("(ms)", "/ built-in", "/ RSB PyTorch")
         ]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for record in report["results"]:
             row = [record["detector"]]
-            for key, _, variant, _ in DEPLOY_METRICS:
+            for key, _, variant, _ in deploy_metrics:
                 metric = record["metrics"].get(key)
                 if metric is None:
                     row += ["-", "-", "-"]
@@ -602,12 +606,13 @@ def format_table(report: Dict) -> str:
         ]
         for record in report["results"]:
             m = record["metrics"]
+            bN = m.get("images_per_s_bN") or {"rsb": None, "builtin": None}
             memory = m.get("train_peak_mem_mib") or {"rsb": None, "builtin": None}
             gib = {name: None if memory[name] is None else memory[name] / 1024 for name in VARIANTS}
             lines.append(
                 f"| {record['detector']} | {_fmt(m['images_per_s_b1']['rsb'])} | "
-                f"{_fmt(m['images_per_s_b1']['builtin'])} | {_fmt(m['images_per_s_bN']['rsb'])} | "
-                f"{_fmt(m['images_per_s_bN']['builtin'])} | {_fmt(gib['rsb'], 2)} | "
+                f"{_fmt(m['images_per_s_b1']['builtin'])} | {_fmt(bN['rsb'])} | "
+                f"{_fmt(bN['builtin'])} | {_fmt(gib['rsb'], 2)} | "
                 f"{_fmt(gib['builtin'], 2)} | {MMDET_MEMORY_GIB[record['detector']]} |"
             )
     return "\n".join(lines)
@@ -640,6 +645,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--train", action=argparse.BooleanOptionalAction, default=True,
         help="measure training step time and peak memory (default: yes)",
+    )
+    parser.add_argument(
+        "--throughput", action=argparse.BooleanOptionalAction, default=True,
+        help="also time inference at --batch-size images per batch (default: yes)",
     )
     parser.add_argument(
         "--deploy", action=argparse.BooleanOptionalAction, default=True,
@@ -689,6 +698,7 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
             "channels_last": args.channels_last,
             "train": args.train,
             "deploy": args.deploy,
+            "throughput": args.throughput,
             "ratios": "timed figures: median and IQR of the per-pair ratios of alternating runs",
             "score_thresh": args.score_thresh,
             "instances_per_image": INSTANCES_PER_IMAGE,
