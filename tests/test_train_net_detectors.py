@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from trained_detectors import MASK_MODELS, MAX_ITER, SHAPES_DETECTORS
+from trained_detectors import CHECKPOINT_PERIOD, MASK_MODELS, MAX_ITER, SHAPES_DETECTORS
 from train_net_runner import read_eval_results, read_metrics
 
 
@@ -39,7 +39,7 @@ def test_trains_with_finite_losses_and_moves_only_trainable_weights(detector, tr
         assert "loss_mask" in loss_names
     # TensorBoard events and checkpoints exist; trainable weights moved, frozen ones did not.
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
-    first = _load_model_state(os.path.join(out, "model_0000000.pth"))
+    first = _load_model_state(os.path.join(out, f"model_{CHECKPOINT_PERIOD - 1:07d}.pth"))  # before the last step
     final = _load_model_state(os.path.join(out, "model_final.pth"))
     changed = [k for k in first if first[k].dtype.is_floating_point and not torch.equal(first[k], final[k])]
     assert any(".layer4." in k for k in changed), "backbone weights did not train"
