@@ -126,6 +126,9 @@ def detection_tensors(model: nn.Module, image: torch.Tensor, height: torch.Tenso
     return outputs
 
 
+_LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
+
+
 class _PerClassNMS(torch.autograd.Function):
     """``batched_nms`` whose ONNX form is one ``NonMaxSuppression`` with a class axis.
 
@@ -134,7 +137,12 @@ class _PerClassNMS(torch.autograd.Function):
     at score threshold 0) that NMS is quadratic in all of them, and ONNX Runtime spent 9.6 s of
     Faster R-CNN's 14 s in it at 512 px. Eager PyTorch runs NMS class by class above 1,000
     boxes; this graph does the same: boxes (1, N, 4), scores (1, K, N) holding each box's score
-    in its own class and -1 elsewhere, so each class's NMS sees only its own boxes.
+    in its own class and -inf elsewhere, so each class's NMS sees only its own boxes.
+
+    Scores may be any finite number: the RPN's are objectness logits, most of them far below 0
+    once a model is trained. ``NonMaxSuppression`` keeps a box whose score is above its
+    ``score_threshold``; the threshold is float32's lowest finite value, so that it drops exactly
+    the -inf entries of other classes and keeps every real score.
     """
 
     @staticmethod
@@ -152,7 +160,7 @@ class _PerClassNMS(torch.autograd.Function):
         depth = g.op("Add", largest, const([1]))
         one_hot = g.op("OneHot", idxs, depth, const([0, 1]), axis_i=0)  # (K, N)
         own_class = g.op("Cast", one_hot, to_i=9)  # bool
-        unset = const(-1.0, torch.float32)
+        unset = const(float("-inf"), torch.float32)
         class_scores = g.op("Where", own_class, g.op("Unsqueeze", scores, const([0])), unset)
         selected = g.op(
             "NonMaxSuppression",
@@ -160,7 +168,7 @@ class _PerClassNMS(torch.autograd.Function):
             g.op("Unsqueeze", class_scores, const([0])),
             const([2**31 - 1]),  # no cap per class
             const([iou_threshold], torch.float32),
-            const([-0.5], torch.float32),  # drops the -1 entries, keeps every real score
+            const([_LOWEST_FLOAT32], torch.float32),  # drops the -inf entries, keeps every finite score
         )  # (M, 3): batch, class, box
         kept = g.op("Squeeze", g.op("Gather", selected, const([2]), axis_i=1), const([1]))
         kept_scores = g.op("Gather", scores, kept, axis_i=0)
