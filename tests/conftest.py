@@ -89,9 +89,21 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_detectors(tiny_shapes, tmp_path_factory):
-    """The six detectors, each trained once per session by train_net.py on ``tiny_shapes`` and
-    evaluated with ``--eval-only`` (tests/trained_detectors.py): name -> TrainedDetector."""
+def quick_demo(tmp_path_factory):
+    """The README's quick CPU demo, run once per session as its command stands
+    (tests/trained_detectors.py): a QuickDemo."""
+    from trained_detectors import train_quick_demo
+
+    return train_quick_demo(str(tmp_path_factory.mktemp("quick_demo")))
+
+
+@pytest.fixture(scope="session")
+def trained_detectors(tiny_shapes, quick_demo, tmp_path_factory):
+    """The eight detectors, each trained once per session by train_net.py on ``tiny_shapes`` (the
+    R-CNNs from the quick demo's weights) and the shapes detectors evaluated with ``--eval-only``
+    (tests/trained_detectors.py): name -> TrainedDetector."""
     from trained_detectors import train_detectors
 
-    return train_detectors(tiny_shapes, str(tmp_path_factory.mktemp("trained_detectors")))
+    return train_detectors(
+        tiny_shapes, str(tmp_path_factory.mktemp("trained_detectors")), init_checkpoint=quick_demo.checkpoint
+    )

@@ -1,11 +1,12 @@
 """TorchScript and ONNX export of the six deployable detectors (the four RSB detectors and the
-mmdetection-faithful Cascade and RetinaNet), from checkpoints that train_net.py trained briefly
-(the session's shared runs, tests/trained_detectors.py).
+mmdetection-faithful Cascade and RetinaNet), from checkpoints that train_net.py trained (the
+session's shared runs, tests/trained_detectors.py: the three R-CNNs fine-tuned from the quick
+demo's 200 iterations, so that their RPNs score as trained RPNs do).
 
 On images of two sizes other than the traced one, each exported model gives the PyTorch model's
-detections (count, classes, boxes within 1e-3 relative, masks with IoU > 0.99), and so does the
-folded (deployment) form of the model. The command-line exporter and runner give the COCO AP of
-``train_net.py --eval-only``.
+detections (count, classes, boxes within 1e-3 px + 1e-6 relative, scores within 1e-4, masks with
+IoU > 0.99: tests/detection_checks.py), and so does the folded (deployment) form of the model.
+The command-line exporter and runner give the COCO AP of ``train_net.py --eval-only``.
 """
 
 import json
@@ -24,7 +25,7 @@ from conftest import REPO_ROOT
 from detection_checks import assert_same_detections
 from rsb_backbone.export import ExportedDetector, Preprocessor, export_predictor, preprocessing_spec
 from rsb_backbone.inference import LazyConfigPredictor, instances_to_coco_results
-from trained_detectors import DEPLOYED, MASK_MODELS, VAL_NAME
+from trained_detectors import DEPLOYED, FROM_QUICK_DEMO, MASK_MODELS, VAL_NAME
 from train_net_runner import dataset_args, read_eval_results
 
 # Low enough that the briefly trained models detect something, above RetinaNet's prior (0.01).
@@ -95,6 +96,27 @@ def test_exported_models_give_pytorch_detections(name, deploy_models, images, tm
             assert isinstance(compact.pred_masks, ROIMasks)
             full = exported(others[0])["instances"]
             assert instances_to_coco_results(compact, 1) == instances_to_coco_results(full, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FROM_QUICK_DEMO)
+def test_the_compared_rcnn_models_have_a_trained_rpn(name, deploy_models, images):
+    """The export comparisons above can only catch an NMS that drops low scores if the RPN is
+    trained: a randomly initialised one scores every anchor near 0, a trained one puts most of its
+    best 1,000 candidates far below 0 (the R-CNNs start from the quick demo's weights)."""
+    predictor = _predictor(deploy_models, name)
+    rpn = predictor.model.proposal_generator
+    logits = []
+    predict_proposals = rpn.predict_proposals
+
+    def recording(anchors, objectness, *args):
+        logits.append(torch.cat([level.flatten() for level in objectness]))
+        return predict_proposals(anchors, objectness, *args)
+
+    rpn.predict_proposals = recording
+    predictor(images[0])
+    best = logits[0].topk(min(1000, logits[0].numel())).values
+    assert (best < -1.0).float().mean() > 0.5, f"{name}: RPN logits of the best candidates {best.quantile(0.5)}"
 
 
 LARGE_IMAGE_SIZE = 2048
@@ -238,17 +260,27 @@ class _ClassNMS(torch.nn.Module):
         return batched_nms(boxes, scores, classes, 0.5)
 
 
+# Scores as the detectors' NMS calls get them: the box heads' probabilities, and the RPN's
+# objectness logits, which a trained RPN spreads far below 0 (-8 and lower).
+SCORE_KINDS = {
+    "probabilities": lambda n, generator: torch.rand(n, generator=generator),
+    "logits": lambda n, generator: torch.randn(n, generator=generator) * 4 - 3,
+}
+
+
+@pytest.mark.parametrize("scores", SCORE_KINDS)
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_nms_is_recorded_class_by_class_and_keeps_what_eager_nms_keeps(fmt, tmp_path):
+def test_nms_is_recorded_class_by_class_and_keeps_what_eager_nms_keeps(fmt, scores, tmp_path):
     """2,000 overlapping boxes of 5 classes (eager Detectron2 runs NMS per class above 1,000): the
-    traced graph, run on other boxes than the traced ones, keeps the same boxes in the same order."""
+    traced graph, run on other boxes than the traced ones, keeps the same boxes in the same order,
+    whatever the range of the scores."""
     from rsb_backbone.export.exporter import _per_class_nms
 
     def boxes_of(seed, n):
         generator = torch.Generator().manual_seed(seed)
         xy = torch.rand(n, 2, generator=generator) * 100
         boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=generator) * 30], dim=1)
-        return boxes, torch.rand(n, generator=generator), torch.randint(0, 5, (n,), generator=generator)
+        return boxes, SCORE_KINDS[scores](n, generator), torch.randint(0, 5, (n,), generator=generator)
 
     model, path = _ClassNMS(), str(tmp_path / f"nms.{fmt}")
     with _per_class_nms(fmt):

@@ -4,29 +4,19 @@ Chance is about 0 AP: random boxes almost never overlap a shape by IoU >= 0.5 wi
 class. The run is the quick CPU demo config, unchanged (README "Run it" gives its figure).
 """
 
-import os
-
 import pytest
 
-from train_net_runner import read_metrics, run_train_net
+from train_net_runner import read_metrics
 
-from conftest import REPO_ROOT
-
-QUICK_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "faster_rcnn_rsb_r18_fpn_shapes_quick.py")
 # The README's run reached box AP 40.3 at iteration 200; the threshold leaves room for run-to-run
 # variation across machines.
 MIN_BOX_AP = 25.0
 
 
 @pytest.mark.slow
-def test_quick_demo_learns_the_shapes(tmp_path):
-    out = str(tmp_path / "learn")
-    run_train_net(
-        ["--config-file", QUICK_CONFIG, f"train.output_dir={out}"],
-        env={"RSB_DATASETS": str(tmp_path / "datasets")},
-        timeout=2400,
-    )
-    evaluations = [r for r in read_metrics(out) if "bbox/AP" in r]
+def test_quick_demo_learns_the_shapes(quick_demo):
+    """The session's run of the README's quick demo command (conftest's ``quick_demo``)."""
+    evaluations = [r for r in read_metrics(quick_demo.output_dir) if "bbox/AP" in r]
     assert evaluations, "no evaluation was recorded"
     assert evaluations[-1]["iteration"] >= 199  # the evaluation after the last iteration
     box_ap = evaluations[-1]["bbox/AP"]

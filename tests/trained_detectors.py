@@ -1,7 +1,15 @@
-"""Briefly trained checkpoints of the four shapes detectors and the four mmdetection-faithful
-(``_mmdet``) configs, trained once per test session by ``train_net.py`` (the
-``trained_detectors`` fixture of conftest.py) and shared by the training, inference, ``_mmdet``
-and export tests.
+"""Trained checkpoints shared by the training, inference, ``_mmdet`` and export tests, made once
+per test session by ``train_net.py`` (fixtures of conftest.py):
+
+- the README's quick CPU demo as its command stands (``quick_demo``): Faster R-CNN with a
+  ResNet-18 trunk, 200 iterations on the generated shapes, box AP about 40;
+- the four shapes detectors and the four mmdetection-faithful (``_mmdet``) configs
+  (``trained_detectors``).
+
+The three R-CNN shapes detectors start from the quick demo's weights (its trunk, FPN and RPN, and
+the box head where the names match), so that they behave as trained models do: a trained RPN's
+objectness logits reach far below 0, which a randomly initialised one (logits near 0) never
+shows. RetinaNet and the ``_mmdet`` configs start from random weights.
 
 One subprocess runs ``train_net.main`` for each detector in turn (one interpreter start-up): a
 ResNet-18 trunk, 128-px images, 3 iterations on the session's tiny shapes set registered with
@@ -19,7 +27,7 @@ import sys
 from typing import Dict, NamedTuple, Optional
 
 from conftest import REPO_ROOT
-from train_net_runner import dataset_args, run_train_net_mains
+from train_net_runner import dataset_args, run_train_net, run_train_net_mains
 
 MAX_ITER = 3
 CHECKPOINT_PERIOD = 2  # model_0000001.pth, then model_final.pth after the third iteration
@@ -27,6 +35,9 @@ MIN_SIZE, MAX_SIZE = 128, 192
 TRAIN_NAME, VAL_NAME = "tiny_train", "tiny_val"  # the names train_net_runner.dataset_args registers
 
 SHAPES_DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
+# Fine-tuned from the quick demo's checkpoint (trunk, FPN, RPN and, where the names match, box head).
+FROM_QUICK_DEMO = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn")
+QUICK_DEMO_CONFIG = "configs/shapes/faster_rcnn_rsb_r18_fpn_shapes_quick.py"
 # name -> LazyConfig: the four shapes detectors and the four mmdetection-faithful configs.
 DETECTOR_CONFIGS = {
     **{name: f"configs/shapes/{name}_rsb_r50_fpn_shapes.py" for name in SHAPES_DETECTORS},
@@ -74,9 +85,35 @@ def model_overrides(name: str) -> list:
     ]
 
 
-def _train_args(name: str, paths, output_dir: str) -> list:
+class QuickDemo(NamedTuple):
+    """The outputs of the README's quick CPU demo command."""
+
+    output_dir: str
+    checkpoint: str  # model_final.pth
+    datasets_dir: str  # $RSB_DATASETS of the run: shapes/ generated there
+
+
+def train_quick_demo(out_dir: str) -> QuickDemo:
+    """Run the README's quick CPU demo command (its config unchanged) with its data set generated
+    under ``out_dir/datasets`` and its outputs in ``out_dir/output``."""
+    demo = QuickDemo(
+        os.path.join(out_dir, "output"),
+        os.path.join(out_dir, "output", "model_final.pth"),
+        os.path.join(out_dir, "datasets"),
+    )
+    run_train_net(
+        ["--config-file", os.path.join(REPO_ROOT, QUICK_DEMO_CONFIG), f"train.output_dir={demo.output_dir}"],
+        env={"RSB_DATASETS": demo.datasets_dir},
+        timeout=2400,
+    )
+    assert os.path.isfile(demo.checkpoint), f"the quick demo left no {demo.checkpoint}"
+    return demo
+
+
+def _train_args(name: str, paths, output_dir: str, init_checkpoint: Optional[str]) -> list:
     return [
         "--config-file", os.path.join(REPO_ROOT, DETECTOR_CONFIGS[name]), *dataset_args(paths),
+        *([f"train.init_checkpoint={init_checkpoint}"] if init_checkpoint and name in FROM_QUICK_DEMO else []),
         # The final evaluation for the four shapes detectors, whose results the tests read.
         f"train.max_iter={MAX_ITER}", f"train.eval_period={MAX_ITER if name in SHAPES_DETECTORS else 0}",
         "train.log_period=1",
@@ -105,13 +142,17 @@ def _eval_args(name: str, paths, checkpoint: str, eval_dir: str) -> list:
     ]  # fmt: skip
 
 
-def train_detectors(paths, out_dir: str, names=tuple(DETECTOR_CONFIGS)) -> Dict[str, TrainedDetector]:
+def train_detectors(
+    paths, out_dir: str, names=tuple(DETECTOR_CONFIGS), init_checkpoint: Optional[str] = None
+) -> Dict[str, TrainedDetector]:
     """Train each detector of ``names``, then evaluate the final checkpoint of each shapes detector.
 
     Args:
         paths: the generated data set (``generate_shapes_dataset``'s return value).
         out_dir: a folder for the outputs, two subfolders per detector.
         names: keys of :data:`DETECTOR_CONFIGS`.
+        init_checkpoint: the quick demo's checkpoint, the start of the :data:`FROM_QUICK_DEMO`
+            detectors (None: random weights).
     """
     runs, trained = [], {}
     for name in names:
@@ -122,7 +163,7 @@ def train_detectors(paths, out_dir: str, names=tuple(DETECTOR_CONFIGS)) -> Dict[
             os.path.join(output_dir, "model_final.pth"),
             os.path.join(out_dir, f"{name}_eval") if name in SHAPES_DETECTORS else None,
         )
-        runs.append((_train_args(name, paths, output_dir), None))
+        runs.append((_train_args(name, paths, output_dir, init_checkpoint), None))
         if detector.eval_dir:
             runs.append((_eval_args(name, paths, detector.checkpoint, detector.eval_dir), None))
         trained[name] = detector
@@ -140,4 +181,7 @@ if __name__ == "__main__":  # python3 tests/trained_detectors.py OUT_DIR: data a
     out = sys.argv[1]
     data = generate_shapes_dataset(os.path.join(out, "shapes"), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)
     names = sys.argv[2].split(",") if len(sys.argv) > 2 else tuple(DETECTOR_CONFIGS)
-    print(json.dumps({"data": data, "models": train_detectors(data, out, names)}, indent=1))
+    quick_demo = os.path.join(out, "quick_demo", "output", "model_final.pth")
+    if not os.path.isfile(quick_demo):
+        quick_demo = train_quick_demo(os.path.join(out, "quick_demo")).checkpoint
+    print(json.dumps({"data": data, "models": train_detectors(data, out, names, quick_demo)}, indent=1))
