@@ -261,3 +261,48 @@ def test_scale_summary_pairs_each_form_with_the_predictor_round_by_round():
     }
     row = [line for line in scale_benchmark.format_table(report).splitlines() if line.startswith("| mask_rcnn")]
     assert row == ["| mask_rcnn | 2048x1536 | 100 | 2000 | 1200 | 1100 | 1500 | 0.55 (0.53-0.57) | 1.25 |"]
+
+
+@pytest.mark.slow
+def test_both_benchmarks_measure_a_trained_model_on_a_real_image(trained_detectors, tiny_shapes, tmp_path):
+    """``--trained`` rows: a train_net.py run's config.yaml and checkpoint, measured on a real
+    image; the built-in twin gives the trained model's outputs, and at every size the exported form
+    keeps the predictor's detections (a trained RPN, whose scores random weights never give)."""
+    mask_rcnn = trained_detectors["mask_rcnn"]
+    image = os.path.join(tiny_shapes["val"]["image_root"], sorted(os.listdir(tiny_shapes["val"]["image_root"]))[0])
+    trained = ["--trained", "shapes_mask_rcnn", mask_rcnn.config, mask_rcnn.checkpoint, "--image", image]
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, SCRIPT, "--device", "cpu", "--detectors", *trained, "--image-size", "128",
+        "--iters", "1", "--warmup", "0", "--no-train", "--no-throughput", "--no-flops", "--threads", "1",
+        "--json", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads(out.read_text())["results"]
+    assert record["detector"] == "shapes_mask_rcnn" and record["checkpoint"] == mask_rcnn.checkpoint
+    assert record["outputs_identical"] is True and 0 < record["detections_per_image"] <= 100
+    assert any(line.startswith("| shapes_mask_rcnn |") for line in result.stdout.splitlines())
+
+    scale_out = tmp_path / "scale.json"
+    command = [
+        sys.executable, os.path.join(BENCHMARK_DIR, "scale_benchmark.py"), "--detectors", *trained,
+        "--sizes", "160", "400", "--forms", "predictor", "onnx", "--iters", "1", "--warmup", "0",
+        "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(scale_out),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads(scale_out.read_text())["results"]
+    for size in record["sizes"]:
+        forms = size["forms"]
+        assert forms["predictor"]["detections"] > 0, size
+        assert forms["onnx"]["detections"] == forms["predictor"]["detections"], size
+
+
+def test_the_benchmarks_name_a_missing_trained_file(tmp_path, capsys):
+    missing = str(tmp_path / "model_final.pth")
+    for script in (benchmark, scale_benchmark):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(["--detectors", "--trained", "x", missing, missing])
+        assert exit_info.value.code == 2
+        assert f"{missing}: no such file" in capsys.readouterr().err

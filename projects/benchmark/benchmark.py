@@ -33,6 +33,11 @@ Examples::
     python3 projects/benchmark/benchmark.py --device cpu --image-size 320 --iters 3 --warmup 1
     python3 projects/benchmark/benchmark.py --device cpu --detectors faster_rcnn --image-size 128
 
+    # A trained model too (a train_net.py output), on a real image instead of random pixels:
+    python3 projects/benchmark/benchmark.py --device cpu --image-size 512 --no-train --no-throughput \
+        --trained faster_rcnn_r18_quick output/shapes/faster_rcnn_r18_quick/config.yaml \
+        output/shapes/faster_rcnn_r18_quick/model_final.pth --image datasets/shapes/val/000001.jpg
+
     # CUDA at the COCO training scale, mixed precision and channels_last too:
     python3 projects/benchmark/benchmark.py --device cuda --image-size 800x1333 --json out.json
     python3 projects/benchmark/benchmark.py --device cuda --amp --channels-last
@@ -58,7 +63,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from detectron2.config import instantiate
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
@@ -127,8 +133,10 @@ def make_batch(
     seed: int,
     num_classes: int = 0,
     with_masks: bool = False,
+    image: Optional[torch.Tensor] = None,
 ) -> List[Dict]:
-    """Detectron2 model inputs: random uint8 images, and ground truth when ``num_classes`` > 0.
+    """Detectron2 model inputs: random uint8 images (or ``image``, a (3, H, W) uint8 tensor of
+    ``size``, for every item), and ground truth when ``num_classes`` > 0.
 
     Ground truth is ``INSTANCES_PER_IMAGE`` boxes of 5-50% of the image side per image, with
     filled-box bit masks if ``with_masks``. Everything is created on ``device`` so that the
@@ -138,8 +146,8 @@ def make_batch(
     height, width = size
     batch = []
     for _ in range(num_images):
-        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
-        item = {"image": image.to(device), "height": height, "width": width}
+        pixels = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+        item = {"image": (pixels if image is None else image).to(device), "height": height, "width": width}
         if num_classes:
             n = INSTANCES_PER_IMAGE
             wh = (0.05 + 0.45 * torch.rand(n, 2, generator=generator)) * torch.tensor([width, height])
@@ -158,10 +166,28 @@ def make_batch(
     return batch
 
 
+def load_image(path: str, size: Tuple[int, int], input_format: str) -> torch.Tensor:
+    """The image file at ``path`` resized to ``size`` (height, width): a (3, H, W) uint8 tensor in
+    the model's channel order."""
+    import cv2
+
+    image = cv2.imread(path)
+    if image is None:
+        raise ValueError(f"--image {path}: not a readable image file")
+    image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    if input_format == "RGB":
+        image = image[:, :, ::-1]
+    return torch.as_tensor(image.transpose(2, 0, 1).copy())
+
+
 # ---- models ------------------------------------------------------------------------------------
-def load_detector_config(detector: str):
-    """The RSB LazyConfig of ``detector``, with a randomly initialized trunk (no download)."""
-    cfg = model_zoo.get_config(os.path.relpath(DETECTORS[detector], "configs"))
+def load_detector_config(detector: str, config_file: Optional[str] = None):
+    """The RSB LazyConfig of ``detector`` (or the file ``config_file``, e.g. a run's saved
+    config.yaml), with a randomly initialized trunk (no download)."""
+    if config_file is None:
+        cfg = model_zoo.get_config(os.path.relpath(DETECTORS[detector], "configs"))
+    else:
+        cfg = LazyConfig.load(config_file)
     skip_pretrained_weights(cfg.model)
     return cfg
 
@@ -453,15 +479,32 @@ def measure_training(cfg, models: Dict[str, torch.nn.Module], args, device) -> T
     return step_ms, peaks
 
 
-def benchmark_detector(detector: str, args, device: torch.device) -> Dict:
-    """All measurements of one detector, RSB and built-in; returns its JSON record."""
-    cfg = load_detector_config(detector)
+def benchmark_detector(
+    detector: str, args, device: torch.device, trained: Optional[Tuple[str, str]] = None
+) -> Dict:
+    """All measurements of one detector, RSB and built-in; returns its JSON record.
+
+    Args:
+        detector: a key of ``DETECTORS``, or a trained model's name.
+        args: the parsed command line.
+        device: where to run.
+        trained: ``(config file, checkpoint)`` of a trained model (``--trained``); None: the
+            config of ``DETECTORS[detector]`` with random weights.
+    """
+    cfg = load_detector_config(detector, trained[0] if trained else None)
+    if trained:
+        # The trained weights in the RSB model: build_pair then copies them into its twin.
+        cfg.model.backbone.bottom_up.weights = None
     models = build_pair(cfg, device, channels_last=args.channels_last, score_thresh=args.score_thresh)
-    record = {"detector": detector, "config": DETECTORS[detector]}
-    record.update(
-        check_same_outputs(models, make_batch(1, args.image_size, device, seed=args.seed), amp=args.amp, device=device)
-    )
-    single = make_batch(1, args.image_size, device, seed=args.seed)
+    if trained:
+        DetectionCheckpointer(models["rsb"]).load(trained[1])
+        copy_rsb_weights(models["rsb"], models["builtin"])
+    record = {"detector": detector, "config": trained[0] if trained else DETECTORS[detector]}
+    if trained:
+        record["checkpoint"] = trained[1]
+    image = load_image(args.image, args.image_size, models["rsb"].input_format) if args.image else None
+    single = make_batch(1, args.image_size, device, seed=args.seed, image=image)
+    record.update(check_same_outputs(models, single, amp=args.amp, device=device))
     forms = build_deployment_forms(models, single[0], device, torch.get_num_threads()) if args.deploy else {}
     batched = {name: m for name, m in forms.items() if isinstance(m, torch.nn.Module)}  # ONNX: batch 1
     samples_ms = {"latency_b1_ms": time_inference({**models, **forms}, single, args, device)}
@@ -540,8 +583,8 @@ def format_table(report: Dict) -> str:
         f"{', ' + str(settings['train_batch_size']) + ' for training' if settings.get('train', True) else ''}; "
         f"amp={settings['amp']}, channels_last={settings['channels_last']}; "
         f"median of {settings['iters']} runs after {settings['warmup']} warm-up, models alternated run by run.",
-        "Built-in = Detectron2's ResNet-50 (BasicStem + BottleneckBlock, stride in 3x3) in the same "
-        "model with the same weights; its res3-res5 BatchNorm kept in eval mode with trainable "
+        "Built-in = Detectron2's ResNet of the same depth (BasicStem, BottleneckBlock with the stride "
+        "in the 3x3 or BasicBlock) in the same model with the same weights; its res3-res5 BatchNorm kept in eval mode with trainable "
         "affine and stem + res2 frozen (FrozenBN), as in the RSB trunk. Ratio = RSB / built-in, "
         "lower is better (target <= 1.00): for times the median of the per-pair ratios with their "
         "interquartile range in brackets.",
@@ -624,8 +667,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--detectors", nargs="+", choices=list(DETECTORS), default=list(DETECTORS), metavar="NAME",
-        help=f"which detectors to measure (default: all of {', '.join(DETECTORS)})",
+        "--detectors", nargs="*", choices=list(DETECTORS), default=list(DETECTORS), metavar="NAME",
+        help=f"which detectors to measure with random weights (default: all of {', '.join(DETECTORS)}; "
+        "none: only the --trained models)",
     )
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default=None,
@@ -662,6 +706,16 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
         help="test-time score threshold; 0 keeps 100 detections per image with random weights",
     )
+    parser.add_argument(
+        "--trained", nargs=3, action="append", default=[], metavar=("NAME", "CONFIG", "CHECKPOINT"),
+        help="also measure a trained model (e.g. a train_net.py run's config.yaml and model_final.pth) "
+        "as a row named NAME; may be repeated. Random weights hide work that trained models do "
+        "(a trained RPN's scores, the boxes that survive NMS)",
+    )
+    parser.add_argument(
+        "--image", default=None, metavar="FILE",
+        help="measure on this image resized to --image-size instead of random pixels",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
@@ -674,6 +728,11 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected at least 1")
     if args.warmup < 0:
         parser.error(f"--warmup={args.warmup}: expected 0 or more")
+    if not args.detectors and not args.trained:
+        parser.error("nothing to measure: name --detectors or give --trained")
+    for path in [args.image] * bool(args.image) + [p for _, *paths in args.trained for p in paths]:
+        if not os.path.isfile(path):
+            parser.error(f"{path}: no such file")
 
 
 def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
@@ -701,6 +760,7 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
             "throughput": args.throughput,
             "ratios": "timed figures: median and IQR of the per-pair ratios of alternating runs",
             "score_thresh": args.score_thresh,
+            "image": args.image or "random pixels",
             "instances_per_image": INSTANCES_PER_IMAGE,
             "memory": "CUDA: torch.cuda.max_memory_allocated during the training steps minus the "
             "other model's weights" if args.device == "cuda" else
@@ -712,10 +772,12 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
         "machine": machine_description(device),
         "results": [],
     }
-    for detector in args.detectors:
+    runs = [(detector, None) for detector in args.detectors]
+    runs += [(name, (config, checkpoint)) for name, config, checkpoint in args.trained]
+    for detector, trained in runs:
         logger.info("Measuring %s on %s", detector, device)
         start = time.perf_counter()
-        record = benchmark_detector(detector, args, device)
+        record = benchmark_detector(detector, args, device, trained)
         logger.info("%s done in %.0f s", detector, time.perf_counter() - start)
         report["results"].append(record)
         if on_result is not None:

@@ -27,6 +27,9 @@ Example (about 25 minutes per detector on 2 CPU cores)::
 
     python3 projects/benchmark/scale_benchmark.py --json projects/benchmark/results/cpu_scale.json
     python3 projects/benchmark/scale_benchmark.py --detectors mask_rcnn --sizes 640 2048 --iters 2
+    # a trained model (a train_net.py run's config.yaml and checkpoint) on a real image, resized:
+    python3 projects/benchmark/scale_benchmark.py --detectors --trained mask_rcnn_shapes \
+        output/mask/config.yaml output/mask/model_final.pth --image datasets/shapes/val/000001.jpg
 """
 
 import argparse
@@ -154,7 +157,29 @@ def image_shape(long_side: int) -> Tuple[int, int]:
     return round(long_side * 3 / 4), long_side
 
 
-def prepare_detector(detector: str, workdir: str, seed: int) -> Tuple[str, str, str]:
+def load_image(path: Optional[str], shape: Tuple[int, int], rng) -> np.ndarray:
+    """An (H, W, 3) uint8 BGR image of ``shape``: the file at ``path`` resized, or random pixels."""
+    if path is None:
+        return rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    import cv2
+
+    image = cv2.imread(path)
+    if image is None:
+        raise ValueError(f"--image {path}: not a readable image file")
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def export_forms(config_file: str, checkpoint: str, export_dir: str, sample: np.ndarray) -> None:
+    """The folded model of ``config_file`` with ``checkpoint`` exported to TorchScript and ONNX."""
+    from rsb_backbone.export import export_predictor
+    from rsb_backbone.inference import LazyConfigPredictor
+
+    for fmt in ("torchscript", "onnx"):
+        predictor = LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0)
+        export_predictor(predictor, sample, os.path.join(export_dir, fmt), fmt)
+
+
+def prepare_detector(detector: str, workdir: str, seed: int, image: Optional[str] = None) -> Tuple[str, str, str]:
     """Random weights for ``detector``'s config, saved as a checkpoint, and the folded model exported
     to TorchScript and ONNX.
 
@@ -165,8 +190,6 @@ def prepare_detector(detector: str, workdir: str, seed: int) -> Tuple[str, str, 
     from detectron2.config import instantiate
 
     from rsb_backbone import model_zoo
-    from rsb_backbone.export import export_predictor
-    from rsb_backbone.inference import LazyConfigPredictor
     from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
     config_file = str(REPO_ROOT / DETECTORS[detector])
@@ -176,24 +199,36 @@ def prepare_detector(detector: str, workdir: str, seed: int) -> Tuple[str, str, 
     checkpoint = os.path.join(workdir, f"{detector}.pth")
     torch.save({"model": instantiate(cfg.model).state_dict()}, checkpoint)
     export_dir = os.path.join(workdir, f"{detector}_export")
-    sample = np.random.default_rng(seed).integers(0, 256, (*image_shape(640), 3), dtype=np.uint8)
-    for fmt in ("torchscript", "onnx"):
-        predictor = LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0)
-        export_predictor(predictor, sample, os.path.join(export_dir, fmt), fmt)
+    export_forms(config_file, checkpoint, export_dir, load_image(image, image_shape(640), np.random.default_rng(seed)))
     return config_file, checkpoint, export_dir
 
 
-def measure_detector(detector: str, args, workdir: str) -> Dict:
-    """One alternating run of the forms of ``detector`` over ``args.sizes``; its JSON record."""
-    config_file, checkpoint, export_dir = prepare_detector(detector, workdir, args.seed)
+def measure_detector(detector: str, args, workdir: str, trained: Optional[Tuple[str, str]] = None) -> Dict:
+    """One alternating run of the forms of ``detector`` over ``args.sizes``; its JSON record.
+
+    Args:
+        detector: a key of ``DETECTORS``, or a trained model's name.
+        args: the parsed command line.
+        workdir: folder for weights, exports and images.
+        trained: ``(config file, checkpoint)`` of a trained model (``--trained``); None: the config
+            of ``DETECTORS[detector]`` with random weights.
+    """
+    if trained:
+        config_file, checkpoint = trained
+        export_dir = os.path.join(workdir, f"{detector}_export")
+        export_forms(config_file, checkpoint, export_dir, load_image(args.image, image_shape(640), None))
+    else:
+        config_file, checkpoint, export_dir = prepare_detector(detector, workdir, args.seed, args.image)
     workers = {form: Worker(form, config_file, checkpoint, export_dir, args.threads) for form in args.forms}
     rng = np.random.default_rng(args.seed)
-    record = {"detector": detector, "config": DETECTORS[detector], "sizes": []}
+    record = {"detector": detector, "config": config_file if trained else DETECTORS[detector], "sizes": []}
+    if trained:
+        record["checkpoint"] = checkpoint
     try:
         for long_side in args.sizes:
             height, width = image_shape(long_side)
             image_path = os.path.join(workdir, f"image_{long_side}.npy")
-            np.save(image_path, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+            np.save(image_path, load_image(args.image, (height, width), rng))
             samples = {form: [] for form in args.forms}
             for round_index in range(args.warmup + args.iters):
                 order = list(args.forms) if round_index % 2 == 0 else list(args.forms)[::-1]
@@ -242,7 +277,7 @@ def format_table(report: Dict) -> str:
     forms = settings["forms"]
     lines = [
         f"CPU: {report['machine']['cpu']}, {settings['threads']} threads; torch {report['machine']['torch']}, "
-        f"ONNX Runtime {report['machine']['onnxruntime']}; score threshold 0 (100 detections); "
+        f"ONNX Runtime {report['machine']['onnxruntime']}; score threshold 0 (at most 100 detections); "
         f"median of {settings['iters']} alternating rounds after {settings['warmup']} warm-up. "
         f"Ratios are to the PyTorch predictor: time as median (IQR) of the per-round ratios, memory "
         f"as the ratio of the peaks (target <= {TARGET_RATIO}).",
@@ -287,7 +322,18 @@ def machine_description() -> Dict:
 
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detectors", nargs="+", choices=list(DETECTORS), default=list(DETECTORS))
+    parser.add_argument(
+        "--detectors", nargs="*", choices=list(DETECTORS), default=list(DETECTORS),
+        help="detectors to measure with random weights (none: only the --trained models)",
+    )
+    parser.add_argument(
+        "--trained", nargs=3, action="append", default=[], metavar=("NAME", "CONFIG", "CHECKPOINT"),
+        help="also measure a trained mask model (e.g. a train_net.py run's config.yaml and "
+        "model_final.pth) as rows named NAME; may be repeated",
+    )
+    parser.add_argument(
+        "--image", default=None, metavar="FILE", help="this image resized to each size instead of random pixels"
+    )
     parser.add_argument(
         "--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), metavar="LONG_SIDE",
         help="long sides of the 4:3 images (default: %(default)s)",
@@ -323,6 +369,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--warmup={args.warmup}: expected 0 or more")
     if min(args.sizes) < 32:
         parser.error(f"--sizes {min(args.sizes)}: expected long sides of at least 32 pixels")
+    if not args.detectors and not args.trained:
+        parser.error("nothing to measure: name --detectors or give --trained")
+    for path in [args.image] * bool(args.image) + [p for _, *paths in args.trained for p in paths]:
+        if not os.path.isfile(path):
+            parser.error(f"{path}: no such file")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -331,6 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "settings": {
             "sizes": args.sizes, "forms": list(args.forms), "iters": args.iters, "warmup": args.warmup,
             "threads": args.threads, "seed": args.seed, "score_threshold": 0.0,
+            "image": args.image or "random pixels",
             "memory": "per sample: the worker's VmHWM after resetting it through /proc/self/clear_refs "
             "(weights and runtime included); per form: the largest of its samples",
         },
@@ -340,8 +392,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         workdir = args.workdir or temporary
         os.makedirs(workdir, exist_ok=True)
-        for detector in args.detectors:
-            report["results"].append(measure_detector(detector, args, workdir))
+        runs = [(detector, None) for detector in args.detectors]
+        runs += [(name, (config, checkpoint)) for name, config, checkpoint in args.trained]
+        for detector, trained in runs:
+            report["results"].append(measure_detector(detector, args, workdir, trained))
             if args.json:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(report, indent=1))
