@@ -166,12 +166,13 @@ def _download(release: ReleasedCheckpoint, destination: str) -> None:
     url = release.url
 
     def stream(f) -> None:
+        received, expected = 0, release.num_bytes
         try:
             with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
                 length = response.headers.get("Content-Length")
-                expected = int(length) if length and length.isdigit() else release.num_bytes
+                expected = int(length) if length and length.isdigit() else expected
                 logger.info("Downloading %s (%s bytes) to %s", url, expected or "unknown", destination)
-                digest, received = hashlib.sha256(), 0
+                digest = hashlib.sha256()
                 with _progress_bar(expected, release.file_name) as bar:
                     for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
                         f.write(chunk)
@@ -179,11 +180,16 @@ def _download(release: ReleasedCheckpoint, destination: str) -> None:
                         received += len(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
+        except http.client.IncompleteRead:
+            pass  # the connection closed early: reported below with the byte counts
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            cause = e.reason if isinstance(e, urllib.error.URLError) else e
             if isinstance(e, urllib.error.HTTPError):
                 reason = f"HTTP {e.code} {e.reason}"
+            elif isinstance(cause, OSError) and cause.strerror:
+                reason = cause.strerror  # "Connection refused", without the errno
             else:
-                reason = one_line_summary(e.reason if isinstance(e, urllib.error.URLError) else e)
+                reason = one_line_summary(cause)
             raise CheckpointDownloadError(
                 f"{url}: cannot download ({reason}); without network, download it "
                 f"elsewhere and place it at {destination}"
