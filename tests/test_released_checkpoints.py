@@ -1,7 +1,8 @@
 """mmdetection's released detectors by name (``mmdet://``), against a real HTTP server on
 127.0.0.1 that stands in for mmdetection's download site through ``RSB_MMDET_BASE_URL`` (the
 variable a mirror would use): the release is downloaded once, checked, converted, cached and used
-by ``train_net.py --eval-only``, both predictors and ``model_zoo.get``; a later use makes no
+by ``train_net.py --eval-only``, both predictors, the prediction demo, the publisher and
+``model_zoo.get``; a later use makes no
 request; each broken download ends in one line and leaves nothing in the cache.
 
 The served file is an mmdetection v2 Mask R-CNN checkpoint written here (the layout of
@@ -13,6 +14,7 @@ The test's release replaces the table's Mask R-CNN entry only while the tests ru
 
 import contextlib
 import hashlib
+import importlib.util
 import http.server
 import json
 import logging
@@ -37,9 +39,11 @@ from rsb_backbone.checkpoint.catalog import (
     ReleasedCheckpoint,
     fetch_released_checkpoint,
 )
+from rsb_backbone.checkpoint.publishing import publish_checkpoint
 from rsb_backbone.checkpoint.tensor_files import load_tensor_file
 from rsb_backbone.inference import LazyConfigPredictor, build_default_predictor, get_rsb_cfg
 
+from conftest import REPO_ROOT
 from test_mmdet_conversion import save_mmdet_checkpoint, synthesize_state_dict
 from train_net_runner import train_net_in_process
 
@@ -275,6 +279,27 @@ def test_train_net_eval_only_by_name(cached, requests_made, coco_classes_val, tm
     with open(output / "inference" / "coco_instances_results.json") as f:
         detections = json.load(f)
     assert detections and {d["category_id"] for d in detections} == {1}  # COCO's id of "person"
+    assert requests_made() == 0
+
+
+def test_prediction_demo_by_name(cached, requests_made, tiny_shapes, tmp_path):
+    spec = importlib.util.spec_from_file_location("predict_demo", os.path.join(REPO_ROOT, "projects", "predict_demo", "predict.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = tmp_path / "demo"
+    demo.main(
+        ["--config-file", model_zoo.get_config_file(CONFIG), "--checkpoint", f"mmdet://{NAME}",
+         "--input", tiny_shapes["val"]["image_root"], "--output", str(out), *SMALL_IMAGES]
+    )  # fmt: skip
+    detections = json.loads((out / "predictions.json").read_text())
+    assert detections and {d["category_id"] for d in detections} == {1}  # COCO's id of "person"
+    assert requests_made() == 0
+
+
+def test_publisher_by_name(cached, requests_made, tmp_path):
+    published = publish_checkpoint(f"mmdet://{NAME}", str(tmp_path / "mask_rcnn_rsb_coco.pth"))
+    assert published.metadata["thing_classes"] == [c["name"] for c in COCO_THINGS]
+    assert published.num_tensors == len(load_tensor_file(cached)["model"])
     assert requests_made() == 0
 
 
