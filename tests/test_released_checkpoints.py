@@ -13,6 +13,7 @@ The test's release replaces the table's Mask R-CNN entry only while the tests ru
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import http.server
@@ -20,6 +21,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 
@@ -249,27 +252,29 @@ def test_default_predictor_by_name(cached, requests_made, image):
 
 
 @pytest.fixture(scope="module")
-def coco_classes_val(tiny_shapes, tmp_path_factory):
-    """tiny_shapes' val split with COCO's 80 categories (the shapes as COCO's first three), as
-    ``--register-coco`` arguments: a data set a COCO detector evaluates on."""
-    val = tiny_shapes["val"]
-    with open(val["json_file"]) as f:
-        data = json.load(f)
-    data["categories"] = [{"id": c["id"], "name": c["name"]} for c in COCO_THINGS]
-    path = tmp_path_factory.mktemp("coco_classes") / "val.json"
-    path.write_text(json.dumps(data))  # shapes ids 1-3 are COCO's person, bicycle, car
-    return [
-        "--register-coco", f"coco_classes_val={path}:{val['image_root']}",
-        "dataloader.test.dataset.names=coco_classes_val", "dataloader.test.num_workers=0",
+def coco_classes_data(tiny_shapes, tmp_path_factory):
+    """tiny_shapes with COCO's 80 categories (the shapes as COCO's first three), as
+    ``--register-coco`` arguments and overrides: data a COCO detector trains and evaluates on."""
+    folder, args = tmp_path_factory.mktemp("coco_classes"), []
+    for split in ("train", "val"):
+        with open(tiny_shapes[split]["json_file"]) as f:
+            data = json.load(f)
+        data["categories"] = [{"id": c["id"], "name": c["name"]} for c in COCO_THINGS]
+        path = folder / f"{split}.json"
+        path.write_text(json.dumps(data))  # shapes ids 1-3 are COCO's person, bicycle, car
+        args += ["--register-coco", f"coco_classes_{split}={path}:{tiny_shapes[split]['image_root']}"]
+    return args + [
+        "dataloader.train.dataset.names=coco_classes_train", "dataloader.test.dataset.names=coco_classes_val",
+        "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
     ]  # fmt: skip
 
 
-def test_train_net_eval_only_by_name(cached, requests_made, coco_classes_val, tmp_path):
+def test_train_net_eval_only_by_name(cached, requests_made, coco_classes_data, tmp_path):
     import train_net
 
     output = tmp_path / "eval"
     argv = [
-        "--config-file", model_zoo.get_config_file(CONFIG), "--eval-only", *coco_classes_val,
+        "--config-file", model_zoo.get_config_file(CONFIG), "--eval-only", *coco_classes_data,
         f"train.init_checkpoint=mmdet://{NAME}", f"train.output_dir={output}", "train.device=cpu",
         *SMALL_IMAGES,
     ]  # fmt: skip
@@ -279,6 +284,31 @@ def test_train_net_eval_only_by_name(cached, requests_made, coco_classes_val, tm
     with open(output / "inference" / "coco_instances_results.json") as f:
         detections = json.load(f)
     assert detections and {d["category_id"] for d in detections} == {1}  # COCO's id of "person"
+    assert requests_made() == 0
+
+
+@pytest.mark.slow
+def test_train_net_trains_from_a_release_by_name(cached, requests_made, coco_classes_data, tmp_path):
+    import train_net
+
+    output = tmp_path / "train"
+    argv = [
+        "--config-file", model_zoo.get_config_file(CONFIG), *coco_classes_data,
+        f"train.init_checkpoint=mmdet://{NAME}", f"train.output_dir={output}", "train.device=cpu",
+        "train.max_iter=1", "train.eval_period=0", "train.checkpointer.period=1000",
+        "model.backbone.bottom_up.weights=None", "dataloader.train.total_batch_size=2",
+        "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+        "dataloader.train.mapper.augmentations.0.max_size=192", "model.roi_heads.batch_size_per_image=32",
+        *SMALL_IMAGES,
+    ]  # fmt: skip
+    train_net.main(train_net.build_argument_parser().parse_args(argv))
+    trained = load_tensor_file(str(output / "model_final.pth"))["model"]
+    released = load_tensor_file(cached)["model"]
+    # The frozen stem keeps the released weights; the heads took one step from them.
+    assert torch.equal(trained["backbone.bottom_up.conv1.weight"], released["backbone.bottom_up.conv1.weight"])
+    head = "roi_heads.box_predictor.cls_score.bias"
+    assert not torch.equal(trained[head], released[head])
+    assert torch.allclose(trained[head], released[head], atol=1e-2)
     assert requests_made() == 0
 
 
@@ -301,6 +331,31 @@ def test_publisher_by_name(cached, requests_made, tmp_path):
     assert published.metadata["thing_classes"] == [c["name"] for c in COCO_THINGS]
     assert published.num_tensors == len(load_tensor_file(cached)["model"])
     assert requests_made() == 0
+
+
+# A training process resolving the name: the test's release in the table, then the name.
+_FETCH_IN_A_PROCESS = """
+import json, sys
+from rsb_backbone.checkpoint import catalog
+release = catalog.ReleasedCheckpoint(**json.loads(sys.argv[1]))
+catalog.RELEASED_CHECKPOINTS[release.name] = release
+print(catalog.fetch_released_checkpoint("mmdet://" + release.name))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_download_once(release_file, server, requests_made, tmp_path):
+    """Training processes resolving the name together (``--num-gpus 2``, torchrun): one downloads
+    and converts while the other waits on the cache's lock, then reads what the first wrote."""
+    _, release = release_file
+    env = dict(os.environ, **{BASE_URL_ENV: server.base_url, CACHE_ENV: str(tmp_path / "cache")})
+    command = [sys.executable, "-c", _FETCH_IN_A_PROCESS, json.dumps(dataclasses.asdict(release))]
+    children = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    paths = [out.strip().splitlines()[-1] for out, _ in outputs]
+    assert paths[0] == paths[1] and os.path.isfile(paths[0])
+    assert requests_made() == 1
 
 
 # ---- failures: one line, nothing cached -----------------------------------------------------------
@@ -357,13 +412,13 @@ def test_offline_names_the_url_and_where_to_place_the_file(release_file, tmp_pat
     assert load_tensor_file(converted)["mmdet_conversion"]["source"] == release.file_name
 
 
-def test_train_net_offline_is_one_line(release_file, coco_classes_val, tmp_path):
+def test_train_net_offline_is_one_line(release_file, coco_classes_data, tmp_path):
     _, release = release_file
     cache = tmp_path / "cache"
     base_url = closed_port_url()
     with serving(release, base_url, str(cache)):
         result = train_net_in_process(
-            ["--config-file", model_zoo.get_config_file(CONFIG), "--eval-only", *coco_classes_val,
+            ["--config-file", model_zoo.get_config_file(CONFIG), "--eval-only", *coco_classes_data,
              f"train.init_checkpoint=mmdet://{NAME}", f"train.output_dir={tmp_path / 'eval'}", "train.device=cpu"]
         )  # fmt: skip
     assert result.returncode == 2
