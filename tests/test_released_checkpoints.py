@@ -31,6 +31,7 @@ import pytest
 import torch
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+from detectron2.engine import DefaultPredictor
 from detectron2.utils.file_io import PathManager
 
 from rsb_backbone import model_zoo
@@ -248,6 +249,10 @@ def test_default_predictor_by_name(cached, requests_made, image):
     predictor = build_default_predictor(cfg)
     assert predictor.cfg.MODEL.WEIGHTS == f"mmdet://{NAME}"
     _assert_persons(predictor, image)
+    # Detectron2's own DefaultPredictor reads the name through its PathManager: the same detections.
+    own = DefaultPredictor(cfg)(image)["instances"]
+    ours = predictor(image)["instances"]
+    assert torch.equal(own.pred_classes, ours.pred_classes) and torch.allclose(own.scores, ours.scores)
     assert requests_made() == 0
 
 
