@@ -55,10 +55,11 @@ NAME = "mask_rcnn_rsb_r50_fpn_1x"
 CONFIG = "COCO/mask_rcnn_rsb_r50_fpn_1x_mmdet.py"
 COCO_THINGS = [c for c in COCO_CATEGORIES if c["isthing"]]
 MODEL_DIR = "resnet_strikes_back/mask_rcnn_r50_fpn_rsb-pretrain_1x_coco"
-SMALL_IMAGES = [  # CPU time: 128-px images, 100 proposals at test
+CPU_SIZED = [  # CPU time: 128-px images, 100 proposals, 10 detections per image
     "dataloader.test.mapper.augmentations.0.short_edge_length=128",
     "dataloader.test.mapper.augmentations.0.max_size=192",
-    "model.proposal_generator.post_nms_topk=[1000,100]",
+    "model.proposal_generator.post_nms_topk=[100,100]",
+    "+model.roi_heads.box_predictor.test_topk_per_image=10",
 ]
 
 
@@ -238,14 +239,14 @@ def _assert_persons(predictor, image):
 
 
 def test_lazy_config_predictor_by_name(cached, requests_made, image):
-    predictor = LazyConfigPredictor(model_zoo.get_config_file(CONFIG), f"mmdet://{NAME}", overrides=SMALL_IMAGES)
+    predictor = LazyConfigPredictor(model_zoo.get_config_file(CONFIG), f"mmdet://{NAME}", overrides=CPU_SIZED)
     _assert_persons(predictor, image)
     assert requests_made() == 0
 
 
 def test_default_predictor_by_name(cached, requests_made, image):
     cfg = get_rsb_cfg("mask_rcnn", checkpoint=f"mmdet://{NAME}", min_size_test=128, max_size_test=192)
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 100
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST, cfg.TEST.DETECTIONS_PER_IMAGE = 100, 10
     predictor = build_default_predictor(cfg)
     assert predictor.cfg.MODEL.WEIGHTS == f"mmdet://{NAME}"
     _assert_persons(predictor, image)
@@ -274,6 +275,7 @@ def coco_classes_data(tiny_shapes, tmp_path_factory):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_net_eval_only_by_name(cached, requests_made, coco_classes_data, tmp_path):
     import train_net
 
@@ -281,7 +283,7 @@ def test_train_net_eval_only_by_name(cached, requests_made, coco_classes_data, t
     argv = [
         "--config-file", model_zoo.get_config_file(CONFIG), "--eval-only", *coco_classes_data,
         f"train.init_checkpoint=mmdet://{NAME}", f"train.output_dir={output}", "train.device=cpu",
-        *SMALL_IMAGES,
+        *CPU_SIZED,
     ]  # fmt: skip
     results = train_net.main(train_net.build_argument_parser().parse_args(argv))
     assert set(results) == {"bbox", "segm"}
@@ -304,7 +306,7 @@ def test_train_net_trains_from_a_release_by_name(cached, requests_made, coco_cla
         "model.backbone.bottom_up.weights=None", "dataloader.train.total_batch_size=2",
         "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
         "dataloader.train.mapper.augmentations.0.max_size=192", "model.roi_heads.batch_size_per_image=32",
-        *SMALL_IMAGES,
+        *CPU_SIZED,
     ]  # fmt: skip
     train_net.main(train_net.build_argument_parser().parse_args(argv))
     trained = load_tensor_file(str(output / "model_final.pth"))["model"]
@@ -322,9 +324,11 @@ def test_prediction_demo_by_name(cached, requests_made, tiny_shapes, tmp_path):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     out = tmp_path / "demo"
+    val = tiny_shapes["val"]
+    first_image = os.path.join(val["image_root"], sorted(os.listdir(val["image_root"]))[0])
     demo.main(
         ["--config-file", model_zoo.get_config_file(CONFIG), "--checkpoint", f"mmdet://{NAME}",
-         "--input", tiny_shapes["val"]["image_root"], "--output", str(out), *SMALL_IMAGES]
+         "--input", first_image, "--output", str(out), *CPU_SIZED]
     )  # fmt: skip
     detections = json.loads((out / "predictions.json").read_text())
     assert detections and {d["category_id"] for d in detections} == {1}  # COCO's id of "person"
