@@ -416,6 +416,10 @@ def test_offline_names_the_url_and_where_to_place_the_file(release_file, tmp_pat
         )
         assert cache_contents(cache) == []
 
+        destination.write_bytes(data[:-1] + b"x")  # placed by hand, but not mmdetection's file
+        with pytest.raises(CheckpointDownloadError, match=rf"^{destination} \(placed in the cache; delete it to download again\): SHA-256 [0-9a-f]{{64}} does not start with {release.sha256_prefix}, "):
+            fetch_released_checkpoint(f"mmdet://{NAME}")
+
         destination.write_bytes(data)  # placed by hand: checked and converted, no request needed
         converted = fetch_released_checkpoint(f"mmdet://{NAME}")
     assert load_tensor_file(converted)["mmdet_conversion"]["source"] == release.file_name

@@ -227,9 +227,11 @@ def fetch_released_checkpoint(name: str) -> str:
     converted = os.path.join(folder, release.file_name[: -len(".pth")] + "_detectron2.pth")
     with file_lock(converted):
         if os.path.isfile(converted):
+            logger.info("%s%s: cached in %s", SCHEME, release.name, converted)
             return converted
         if os.path.isfile(downloaded):  # an earlier download, or a file placed by hand
-            _check_content(release, os.path.getsize(downloaded), _sha256_of(downloaded), downloaded)
+            source = f"{downloaded} (placed in the cache; delete it to download again)"
+            _check_content(release, os.path.getsize(downloaded), _sha256_of(downloaded), source)
         else:
             _download(release, downloaded)
         convert_mmdet_checkpoint(
