@@ -110,6 +110,19 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/"
 
 
+@pytest.fixture(autouse=True)
+def only_127_0_0_1(monkeypatch):
+    """Every connection these tests open goes to 127.0.0.1 (urllib connects through
+    ``socket.create_connection``); any other host fails the test."""
+    connect = socket.create_connection
+
+    def local_only(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"connection to {address} outside 127.0.0.1"
+        return connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", local_only)
+
+
 @pytest.fixture(scope="session")
 def release_file(tmp_path_factory):
     """(bytes, ReleasedCheckpoint) of a Mask R-CNN in mmdetection's layout, named by its hash."""
