@@ -1,9 +1,9 @@
 """mmdetection's released detectors by name (``mmdet://``), against a real HTTP server on
 127.0.0.1 that stands in for mmdetection's download site through ``RSB_MMDET_BASE_URL`` (the
 variable a mirror would use): the release is downloaded once, checked, converted, cached and used
-by ``train_net.py --eval-only``, both predictors, the prediction demo, the publisher and
-``model_zoo.get``; a later use makes no
-request; each broken download ends in one line and leaves nothing in the cache.
+by ``train_net.py`` (training and ``--eval-only``), both predictors, the prediction demo, the
+publisher and ``model_zoo.get``; a later use makes no request; each broken download ends in one
+line and leaves nothing in the cache.
 
 The served file is an mmdetection v2 Mask R-CNN checkpoint written here (the layout of
 tests/test_mmdet_conversion.py) with COCO's class names, named as mmdetection names its releases
@@ -45,6 +45,7 @@ from rsb_backbone.checkpoint.catalog import (
 )
 from rsb_backbone.checkpoint.publishing import publish_checkpoint
 from rsb_backbone.checkpoint.tensor_files import load_tensor_file
+from rsb_backbone.mmdet_conversion import DEFAULT_CONFIGS, DETECTORS
 from rsb_backbone.inference import LazyConfigPredictor, build_default_predictor, get_rsb_cfg
 
 from conftest import REPO_ROOT
@@ -168,12 +169,20 @@ def serving(release, base_url: str, cache: str):
 
 
 @pytest.fixture(scope="session")
-def cached(release_file, server, tmp_path_factory):
-    """The release downloaded and converted once into a session cache, which stays in use for the
-    tests of this fixture; yields the converted file."""
+def session_cache(release_file, server, tmp_path_factory):
+    """A cache folder into which the release was downloaded and converted once."""
     _, release = release_file
     cache = str(tmp_path_factory.mktemp("cache"))
     with serving(release, server.base_url, cache):
+        fetch_released_checkpoint(NAME)
+    return cache
+
+
+@pytest.fixture
+def cached(release_file, server, session_cache):
+    """The session's cache, the test's release and the server in use for one test; gives the
+    converted file."""
+    with serving(release_file[1], server.base_url, session_cache):
         yield fetch_released_checkpoint(NAME)
 
 
@@ -227,6 +236,18 @@ def test_model_zoo_get_trained(cached, requests_made):
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert requests_made() == 0  # from the session's cache
+
+
+def test_the_table_is_mmdetections_releases_and_the_docs_name_them():
+    with open(os.path.join(REPO_ROOT, "docs", "mmdet_checkpoints.md")) as f:
+        docs = f.read()
+    assert sorted(r.detector for r in catalog.RELEASED_CHECKPOINTS.values()) == sorted(DETECTORS)
+    for name, release in catalog.RELEASED_CHECKPOINTS.items():
+        assert release.url.startswith(catalog.MMDET_BASE_URL + "resnet_strikes_back/")
+        assert release.file_name.endswith(f"-{release.sha256_prefix}.pth") and len(release.sha256_prefix) == 8
+        assert f"({release.url})" in docs and f"`mmdet://{name}`" in docs
+        assert model_zoo.get_checkpoint_url(release.config) == f"mmdet://{name}"
+        assert release.config == os.path.relpath(DEFAULT_CONFIGS[release.detector], "configs")
 
 
 def test_model_zoo_names_the_configs_with_released_weights():
