@@ -1,8 +1,8 @@
 """mmdetection's released detectors by name (``mmdet://``), against a real HTTP server on
 127.0.0.1 that stands in for mmdetection's download site through ``RSB_MMDET_BASE_URL`` (the
 variable a mirror would use): the release is downloaded once, checked, converted, cached and used
-by ``train_net.py`` (training and ``--eval-only``), both predictors, the prediction demo, the
-publisher and ``model_zoo.get``; a later use makes no request; each broken download ends in one
+by ``train_net.py`` (training and ``--eval-only``), both predictors, the prediction demo, the exporter,
+the publisher and ``model_zoo.get``; a later use makes no request; each broken download ends in one
 line and leaves nothing in the cache.
 
 The served file is an mmdetection v2 Mask R-CNN checkpoint written here (the layout of
@@ -366,6 +366,23 @@ def test_prediction_demo_by_name(cached, requests_made, tiny_shapes, tmp_path):
     )  # fmt: skip
     detections = json.loads((out / "predictions.json").read_text())
     assert detections and {d["category_id"] for d in detections} == {1}  # COCO's id of "person"
+    assert requests_made() == 0
+
+
+@pytest.mark.slow
+def test_exporter_by_name(cached, requests_made, tiny_shapes, tmp_path):
+    spec = importlib.util.spec_from_file_location("export_model", os.path.join(REPO_ROOT, "projects", "deploy", "export_model.py"))
+    exporter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exporter)
+    val = tiny_shapes["val"]
+    first_image = os.path.join(val["image_root"], sorted(os.listdir(val["image_root"]))[0])
+    out = tmp_path / "exported"
+    exporter.main(
+        ["--config-file", model_zoo.get_config_file(CONFIG), "--checkpoint", f"mmdet://{NAME}", "--format", "torchscript",
+         "--output", str(out), "--sample-image", first_image, *CPU_SIZED]
+    )  # fmt: skip
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["metadata"]["thing_classes"][0] == "person"
     assert requests_made() == 0
 
 
