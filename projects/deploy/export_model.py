@@ -37,7 +37,10 @@ logger = logging.getLogger("rsb_detectron2.export_model")
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="LazyConfig (.py / config.yaml) or yacs (.yaml)")
-    parser.add_argument("--checkpoint", required=True, help="detector checkpoint or published file")
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="detector checkpoint, published file, or a released detector's name (mmdet://mask_rcnn_rsb_r50_fpn_1x)",
+    )  # fmt: skip
     parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     parser.add_argument("--output", required=True, help="folder for the exported files")
     sample = parser.add_mutually_exclusive_group()

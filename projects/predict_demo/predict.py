@@ -15,9 +15,15 @@ Examples::
         --config-file configs/yacs/mask_rcnn_rsb_r50_fpn_1x.yaml --checkpoint model_final.pth \\
         --input "photos/*.jpg" clip.mp4 --device auto --confidence-threshold 0.7
 
+    # mmdetection's released RSB Mask R-CNN by name (downloaded and converted once, then cached):
+    python3 projects/predict_demo/predict.py \\
+        --config-file configs/COCO/mask_rcnn_rsb_r50_fpn_1x_mmdet.py \\
+        --checkpoint mmdet://mask_rcnn_rsb_r50_fpn_1x --input photos/
+
 ``--config-file`` takes a LazyConfig (``.py``, or the ``config.yaml`` that train_net.py saves)
-or a yacs config (``configs/yacs``). ``--checkpoint`` takes a train_net.py checkpoint or a
-published file (``.pth`` or ``.safetensors``, see projects/publish_model). Class names and
+or a yacs config (``configs/yacs``). ``--checkpoint`` takes a train_net.py checkpoint, a
+published file (``.pth`` or ``.safetensors``, see projects/publish_model) or the name of one of
+mmdetection's released detectors (``mmdet://...``, docs/mmdet_checkpoints.md). Class names and
 category ids are those stored with the model (train_net.py stores the training set's), else
 those of the config's test data set: no data set needs registering to predict.
 """
@@ -54,7 +60,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", required=True, help="LazyConfig (.py, config.yaml) or yacs (.yaml)")
     parser.add_argument(
-        "--checkpoint", required=True, help="detector checkpoint (model_final.pth) or published .pth/.safetensors"
+        "--checkpoint",
+        required=True,
+        help="detector checkpoint (model_final.pth), published .pth/.safetensors, or a released "
+        "detector's name (mmdet://mask_rcnn_rsb_r50_fpn_1x, docs/mmdet_checkpoints.md)",
     )
     parser.add_argument(
         "--input", required=True, nargs="+",

@@ -11,6 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.errors import first_items
 from ..utils.file_io import atomic_torch_save, atomic_write_bytes
+from .catalog import local_checkpoint_path
 from .model_metadata import read_model_metadata
 from .tensor_files import WeightFileError, load_tensor_file
 
@@ -81,11 +82,13 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict
 
     Args:
         model: the detector, built from the config the checkpoint was trained with.
-        checkpoint: path of the checkpoint file.
+        checkpoint: path of the checkpoint file, or a name such as ``mmdet://mask_rcnn_rsb_r50_fpn_1x``
+            or an ``https://`` URL (downloaded once into a cache, :mod:`.catalog`).
 
     Raises:
         ValueError: ``checkpoint`` is empty, or the file's model metadata is malformed.
         FileNotFoundError: the file does not exist.
+        CheckpointDownloadError: a released checkpoint that cannot be downloaded or verified.
         WeightFileError: unreadable file, or its weights do not fit ``model`` (missing or extra
             keys, other shapes); the message names the file and the keys.
 
@@ -94,7 +97,7 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str) -> Optional[Dict
     """
     if not checkpoint:
         raise ValueError("checkpoint='': a detector checkpoint file is needed for inference")
-    checkpoint = os.fspath(checkpoint)
+    checkpoint = local_checkpoint_path(checkpoint)
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist")
     extra = _CheckedCheckpointer(model).load(checkpoint, checkpointables=[])

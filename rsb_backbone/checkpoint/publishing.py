@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .catalog import local_checkpoint_path
 from .checkpoint_layouts import DETECTRON2_ENTRY, checkpoint_tensors
 from ..utils.file_io import atomic_write_bytes
 from .model_metadata import (
@@ -56,6 +57,7 @@ def publish_checkpoint(
     Args:
         input_path: a training checkpoint (``model_final.pth``), a converted mmdetection
             checkpoint, a published file, or a bare ``{name: tensor}`` file; read tensors-only.
+            A released detector's name (``mmdet://...``) is fetched into the cache first.
         output: requested path; written atomically, named by :func:`published_file_name`.
         fp16: store floating point tensors in half precision (the loaders cast them back to the
             model's precision, so results may differ slightly).
@@ -68,7 +70,7 @@ def publish_checkpoint(
         FileNotFoundError: ``input_path`` does not exist.
         WeightFileError: unreadable file, unsafe pickle, or no model tensors in it.
     """
-    input_path, output = os.fspath(input_path), os.fspath(output)
+    input_path, output = local_checkpoint_path(input_path), os.fspath(output)
     loaded = load_tensor_file(input_path)
     tensors = checkpoint_tensors(loaded, input_path, entry=DETECTRON2_ENTRY)
     metadata = read_model_metadata(input_path, loaded)

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -34,7 +34,14 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Create ``path`` through a temporary file in its folder, renamed into place only when
+    ``write`` returns; when it raises, the temporary file is removed and ``path`` is untouched.
+
+    Args:
+        path: the file to write.
+        write: writes the content to the open binary file it is given; raises to abandon it.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -56,12 +63,12 @@ def _atomic_write(path: str, write) -> None:
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def check_output_dir(path: str, key: str = "train.output_dir") -> None:
