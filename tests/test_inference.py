@@ -26,6 +26,7 @@ import detectron2.data.transforms as T
 from detectron2.config import instantiate
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.structures import pairwise_iou
 
 from conftest import REPO_ROOT
 from rsb_backbone import pixel_normalization
@@ -35,6 +36,7 @@ from rsb_backbone.config import LAZY, YACS, config_file_kind, load_config_with_o
 from rsb_backbone.inference import (
     ARCHITECTURES,
     LazyConfigPredictor,
+    build_default_predictor,
     get_rsb_cfg,
     load_detector_checkpoint,
     load_yacs_config,
@@ -84,7 +86,7 @@ YACS_OPTS = [
 ]  # fmt: skip
 
 
-def yacs_cfg(arch, checkpoint, score_threshold=0.0):
+def yacs_cfg(arch, checkpoint, score_threshold=0.0, **kwargs):
     return get_rsb_cfg(
         arch,
         checkpoint=checkpoint,
@@ -95,16 +97,18 @@ def yacs_cfg(arch, checkpoint, score_threshold=0.0):
         max_size_test=MAX_SIZE,
         test_dataset="rsb_shapes_val",
         opts=YACS_OPTS,
+        **kwargs,
     )
 
 
-def lazy_predictor(arch, checkpoint, score_threshold=0.0):
+def lazy_predictor(arch, checkpoint, score_threshold=0.0, **kwargs):
     return LazyConfigPredictor(
         shapes_config(arch),
         checkpoint,
         device="cpu",
         score_threshold=score_threshold,
         overrides=LAZY_OVERRIDES + LAZY_CAPS[arch],
+        **kwargs,
     )
 
 
@@ -412,6 +416,55 @@ def test_lazy_config_predictor_rejects_non_images(checkpoints):
     predictor = lazy_predictor("faster_rcnn", checkpoints["faster_rcnn"])
     with pytest.raises(ValueError, match=r"shape \(32, 32\); expected a \(H, W, 3\) BGR"):
         predictor(np.zeros((32, 32), np.uint8))
+
+
+# --- the predictors in bfloat16 ----------------------------------------------------------------
+
+TOP_BOXES = 3  # the float32 detections that bfloat16 must find again
+MIN_TOP_BOX_IOU = 0.9
+
+
+def _assert_bf16_finds_the_top_fp32_boxes(fp32, bf16):
+    """Float32 outputs, and each of the top float32 boxes found in bfloat16 (same class, IoU > 0.9)."""
+    assert bf16.pred_boxes.tensor.dtype == bf16.scores.dtype == torch.float32
+    if bf16.has("pred_masks"):
+        assert bf16.pred_masks.dtype == fp32.pred_masks.dtype
+    assert len(fp32) > 0 and len(bf16) > 0, f"{len(fp32)} float32 and {len(bf16)} bfloat16 detections"
+    same_class = fp32.pred_classes[:, None] == bf16.pred_classes[None, :]
+    best_iou = (pairwise_iou(fp32.pred_boxes, bf16.pred_boxes) * same_class).max(dim=1).values
+    for i in torch.argsort(fp32.scores, descending=True)[:TOP_BOXES].tolist():
+        box = fp32.pred_boxes.tensor[i].tolist()
+        assert best_iou[i] > MIN_TOP_BOX_IOU, f"float32 box {box}: best bfloat16 IoU {float(best_iou[i]):.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, fuse", [("mask_rcnn", False), ("cascade_mask_rcnn", True)])
+def test_lazy_config_predictor_in_bf16_finds_the_fp32_detections(arch, fuse, checkpoints, val_images):
+    """Also the folded (deployment) form: its convolutions carry the folded norms' scales."""
+    fp32 = lazy_predictor(arch, checkpoints[arch], fuse=fuse)
+    bf16 = lazy_predictor(arch, checkpoints[arch], fuse=fuse, precision="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.float32  # only the computations are bf16
+    for image in val_images[:2]:
+        _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["faster_rcnn", "retinanet"])
+def test_default_predictor_in_bf16_finds_the_fp32_detections(arch, checkpoints, val_images):
+    fp32 = build_default_predictor(yacs_cfg(arch, checkpoints[arch]))
+    bf16 = build_default_predictor(yacs_cfg(arch, checkpoints[arch], precision="bfloat16"))
+    assert isinstance(bf16, DefaultPredictor) and bf16.cfg.TEST.PRECISION == "bfloat16"
+    for image in val_images[:2]:
+        _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
+
+
+def test_predictors_refuse_fp16_on_the_cpu_and_unknown_precisions():
+    with pytest.raises(ValueError, match="precision=float16 needs a CUDA device, not 'cpu'"):
+        LazyConfigPredictor(shapes_config("faster_rcnn"), "unused.pth", precision="float16")
+    with pytest.raises(ValueError, match="TEST.PRECISION='half': expected one of float32, float16, bfloat16"):
+        get_rsb_cfg("faster_rcnn", precision="half")
+    with pytest.raises(ValueError, match="TEST.PRECISION=float16 needs a CUDA device"):
+        build_default_predictor(get_rsb_cfg("faster_rcnn", checkpoint="unused.pth", precision="float16"))
 
 
 # --- the demo and yacs evaluation --------------------------------------------------------------
