@@ -105,10 +105,10 @@ def _training_step(model: torch.nn.Module, batch: list, dtype: torch.dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", COCO_CONFIGS)
 def test_a_bf16_training_step_matches_fp32(config):
-    """The unchanged COCO config's detector (ResNet-18 trunk, random weights, 32 sampled RoIs)."""
+    """The unchanged COCO config's detector (ResNet-18 trunk, random weights, 16 sampled RoIs per image)."""
     overrides = ["model.backbone.bottom_up.model_name=resnet18", "model.backbone.bottom_up.weights=None"]
     if not config.startswith("retinanet"):
-        overrides.append("model.roi_heads.batch_size_per_image=32")
+        overrides.append("model.roi_heads.batch_size_per_image=16")
     cfg = load_config_with_overrides(os.path.join(REPO_ROOT, "configs", "COCO", f"{config}.py"), overrides)
     head_config(cfg).num_classes = 3
     torch.manual_seed(0)

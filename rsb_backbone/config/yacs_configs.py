@@ -79,7 +79,9 @@ def load_yacs_config(
     if score_threshold is not None:
         set_score_threshold(cfg, score_threshold)
     # The device is checked where the model is built.
-    cfg.TEST.PRECISION = precision_name(cfg.TEST.PRECISION if precision is None else precision, key="TEST.PRECISION")
+    cfg.TEST.PRECISION = precision_name(
+        cfg.TEST.PRECISION if precision is None else precision, key="TEST.PRECISION"
+    )
     return cfg
 
 

@@ -112,7 +112,9 @@ class _CheckedAMPTrainer(_FiniteLossCheck, AMPTrainer):
         if self.grad_scaler.is_enabled() and scaler_state:
             self.grad_scaler.load_state_dict(scaler_state)
         elif self.grad_scaler.is_enabled():
-            logger.info("The checkpoint has no float16 loss scale (another precision): starting from the initial one")
+            logger.info(
+                "The checkpoint has no float16 loss scale (another precision): starting from the initial one"
+            )
 
 
 def wrap_ddp(model, **kwargs):
@@ -197,7 +199,9 @@ def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> No
             trainer = _CheckedSimpleTrainer(model, train_loader, optimizer)
         else:
             logger.info("Mixed precision training in %s", precision)
-            trainer = _CheckedAMPTrainer(model, train_loader, optimizer, device=cfg.train.device, precision=precision)
+            trainer = _CheckedAMPTrainer(
+                model, train_loader, optimizer, device=cfg.train.device, precision=precision
+            )
         evaluations = []  # every evaluation's results: the last is the final one once training is done
 
         def evaluate():

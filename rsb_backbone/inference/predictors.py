@@ -54,7 +54,9 @@ def build_default_predictor(cfg: CfgNode, *, fuse: bool = False) -> DefaultPredi
     without_weights = cfg.clone()
     without_weights.defrost()
     without_weights.MODEL.WEIGHTS = ""  # DefaultPredictor would read it with its own loader
-    precision = resolve_precision(cfg.TEST.get("PRECISION", "float32"), cfg.MODEL.DEVICE, key="TEST.PRECISION")
+    precision = resolve_precision(
+        cfg.TEST.get("PRECISION", "float32"), cfg.MODEL.DEVICE, key="TEST.PRECISION"
+    )
     if precision == torch.float32:
         predictor = DefaultPredictor(without_weights)
     else:

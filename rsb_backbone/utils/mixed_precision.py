@@ -26,7 +26,9 @@ _warned = set()  # warnings already given in this process: each once, not once p
 def cpu_has_bf16_instructions() -> bool:
     """Whether this CPU computes bfloat16 natively (``avx512_bf16`` or AMX), as PyTorch's own CPU
     capability check reports it; ``/proc/cpuinfo``'s flags where PyTorch does not say."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     if all(callable(check) for check in checks):
         return any(check() for check in checks)
     try:
