@@ -561,7 +561,8 @@ def test_train_net_evaluates_through_a_yacs_config(checkpoints, tiny_data, tmp_p
          "--eval-only", *_register_args(tiny_data),
          f"MODEL.WEIGHTS={checkpoints['mask_rcnn']}", f"DATASETS.TEST=('{VAL_NAME}',)",
          f"OUTPUT_DIR={tmp_path}", "DATALOADER.NUM_WORKERS", "0",
-         *YACS_OPTS, "INPUT.MIN_SIZE_TEST", str(MIN_SIZE), "INPUT.MAX_SIZE_TEST", str(MAX_SIZE)],
+         *YACS_OPTS, "INPUT.MIN_SIZE_TEST", str(MIN_SIZE), "INPUT.MAX_SIZE_TEST", str(MAX_SIZE),
+         "TEST.PRECISION", "bfloat16"],  # bfloat16 detections must reach the evaluator as float32
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

@@ -152,17 +152,11 @@ def in_precision(model: nn.Module, device: str, dtype: Optional[torch.dtype]) ->
     return AutocastInference(model, device, dtype)
 
 
-def device_of(model: nn.Module) -> str:
-    """The device of ``model``'s first parameter, as a string ("cpu", "cuda:0")."""
-    return str(next(model.parameters()).device)
-
-
 __all__ = [
     "PRECISIONS",
     "AutocastInference",
     "autocast",
     "cpu_has_bf16_instructions",
-    "device_of",
     "in_precision",
     "outputs_to_float32",
     "precision_name",
