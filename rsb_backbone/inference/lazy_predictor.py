@@ -118,6 +118,8 @@ class LazyConfigPredictor:
             self.augmentations(aug_input)
             tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
             inputs = {"image": tensor.to(self.device), "height": image.shape[0], "width": image.shape[1]}
+            if self.precision == torch.float32:
+                return self.model([inputs])[0]
             with autocast(self.device, self.precision):
                 outputs = self.model([inputs])[0]
             return outputs_to_float32(outputs)
