@@ -54,12 +54,12 @@ AP_TOLERANCE = 1.0  # COCO AP points, bfloat16 against float32 evaluation of the
 
 
 def _small_batch(seed: int = 0) -> list:
-    """Two images (128x160, 128x128) with three boxes of classes 0-2 and their box-shaped masks."""
+    """Two images (96x128, 96x96) with three boxes (16-40 px) of classes 0-2 and their box-shaped masks."""
     g = torch.Generator().manual_seed(seed)
     batch = []
-    for height, width in ((128, 160), (128, 128)):
-        xy = torch.rand(3, 2, generator=g) * torch.tensor([width - 48.0, height - 48.0])
-        boxes = torch.cat([xy, xy + 16 + 32 * torch.rand(3, 2, generator=g)], dim=1)
+    for height, width in ((96, 128), (96, 96)):
+        xy = torch.rand(3, 2, generator=g) * torch.tensor([width - 40.0, height - 40.0])
+        boxes = torch.cat([xy, xy + 16 + 24 * torch.rand(3, 2, generator=g)], dim=1)
         masks = torch.zeros(3, height, width, dtype=torch.bool)
         for mask, (x0, y0, x1, y1) in zip(masks, boxes.round().long().tolist()):
             mask[y0:y1, x0:x1] = True
