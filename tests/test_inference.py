@@ -458,15 +458,16 @@ def _assert_bf16_finds_the_top_fp32_boxes(fp32, bf16):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, fuse", [("mask_rcnn", False), ("cascade_mask_rcnn", True)])
+@pytest.mark.parametrize("arch, fuse", [("cascade_mask_rcnn", True)])
 def test_lazy_config_predictor_in_bf16_finds_the_fp32_detections(arch, fuse, checkpoints, val_images):
-    """Also the folded (deployment) form: its convolutions carry the folded norms' scales."""
+    """The folded (deployment) form, whose convolutions carry the folded norms' scales; with masks.
+    (The unfolded models in bf16: the training-step and --eval-only tests of test_mixed_precision.py.)"""
     extra = LAZY_ALL_BOXES[arch]
     fp32 = lazy_predictor(arch, checkpoints[arch], extra_overrides=extra, fuse=fuse)
     bf16 = lazy_predictor(arch, checkpoints[arch], extra_overrides=extra, fuse=fuse, precision="bfloat16")
     assert next(bf16.model.parameters()).dtype == torch.float32  # only the computations are bf16
-    for image in val_images[:2]:
-        _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
+    image = val_images[0]  # non-square
+    _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
 
 
 @pytest.mark.slow
@@ -475,8 +476,8 @@ def test_default_predictor_in_bf16_finds_the_fp32_detections(arch, checkpoints, 
     fp32 = build_default_predictor(yacs_cfg(arch, checkpoints[arch], opts=YACS_OPTS + YACS_ALL_BOXES))
     bf16 = build_default_predictor(yacs_cfg(arch, checkpoints[arch], opts=YACS_OPTS + YACS_ALL_BOXES, precision="bfloat16"))
     assert isinstance(bf16, DefaultPredictor) and bf16.cfg.TEST.PRECISION == "bfloat16"
-    for image in val_images[:2]:
-        _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
+    image = val_images[0]  # non-square
+    _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
 
 
 def test_predictors_refuse_fp16_on_the_cpu_and_unknown_precisions():
