@@ -23,7 +23,7 @@ from detectron2.utils.events import EventStorage
 from conftest import REPO_ROOT
 from rsb_backbone.config import head_config, load_config_with_overrides
 from rsb_backbone.utils import mixed_precision
-from rsb_backbone.utils.mixed_precision import autocast, resolve_precision
+from rsb_backbone.utils.mixed_precision import PRECISIONS, autocast, resolve_precision
 from train_net_runner import (
     FAST_OVERRIDES,
     dataset_args,
@@ -243,3 +243,35 @@ def test_the_cpu_check_agrees_with_proc_cpuinfo():
         assert mixed_precision.cpu_has_bf16_instructions()
     elif "amx_tile" not in flags:
         assert not mixed_precision.cpu_has_bf16_instructions()
+
+
+def test_the_loss_scale_resumes_only_from_a_float16_run(caplog):
+    """The trainer state of a float32 run (no scaler) or a bfloat16 run (a disabled scaler's empty
+    state) leaves a float16 run's scaler at its initial scale; a float16 run's scale is restored.
+    (The scaler on the CPU here: CUDA's takes the same states.)"""
+    from detectron2.engine import SimpleTrainer
+
+    from rsb_backbone.engine.training import _CheckedAMPTrainer
+
+    def trainer(kind):
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        if kind == "float32":
+            return SimpleTrainer(model, [], optimizer)
+        return _CheckedAMPTrainer(model, [], optimizer, device="cpu", precision=PRECISIONS[kind])
+
+    saved = trainer("float16")
+    saved.grad_scaler.scale(torch.ones(()))  # creates the scale
+    saved.grad_scaler.update(new_scale=1024.0)
+    fp16_state = saved.state_dict()
+    for source in ("float32", "bfloat16"):
+        resumed = trainer("float16")
+        with caplog.at_level(logging.INFO, logger="rsb_backbone.engine.training"):
+            resumed.load_state_dict(trainer(source).state_dict())
+        assert resumed.grad_scaler.get_scale() == 2.0**16  # GradScaler's initial scale
+        assert "no float16 loss scale" in caplog.text
+    resumed = trainer("float16")
+    resumed.load_state_dict(fp16_state)
+    assert resumed.grad_scaler.get_scale() == 1024.0
+    for target in ("bfloat16", "float32"):  # and the other way: the scale is not needed there
+        trainer(target).load_state_dict(fp16_state)
