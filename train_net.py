@@ -51,6 +51,7 @@ from rsb_backbone.engine import (
 from rsb_backbone.checkpoint.model_metadata import training_model_metadata
 from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 from rsb_backbone.utils.file_io import check_output_dir
+from rsb_backbone.utils.mixed_precision import training_precision
 
 logger = logging.getLogger("rsb_backbone.train_net")
 
@@ -97,6 +98,7 @@ def setup_config(args):
     cfg = load_config_with_overrides(args.config_file, args.opts)
     check_output_dir(cfg.train.output_dir)
     cfg.train.device = resolve_device(cfg.train.get("device", "auto"))
+    training_precision(cfg.train)  # a precision the device cannot run is refused here
     sync_num_classes(cfg, training=not args.eval_only)
     if not args.eval_only:  # class names and category ids, saved with config.yaml
         cfg.metadata = training_model_metadata(cfg)

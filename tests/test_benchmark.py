@@ -188,6 +188,35 @@ def test_cuda_table_compares_memory_with_mmdetection():
     assert "| 2.0 | 4.0 | 0.50 |" in row[0]
 
 
+def test_precision_table_pairs_each_figure_with_float32():
+    report = _fake_report("cpu")
+    report["settings"].update(precision="bfloat16")
+    report["results"][0]["metrics"] = {
+        "latency_b1_ms": {"float32": 5000.0, "bfloat16": 2500.0, "ratio": 0.51, "ratio_q1": 0.5, "ratio_q3": 0.53},
+        "train_step_ms": {"float32": 24000.0, "bfloat16": 15500.0, "ratio": 0.64, "ratio_q1": 0.6, "ratio_q3": 0.7},
+        "train_peak_mem_mib": {"float32": 4000.0, "bfloat16": 3000.0, "ratio": 0.75},
+    }
+    table = benchmark.format_table(report)
+    header = next(line for line in table.splitlines() if line.startswith("| detector"))
+    assert header.startswith("| detector | latency b1 float32 (ms) | latency b1 bfloat16 (ms) | latency b1 ratio |")
+    row = next(line for line in table.splitlines() if line.startswith("| cascade_mask_rcnn"))
+    assert row == (
+        "| cascade_mask_rcnn | 5000.0 | 2500.0 | 0.51 (0.50-0.53) | 24000.0 | 15500.0 | 0.64 (0.60-0.70) "
+        "| 4000.0 | 3000.0 | 0.75 |"
+    )
+    assert "Ratio = bfloat16 / float32" in table
+
+
+def test_precision_option_refuses_fp16_on_the_cpu_and_amp(capsys):
+    for argv, message in (
+        (["--device", "cpu", "--precision", "float16"], "--precision=float16 needs a CUDA device"),
+        (["--device", "cpu", "--precision", "bfloat16", "--amp"], "--amp does not go with it"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_benchmark_command_prints_the_side_by_side_table(tmp_path):
     out = tmp_path / "bench.json"

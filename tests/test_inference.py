@@ -26,6 +26,7 @@ import detectron2.data.transforms as T
 from detectron2.config import instantiate
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.structures import pairwise_iou
 
 from conftest import REPO_ROOT
 from rsb_backbone import pixel_normalization
@@ -35,6 +36,7 @@ from rsb_backbone.config import LAZY, YACS, config_file_kind, load_config_with_o
 from rsb_backbone.inference import (
     ARCHITECTURES,
     LazyConfigPredictor,
+    build_default_predictor,
     get_rsb_cfg,
     load_detector_checkpoint,
     load_yacs_config,
@@ -84,7 +86,7 @@ YACS_OPTS = [
 ]  # fmt: skip
 
 
-def yacs_cfg(arch, checkpoint, score_threshold=0.0):
+def yacs_cfg(arch, checkpoint, score_threshold=0.0, **kwargs):
     return get_rsb_cfg(
         arch,
         checkpoint=checkpoint,
@@ -94,17 +96,18 @@ def yacs_cfg(arch, checkpoint, score_threshold=0.0):
         min_size_test=MIN_SIZE,
         max_size_test=MAX_SIZE,
         test_dataset="rsb_shapes_val",
-        opts=YACS_OPTS,
+        **{"opts": YACS_OPTS, **kwargs},
     )
 
 
-def lazy_predictor(arch, checkpoint, score_threshold=0.0):
+def lazy_predictor(arch, checkpoint, score_threshold=0.0, extra_overrides=(), **kwargs):
     return LazyConfigPredictor(
         shapes_config(arch),
         checkpoint,
         device="cpu",
         score_threshold=score_threshold,
-        overrides=LAZY_OVERRIDES + LAZY_CAPS[arch],
+        overrides=LAZY_OVERRIDES + LAZY_CAPS[arch] + list(extra_overrides),
+        **kwargs,
     )
 
 
@@ -414,6 +417,78 @@ def test_lazy_config_predictor_rejects_non_images(checkpoints):
         predictor(np.zeros((32, 32), np.uint8))
 
 
+# --- the predictors in bfloat16 ----------------------------------------------------------------
+
+TOP_BOXES = 3  # the float32 detections that bfloat16 must find again
+MIN_TOP_BOX_IOU = 0.9
+# The three-iteration detectors score their best boxes and proposals within 0.001 of each other
+# (0.245, 0.244, 0.243), so which of two overlapping ones survives non-maximum suppression is a tie
+# that any rounding breaks (measured: Faster R-CNN's RPN NMS keeps another proposal in bfloat16).
+# The comparison keeps every box (no NMS in the RPN and the heads, up to 100 per image), and
+# bfloat16 must compute the float32 top boxes again, wherever they rank.
+_NO_NMS = 1.0
+_LAZY_RPN_ALL = [f"model.proposal_generator.nms_thresh={_NO_NMS}"]
+LAZY_ALL_BOXES = {
+    "mask_rcnn": _LAZY_RPN_ALL
+    + [f"+model.roi_heads.box_predictor.{key}" for key in (f"test_nms_thresh={_NO_NMS}", "test_topk_per_image=100")],
+    "cascade_mask_rcnn": _LAZY_RPN_ALL
+    + [
+        f"+model.roi_heads.box_predictors.{stage}.{key}"
+        for stage in range(3)
+        for key in (f"test_nms_thresh={_NO_NMS}", "test_topk_per_image=100")
+    ],
+}
+YACS_ALL_BOXES = [
+    "MODEL.RPN.NMS_THRESH", str(_NO_NMS), "MODEL.ROI_HEADS.NMS_THRESH_TEST", str(_NO_NMS),
+    "MODEL.RETINANET.NMS_THRESH_TEST", str(_NO_NMS), "TEST.DETECTIONS_PER_IMAGE", "100",
+]  # fmt: skip
+
+
+def _assert_bf16_finds_the_top_fp32_boxes(fp32, bf16):
+    """Float32 outputs, and each of the top float32 boxes found in bfloat16 (same class, IoU > 0.9)."""
+    assert bf16.pred_boxes.tensor.dtype == bf16.scores.dtype == torch.float32
+    if bf16.has("pred_masks"):
+        assert bf16.pred_masks.dtype == fp32.pred_masks.dtype
+    assert len(fp32) > 0 and len(bf16) > 0, f"{len(fp32)} float32 and {len(bf16)} bfloat16 detections"
+    same_class = fp32.pred_classes[:, None] == bf16.pred_classes[None, :]
+    best_iou = (pairwise_iou(fp32.pred_boxes, bf16.pred_boxes) * same_class).max(dim=1).values
+    for i in torch.argsort(fp32.scores, descending=True)[:TOP_BOXES].tolist():
+        box = fp32.pred_boxes.tensor[i].tolist()
+        assert best_iou[i] > MIN_TOP_BOX_IOU, f"float32 box {box}: best bfloat16 IoU {float(best_iou[i]):.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, fuse", [("cascade_mask_rcnn", True)])
+def test_lazy_config_predictor_in_bf16_finds_the_fp32_detections(arch, fuse, checkpoints, val_images):
+    """The folded (deployment) form, whose convolutions carry the folded norms' scales; with masks.
+    (The unfolded models in bf16: the training-step and --eval-only tests of test_mixed_precision.py.)"""
+    extra = LAZY_ALL_BOXES[arch]
+    fp32 = lazy_predictor(arch, checkpoints[arch], extra_overrides=extra, fuse=fuse)
+    bf16 = lazy_predictor(arch, checkpoints[arch], extra_overrides=extra, fuse=fuse, precision="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.float32  # only the computations are bf16
+    image = val_images[0]  # non-square
+    _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["retinanet"])  # Faster R-CNN in bf16: the --eval-only test of test_mixed_precision.py
+def test_default_predictor_in_bf16_finds_the_fp32_detections(arch, checkpoints, val_images):
+    fp32 = build_default_predictor(yacs_cfg(arch, checkpoints[arch], opts=YACS_OPTS + YACS_ALL_BOXES))
+    bf16 = build_default_predictor(yacs_cfg(arch, checkpoints[arch], opts=YACS_OPTS + YACS_ALL_BOXES, precision="bfloat16"))
+    assert isinstance(bf16, DefaultPredictor) and bf16.cfg.TEST.PRECISION == "bfloat16"
+    image = val_images[0]  # non-square
+    _assert_bf16_finds_the_top_fp32_boxes(fp32(image)["instances"], bf16(image)["instances"])
+
+
+def test_predictors_refuse_fp16_on_the_cpu_and_unknown_precisions():
+    with pytest.raises(ValueError, match="precision=float16 needs a CUDA device, not 'cpu'"):
+        LazyConfigPredictor(shapes_config("faster_rcnn"), "unused.pth", precision="float16")
+    with pytest.raises(ValueError, match="TEST.PRECISION='half': expected one of float32, float16, bfloat16"):
+        get_rsb_cfg("faster_rcnn", precision="half")
+    with pytest.raises(ValueError, match="TEST.PRECISION=float16 needs a CUDA device"):
+        build_default_predictor(get_rsb_cfg("faster_rcnn", checkpoint="unused.pth", precision="float16"))
+
+
 # --- the demo and yacs evaluation --------------------------------------------------------------
 
 
@@ -487,7 +562,8 @@ def test_train_net_evaluates_through_a_yacs_config(checkpoints, tiny_data, tmp_p
          "--eval-only", *_register_args(tiny_data),
          f"MODEL.WEIGHTS={checkpoints['mask_rcnn']}", f"DATASETS.TEST=('{VAL_NAME}',)",
          f"OUTPUT_DIR={tmp_path}", "DATALOADER.NUM_WORKERS", "0",
-         *YACS_OPTS, "INPUT.MIN_SIZE_TEST", str(MIN_SIZE), "INPUT.MAX_SIZE_TEST", str(MAX_SIZE)],
+         *YACS_OPTS, "INPUT.MIN_SIZE_TEST", str(MIN_SIZE), "INPUT.MAX_SIZE_TEST", str(MAX_SIZE),
+         "TEST.PRECISION", "bfloat16"],  # bfloat16 detections must reach the evaluator as float32
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

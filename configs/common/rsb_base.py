@@ -67,3 +67,7 @@ train.output_dir = "./output"
 train.device = "auto"  # CUDA when present, else CPU (Detectron2's common/train.py says "cuda")
 # Gradient clipping (mmdet RSB: none). train_net.py reads this.
 train.clip_grad = dict(enabled=False, max_norm=35.0, norm_type=2.0)
+# Mixed precision (mmdet RSB: fp32): train.amp.enabled=True trains and evaluates under autocast in
+# this precision: "float16" (CUDA, with a gradient scaler; Detectron2's default) or "bfloat16"
+# (CUDA, and CPUs with bf16 instructions).
+train.amp = dict(enabled=False, precision="float16")

@@ -16,6 +16,11 @@ measured alternately, so that load from other processes touches both alike:
   exported to ONNX and run by ONNX Runtime (CPU; batch 1; as many threads as torch), both as
   ratios against the built-in model.
 
+With ``--precision bfloat16`` (or ``float16``, CUDA) the run measures instead the RSB model in
+float32 and in that precision under ``torch.autocast`` (``train.amp.precision`` of train_net.py),
+alternately: batch-1 latency, training step time and peak training memory, with the ratios
+low precision / float32 (target: at most 0.6 for inference and 0.7 for training on a CPU with bf16).
+
 Every figure is "lower is better" and comes with the ratio RSB / built-in (target: at most 1.00).
 Timed figures alternate the models sample by sample; their ratio is the median of the per-pair
 ratios with its interquartile range (``paired_ratios.py``), so that load from other processes,
@@ -41,6 +46,10 @@ Examples::
     # CUDA at the COCO training scale, mixed precision and channels_last too:
     python3 projects/benchmark/benchmark.py --device cuda --image-size 800x1333 --json out.json
     python3 projects/benchmark/benchmark.py --device cuda --amp --channels-last
+
+    # bfloat16 against float32 (the RSB models only), at 512 and at the COCO scale:
+    python3 projects/benchmark/benchmark.py --device cpu --precision bfloat16 --image-size 512
+    python3 projects/benchmark/benchmark.py --device cuda --precision float16 --image-size 800x1333
 """
 
 import argparse
@@ -71,6 +80,7 @@ from detectron2.utils.events import EventStorage
 from rsb_backbone import model_zoo
 from rsb_backbone.config import head_config, resolve_device, set_score_threshold
 from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
+from rsb_backbone.utils.mixed_precision import PRECISIONS, autocast as autocast_in, resolve_precision
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
 from paired_ratios import format_ratio, paired_ratio_statistics
@@ -249,12 +259,16 @@ def tensor_bytes(model: torch.nn.Module) -> int:
 
 
 # ---- running -----------------------------------------------------------------------------------
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision: float16 on CUDA (as Detectron2's AMPTrainer), bfloat16 on the CPU."""
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype:
+    """``--amp``'s precision: float16 on CUDA (as Detectron2's AMPTrainer), bfloat16 on the CPU."""
     if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision as ``--amp`` asks (:func:`amp_dtype`)."""
+    return autocast_in(str(device), amp_dtype(device, enabled))
 
 
 def synchronize(device: torch.device) -> None:
@@ -265,17 +279,17 @@ def synchronize(device: torch.device) -> None:
 class TrainStep:
     """One Detectron2 training iteration (SimpleTrainer/AMPTrainer order) with the config's optimizer."""
 
-    def __init__(self, cfg, model: torch.nn.Module, device: torch.device, *, amp: bool):
+    def __init__(self, cfg, model: torch.nn.Module, device: torch.device, *, dtype: torch.dtype = torch.float32):
         cfg.optimizer.params.model = model
         self.optimizer = instantiate(cfg.optimizer)
         cfg.optimizer.params.model = None
         self.model = model
         self.device = device
-        self.amp = amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train_net.py
 
     def __call__(self, batch: List[Dict]) -> None:
-        with EventStorage(), autocast(self.device, self.amp):  # the models log to an EventStorage
+        with EventStorage(), autocast_in(str(self.device), self.dtype):  # the models log to an EventStorage
             loss_dict = self.model(batch)
             losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
@@ -442,9 +456,17 @@ def time_inference(models: Dict[str, Callable], images: List[Dict], args, device
     return {name: [1000 * s / len(images) for s in values] for name, values in samples.items()}
 
 
-def measure_training(cfg, models: Dict[str, torch.nn.Module], args, device) -> Tuple[Dict, Dict]:
-    """Training step times (ms, per model) and peak training memory (MiB, per model)."""
-    mask_on = any(getattr(m, "mask_on", False) for m in models["rsb"].modules())
+def measure_training(
+    cfg, models: Dict[str, torch.nn.Module], args, device, dtypes: Optional[Dict[str, torch.dtype]] = None
+) -> Tuple[Dict, Dict]:
+    """Training step times (ms, per name) and peak training memory (MiB, per name).
+
+    Args:
+        models: name -> model (several names may share one model).
+        dtypes: name -> precision of its training step; by default ``--amp``'s for every name.
+    """
+    dtypes = dtypes or {name: amp_dtype(device, args.amp) for name in models}
+    mask_on = any(getattr(m, "mask_on", False) for m in next(iter(models.values())).modules())
     batch = make_batch(
         args.train_batch_size, args.image_size, device, seed=args.seed + 2,
         num_classes=head_config(cfg).num_classes, with_masks=mask_on,
@@ -459,7 +481,7 @@ def measure_training(cfg, models: Dict[str, torch.nn.Module], args, device) -> T
 
     for model in models.values():
         model.train()
-    steps = {name: TrainStep(cfg, model, device, amp=args.amp) for name, model in models.items()}
+    steps = {name: TrainStep(cfg, model, device, dtype=dtypes[name]) for name, model in models.items()}
     samples = time_alternately(
         {name: training(step) for name, step in steps.items()},
         warmup=args.warmup, iters=args.iters, device=device,
@@ -472,11 +494,45 @@ def measure_training(cfg, models: Dict[str, torch.nn.Module], args, device) -> T
     for name, model in models.items():
         for m in models.values():
             m.zero_grad(set_to_none=True)
-        others = [m for other, m in models.items() if other != name]
+        others = [m for other, m in models.items() if m is not model]
         peaks[name] = peak_training_memory(
-            training(TrainStep(cfg, model, device, amp=args.amp)), model, others, device
+            training(TrainStep(cfg, model, device, dtype=dtypes[name])), model, others, device
         )
     return step_ms, peaks
+
+
+def benchmark_precision(detector: str, args, device: torch.device) -> Dict:
+    """The RSB detector in float32 and in ``args.precision``, alternately: batch-1 latency, training
+    step and peak training memory; returns its JSON record (ratios: low precision / float32)."""
+    cfg = load_detector_config(detector)
+    model = instantiate(cfg.model)
+    set_score_threshold(model, args.score_thresh)
+    model.to(device)
+    low = args.precision
+    dtypes = {"float32": torch.float32, low: PRECISIONS[low]}
+    single = make_batch(1, args.image_size, device, seed=args.seed)
+
+    def inference(dtype):
+        def run():
+            with torch.no_grad(), autocast_in(str(device), dtype):
+                model(single)
+
+        return run
+
+    model.eval()
+    latency = time_alternately(
+        {name: inference(dtype) for name, dtype in dtypes.items()}, warmup=args.warmup, iters=args.iters, device=device
+    )
+    samples_ms = {"latency_b1_ms": {name: [1000 * s for s in values] for name, values in latency.items()}}
+    peaks = None
+    if args.train:
+        samples_ms["train_step_ms"], peaks = measure_training(cfg, {name: model for name in dtypes}, args, device, dtypes)
+    metrics = {key: paired_metric(per_precision, low, "float32") for key, per_precision in samples_ms.items()}
+    if peaks is not None:
+        fp32_peak, low_peak = peaks["float32"], peaks[low]
+        ratio = low_peak / fp32_peak if low_peak is not None and fp32_peak else None
+        metrics["train_peak_mem_mib"] = {"float32": fp32_peak, low: low_peak, "ratio": ratio}
+    return {"detector": detector, "config": DETECTORS[detector], "metrics": metrics, "samples_ms": samples_ms}
 
 
 def benchmark_detector(
@@ -491,6 +547,8 @@ def benchmark_detector(
         trained: ``(config file, checkpoint)`` of a trained model (``--trained``); None: the
             config of ``DETECTORS[detector]`` with random weights.
     """
+    if args.precision:
+        return benchmark_precision(detector, args, device)
     cfg = load_detector_config(detector, trained[0] if trained else None)
     if trained:
         # The trained weights in the RSB model: build_pair then copies them into its twin.
@@ -571,9 +629,43 @@ def _fmt_ratio(metric: Dict) -> str:
     return format_ratio({"median": metric["ratio"], "q1": metric["ratio_q1"], "q3": metric["ratio_q3"]})
 
 
-def format_table(report: Dict) -> str:
-    """The side-by-side markdown table (and, on CUDA, the figures to compare with mmdetection)."""
+def format_precision_table(report: Dict) -> str:
+    """The markdown table of a ``--precision`` run: each figure in float32 and in the precision."""
     settings = report["settings"]
+    machine = report["machine"]
+    low = settings["precision"]
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
+    height, width = settings["image_size"]
+    lines = [
+        f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {height}x{width}; batch 1 "
+        f"for inference, {settings['train_batch_size']} for training; the RSB model in float32 and in {low} "
+        f"(torch.autocast), median of {settings['iters']} runs after {settings['warmup']} warm-up, the "
+        f"precisions alternated run by run. Ratio = {low} / float32, lower is better: for times the median "
+        f"of the per-pair ratios with their interquartile range in brackets.",
+        "",
+    ]
+    measured = {key for record in report["results"] for key in record["metrics"]}
+    metrics = [m for m in METRICS if m[0] in measured]
+    header = ["detector"]
+    for _, title, unit in metrics:
+        header += [f"{title} float32 ({unit})", f"{title} {low} ({unit})", f"{title} ratio"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for record in report["results"]:
+        row = [record["detector"]]
+        for key, _, _ in metrics:
+            metric = record["metrics"].get(key)
+            row += ["-"] * 3 if metric is None else [_fmt(metric["float32"]), _fmt(metric[low]), _fmt_ratio(metric)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_table(report: Dict) -> str:
+    """The side-by-side markdown table (and, on CUDA, the figures to compare with mmdetection); a
+    ``--precision`` run's table of its two precisions."""
+    settings = report["settings"]
+    if settings.get("precision"):
+        return format_precision_table(report)
     machine = report["machine"]
     where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
     height, width = settings["image_size"]
@@ -685,6 +777,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=10, help="timed runs per figure (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before them")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    parser.add_argument(
+        "--precision", choices=["bfloat16", "float16"], default=None,
+        help="measure the RSB models in float32 and in this precision (torch.autocast) instead of "
+        "against the built-in models: latency b1, training step and memory, and their ratios",
+    )
     parser.add_argument("--channels-last", action="store_true", help="models in channels_last memory format")
     parser.add_argument(
         "--train", action=argparse.BooleanOptionalAction, default=True,
@@ -733,6 +830,15 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     for path in [args.image] * bool(args.image) + [p for _, *paths in args.trained for p in paths]:
         if not os.path.isfile(path):
             parser.error(f"{path}: no such file")
+    if args.precision and args.trained:
+        parser.error("--precision measures the configs' detectors; --trained does not go with it")
+    if args.precision and args.amp:
+        parser.error("--precision compares float32 with that precision; --amp does not go with it")
+    if args.precision:
+        try:
+            resolve_precision(args.precision, args.device, key="--precision")
+        except ValueError as e:
+            parser.error(str(e))
 
 
 def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
@@ -754,6 +860,7 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
             "iters": args.iters,
             "warmup": args.warmup,
             "amp": args.amp,
+            "precision": args.precision,
             "channels_last": args.channels_last,
             "train": args.train,
             "deploy": args.deploy,
@@ -807,7 +914,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     report = run(args, on_result=write_json if args.json else None)
     for record in report["results"]:
-        if not record["outputs_identical"]:
+        if not record.get("outputs_identical", True):
             logger.warning(
                 "%s: RSB and built-in outputs differ by up to %g", record["detector"], record["max_output_difference"]
             )

@@ -3,9 +3,11 @@
 #   1. installs the packages that prepare_offline.sh put in .whl/ (into a temporary folder);
 #   2. benchmark.py at the seed's scale (800x1333, 2 training images, fp32: the figure to compare
 #      with mmdetection's "Mem (GB)"), then again with --amp --channels-last;
-#   3. 300 AMP training iterations of Mask R-CNN on the generated shapes data (train_net.py),
-#      with the evaluation at the end;
-#   4. prints the tables. Results go to $OUT (default output/gpu_benchmark).
+#   3. the RSB models in fp32 against fp16 and against bf16 (benchmark.py --precision): training
+#      memory and step time at 2 images per GPU, and batch-1 latency, for the four detectors;
+#   4. 300 mixed precision (bf16) training iterations of Mask R-CNN on the generated shapes data
+#      (train_net.py train.amp.precision=bfloat16), with the evaluation at the end;
+#   5. prints the tables. Results go to $OUT (default output/gpu_benchmark).
 #
 # Usage, from a checkout with .whl/ filled by prepare_offline.sh on a machine with internet:
 #     bash projects/benchmark/run_on_gpu.sh
@@ -23,7 +25,8 @@ device=${DEVICE:-cuda}
 # Seed scale: 1333x800 images (COCO's training scale), 2 per training step, 8 per inference batch.
 read -r -a bench_args <<<"${BENCH_ARGS:---image-size 800x1333 --batch-size 8 --iters 20 --warmup 5}"
 train_iters=${TRAIN_ITERS:-300}
-train_amp=$([ "$device" = cuda ] && echo True || echo False)  # Detectron2's AMPTrainer needs CUDA
+# float16 needs CUDA; bfloat16 runs on CUDA and on the CPU.
+precisions=$([ "$device" = cuda ] && echo "float16 bfloat16" || echo bfloat16)
 work=$(mktemp -d /tmp/rsb_gpu_benchmark.XXXXXX)
 mkdir -p "$out"
 started=$SECONDS
@@ -54,10 +57,17 @@ timeout -k 20 150 "${bench[@]}" --amp --channels-last --json "$out/benchmark_amp
     >"$out/benchmark_amp_channels_last.md"
 echo "exit code $?"
 
-step "$train_iters AMP training iterations: Mask R-CNN on the generated shapes data"
-RSB_DATASETS="$work/datasets" timeout -k 20 150 "$python" train_net.py \
+for precision in $precisions; do
+    step "benchmark, fp32 against $precision (RSB models)"
+    timeout -k 20 60 "${bench[@]}" --precision "$precision" --iters 8 --warmup 2 \
+        --json "$out/benchmark_$precision.json" >"$out/benchmark_$precision.md"
+    echo "exit code $?"
+done
+
+step "$train_iters bf16 training iterations: Mask R-CNN on the generated shapes data"
+RSB_DATASETS="$work/datasets" timeout -k 20 120 "$python" train_net.py \
     --config-file configs/shapes/mask_rcnn_rsb_r50_fpn_shapes.py \
-    train.device="$device" train.amp.enabled="$train_amp" train.max_iter="$train_iters" \
+    train.device="$device" train.amp.enabled=True train.amp.precision=bfloat16 train.max_iter="$train_iters" \
     train.eval_period="$train_iters" train.checkpointer.period=100000 train.log_period=50 train.output_dir="$work/shapes" \
     >"$out/train_shapes_amp.log" 2>&1
 echo "exit code $?"
@@ -79,5 +89,6 @@ EOF
 
 step "results"
 cat "$out/benchmark_fp32.md" "$out/benchmark_amp_channels_last.md"
+for precision in $precisions; do cat "$out/benchmark_$precision.md"; done
 rm -rf "$work"
 echo "total $((SECONDS - started)) s"

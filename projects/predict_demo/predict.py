@@ -74,6 +74,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--confidence-threshold", type=float, default=0.5, help="smallest score drawn and saved"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--precision", default="float32", choices=("float32", "bfloat16", "float16"),
+        help="compute under torch.autocast in bfloat16 (CUDA, CPUs with bf16) or float16 (CUDA); "
+        "the weights and the results stay float32",
+    )  # fmt: skip
     parser.add_argument("--scale", type=float, default=1.0, help="size of the pictures relative to the input")
     parser.add_argument(
         "--json", default="predictions.json", help="name of the COCO results file in --output"
@@ -238,6 +243,7 @@ def main(argv=None) -> int:
         device=args.device,
         score_threshold=args.confidence_threshold,
         opts=args.opts,
+        precision=args.precision,
     )
     category_ids = contiguous_to_dataset_ids(getattr(predictor, "metadata", None))
     annotator = Annotator(predictor, category_ids=category_ids, scale=args.scale)

@@ -8,6 +8,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from ..modeling.backbone.fpn import add_rsb_config
 from ..modeling.backbone.timm_weights import pixel_normalization
+from ..utils.mixed_precision import precision_name
 from .files import get_config_file
 from .run_settings import head_config, resolve_device, set_score_threshold
 
@@ -47,8 +48,10 @@ def load_yacs_config(
     checkpoint: Optional[str] = None,
     device: Optional[str] = None,
     score_threshold: Optional[float] = None,
+    precision: Optional[str] = None,
 ) -> CfgNode:
-    """Read a yacs config with the ``MODEL.RSB`` keys, apply overrides and inference settings.
+    """Read a yacs config with the ``MODEL.RSB`` keys and ``TEST.PRECISION``, apply overrides and
+    inference settings.
 
     Args:
         config_file: a yacs YAML file, e.g. one in ``configs/yacs``.
@@ -56,6 +59,9 @@ def load_yacs_config(
         checkpoint: detector checkpoint for ``MODEL.WEIGHTS``; None keeps the config's.
         device: ``MODEL.DEVICE`` ("cpu", "cuda", "cuda:1", or "auto"); None keeps the config's.
         score_threshold: smallest score of a returned detection, in [0, 1]; None keeps the config's.
+        precision: ``TEST.PRECISION``, the precision of the predictor and of ``--eval-only``:
+            "float32" (the default), "bfloat16", or "float16" (CUDA), under ``torch.autocast``;
+            None keeps the config's.
 
     Returns:
         an unfrozen CfgNode.
@@ -63,6 +69,7 @@ def load_yacs_config(
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
     cfg = add_rsb_config(get_cfg())  # Detectron2's defaults and MODEL.RSB, then the file
+    cfg.TEST.PRECISION = "float32"
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(_pairs(opts))
     if checkpoint is not None:
@@ -71,6 +78,10 @@ def load_yacs_config(
         cfg.MODEL.DEVICE = resolve_device(device)
     if score_threshold is not None:
         set_score_threshold(cfg, score_threshold)
+    # The device is checked where the model is built.
+    cfg.TEST.PRECISION = precision_name(
+        cfg.TEST.PRECISION if precision is None else precision, key="TEST.PRECISION"
+    )
     return cfg
 
 
@@ -93,6 +104,7 @@ def get_rsb_cfg(
     checkpoint: Optional[str] = None,
     device: str = "cpu",
     score_threshold: float = 0.5,
+    precision: str = "float32",
     num_classes: Optional[int] = None,
     min_size_test: Optional[int] = None,
     max_size_test: Optional[int] = None,
@@ -107,7 +119,7 @@ def get_rsb_cfg(
             ``PIXEL_STD`` of its RSB weights, as the LazyConfigs ``{arch}_rsb_r{50,101,152}_fpn_*``
             set them. ``MODEL.RSB.WEIGHTS`` stays empty, as for ResNet-50: the detector checkpoint
             holds the trunk (``opts`` may name ``TRUNK_WEIGHTS[trunk]`` there to start from them).
-        checkpoint, device, score_threshold, opts: as in :func:`load_yacs_config`; ``checkpoint``
+        checkpoint, device, score_threshold, precision, opts: as in :func:`load_yacs_config`; ``checkpoint``
             may be the ``model_final.pth`` of a training run of the LazyConfig of the same
             architecture and trunk (1x or 3x). ``opts`` are applied after the trunk's keys.
         num_classes: classes of the checkpoint; None keeps COCO's 80.
@@ -122,6 +134,7 @@ def get_rsb_cfg(
         checkpoint=checkpoint,
         device=device,
         score_threshold=score_threshold,
+        precision=precision,
     )
     if num_classes is not None:
         if num_classes < 1:

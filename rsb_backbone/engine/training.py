@@ -4,6 +4,7 @@ the trainers' finite-loss check and gradient clipping."""
 import json
 import logging
 import os
+import time
 from typing import Any, Dict, Optional
 
 import torch
@@ -17,6 +18,7 @@ from detectron2.utils import comm
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer, load_detector_checkpoint
 from ..checkpoint.model_metadata import ModelMetadataState, training_model_metadata
 from ..utils.file_io import remove_stale_temporary_files
+from ..utils.mixed_precision import autocast, in_precision, training_precision
 from .outcomes import NonFiniteLossError, user_input_stage
 from .slurm import SlurmRequeue, describe_job, slurm_job
 from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers, max_over_processes
@@ -73,7 +75,46 @@ class _CheckedSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
 
 
 class _CheckedAMPTrainer(_FiniteLossCheck, AMPTrainer):
-    pass
+    """Detectron2's ``AMPTrainer`` for CUDA and the CPU: its ``run_step`` enters
+    ``torch.cuda.amp.autocast``, this one ``torch.autocast`` of the model's device type. The gradient
+    scaler is on for float16 only (bfloat16 has float32's range). A checkpoint of a run in another
+    precision resumes: its scaler state, if any, is used only by float16.
+
+    Args:
+        model, data_loader, optimizer: as for ``SimpleTrainer``.
+        device: the model's device.
+        precision: torch.float16 (CUDA) or torch.bfloat16.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, device: str, precision: torch.dtype):
+        self.device_type = torch.device(device).type
+        grad_scaler = torch.amp.GradScaler(self.device_type, enabled=precision == torch.float16)
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler, precision=precision)
+
+    def run_step(self):
+        assert self.model.training, "the model was put in eval mode during training"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with autocast(self.device_type, self.precision):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)  # checks the losses before the update
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def load_state_dict(self, state_dict):
+        SimpleTrainer.load_state_dict(self, state_dict)
+        scaler_state = state_dict.get("grad_scaler") or {}  # {}: saved by a disabled scaler
+        if self.grad_scaler.is_enabled() and scaler_state:
+            self.grad_scaler.load_state_dict(scaler_state)
+        elif self.grad_scaler.is_enabled():
+            logger.info(
+                "The checkpoint has no float16 loss scale (another precision): starting from the initial one"
+            )
 
 
 def wrap_ddp(model, **kwargs):
@@ -121,9 +162,11 @@ def write_eval_results(results: Dict[str, Any], output_dir: str) -> None:
 
 
 def do_test(cfg, model) -> Dict[str, Any]:
-    """Run COCO evaluation of ``model`` on ``dataloader.test``; returns the results dict."""
+    """Run COCO evaluation of ``model`` on ``dataloader.test`` (in ``train.amp``'s precision when it is
+    enabled, with float32 outputs); returns the results dict."""
     if "evaluator" not in cfg.dataloader:
         return {}
+    model = in_precision(model, cfg.train.device, training_precision(cfg.train))
     if not cfg.dataloader.evaluator.get("output_dir"):
         cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
     test_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.test))
@@ -150,11 +193,15 @@ def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> No
         optimizer = instantiate(cfg.optimizer)
         train_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.train))
 
-        if cfg.train.amp.enabled and torch.device(cfg.train.device).type != "cuda":
-            raise ValueError(f"train.amp.enabled=True needs a CUDA model; this one is on {cfg.train.device}")
+        precision = training_precision(cfg.train)
         model = wrap_ddp(model, **cfg.train.ddp)
-        trainer_class = _CheckedAMPTrainer if cfg.train.amp.enabled else _CheckedSimpleTrainer
-        trainer = trainer_class(model, train_loader, optimizer)
+        if precision is None:
+            trainer = _CheckedSimpleTrainer(model, train_loader, optimizer)
+        else:
+            logger.info("Mixed precision training in %s", precision)
+            trainer = _CheckedAMPTrainer(
+                model, train_loader, optimizer, device=cfg.train.device, precision=precision
+            )
         evaluations = []  # every evaluation's results: the last is the final one once training is done
 
         def evaluate():

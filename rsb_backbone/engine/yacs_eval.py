@@ -10,12 +10,13 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 
 from ..config import load_yacs_config, resolve_device, sync_num_classes
+from ..utils.mixed_precision import in_precision, resolve_precision
 from .outcomes import user_input_stage
 from .training import load_eval_checkpoint, write_eval_results
 
 
 def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool) -> CfgNode:
-    """Load a yacs config for evaluation: overrides, device check, classes from the test set.
+    """Load a yacs config for evaluation: overrides, device and precision checks, classes from the test set.
 
     Args:
         config_file: a yacs YAML file.
@@ -32,6 +33,7 @@ def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool)
         )
     cfg = load_yacs_config(config_file, opts=opts)
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
+    resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE, key="TEST.PRECISION")
     sync_num_classes(cfg)
     cfg.freeze()
     return cfg
@@ -39,7 +41,7 @@ def setup_yacs_config(config_file: str, opts: Sequence[str], *, eval_only: bool)
 
 def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
     """Evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, ``OUTPUT_DIR``'s last checkpoint) on
-    every ``DATASETS.TEST`` data set with Detectron2's ``COCOEvaluator``.
+    every ``DATASETS.TEST`` data set with Detectron2's ``COCOEvaluator``, in ``TEST.PRECISION``.
 
     Args:
         cfg: from :func:`setup_yacs_config`.
@@ -55,6 +57,7 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
         COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
         for name in cfg.DATASETS.TEST
     ]
-    results = DefaultTrainer.test(cfg, model, evaluators)
+    precision = resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE, key="TEST.PRECISION")
+    results = DefaultTrainer.test(cfg, in_precision(model, cfg.MODEL.DEVICE, precision), evaluators)
     write_eval_results(results, cfg.OUTPUT_DIR)
     return results

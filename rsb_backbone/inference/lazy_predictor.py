@@ -18,6 +18,7 @@ from ..checkpoint.detection_checkpoint import load_detector_checkpoint
 from ..checkpoint.model_metadata import config_model_metadata, detectron2_metadata
 from ..modeling.backbone.timm_resnet import skip_pretrained_weights
 from ..modeling.fold_norms import to_deployment_form
+from ..utils.mixed_precision import autocast, outputs_to_float32, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class LazyConfigPredictor:
             (a saved ``config.yaml``'s ``metadata``), else its first test data set's; else empty.
         input_format: "RGB" or "BGR", what the model takes.
         augmentations: the test-time resizing.
+        precision: the dtype the model computes in (under ``torch.autocast`` unless float32).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class LazyConfigPredictor:
         score_threshold: float = 0.5,
         overrides: Sequence[str] = (),
         fuse: bool = False,
+        precision: str = "float32",
     ):
         """
         Args:
@@ -56,6 +59,8 @@ class LazyConfigPredictor:
             score_threshold: smallest score of a returned detection, in [0, 1].
             overrides: ``KEY=VALUE`` config overrides, as on the training command line.
             fuse: run the deployment form of the model (:func:`rsb_backbone.modeling.fold_norms.to_deployment_form`).
+            precision: "float32", or "bfloat16" / "float16" (CUDA only) under ``torch.autocast``;
+                the weights stay float32 and the outputs are float32.
         """
         if not isinstance(config_file_or_cfg, (str, os.PathLike, DictConfig)):
             raise ValueError(
@@ -70,6 +75,7 @@ class LazyConfigPredictor:
                 "images with the test augmentations of the config the model was evaluated with"
             )
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         if skip_pretrained_weights(self.cfg.model):
             logger.info("Backbone pretrained weights not loaded: the detector checkpoint holds them")
         self.model = instantiate(self.cfg.model)
@@ -112,4 +118,8 @@ class LazyConfigPredictor:
             self.augmentations(aug_input)
             tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
             inputs = {"image": tensor.to(self.device), "height": image.shape[0], "width": image.shape[1]}
-            return self.model([inputs])[0]
+            if self.precision == torch.float32:
+                return self.model([inputs])[0]
+            with autocast(self.device, self.precision):
+                outputs = self.model([inputs])[0]
+            return outputs_to_float32(outputs)
