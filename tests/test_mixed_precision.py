@@ -33,7 +33,7 @@ from train_net_runner import (
     shapes_config,
     train_net_in_process,
 )
-from trained_detectors import model_overrides
+from trained_detectors import QUICK_DEMO_CONFIG, model_overrides
 
 DETECTORS = ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
 COCO_CONFIGS = [f"{d}_rsb_r50_fpn_1x{twin}" for d in DETECTORS for twin in ("", "_mmdet")]
@@ -142,10 +142,12 @@ def _fp32_tensors(checkpoint: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def bf16_runs(trained_detectors, tiny_shapes, tmp_path_factory):
-    """Two ``train_net.py`` runs in bfloat16 in one subprocess, on the shared faster_rcnn (trained in
-    float32, tests/trained_detectors.py): ``--resume`` from its checkpoint after iteration 1 to the
-    end (iteration 2 of 3) with the final evaluation, and ``--eval-only`` of its final checkpoint."""
+def bf16_runs(trained_detectors, tiny_shapes, quick_demo, tmp_path_factory):
+    """Two ``train_net.py`` runs in bfloat16 in one subprocess: ``--resume`` from the shared
+    faster_rcnn's checkpoint after iteration 1 (trained in float32, tests/trained_detectors.py) to
+    the end (iteration 2 of 3) with the final evaluation, and ``--eval-only`` of the quick demo's
+    final checkpoint on its 50 validation images (the tiny set's 4 images make AP move in steps of
+    about 2 points: one detection more or less)."""
     trained = trained_detectors["faster_rcnn"]
     out = tmp_path_factory.mktemp("bf16_runs")
     resumed, evaluated = str(out / "resumed"), str(out / "eval_only")
@@ -160,12 +162,15 @@ def bf16_runs(trained_detectors, tiny_shapes, tmp_path_factory):
         "train.checkpointer.period=1000", "model.roi_heads.batch_size_per_image=32", "+train.seed=42",
         f"train.output_dir={resumed}",
     ]  # fmt: skip
+    shapes = os.path.join(quick_demo.datasets_dir, "shapes")
     eval_args = [
-        "--config-file", config, "--eval-only", *model_args, *BF16,
-        f"train.init_checkpoint={trained.checkpoint}", f"train.output_dir={evaluated}",
+        "--config-file", os.path.join(REPO_ROOT, QUICK_DEMO_CONFIG), "--eval-only", *BF16, "train.device=cpu",
+        "--register-coco", f"quick_demo_val={shapes}/val.json:{shapes}/val",
+        "dataloader.test.dataset.names=quick_demo_val", "dataloader.test.num_workers=0",
+        f"train.init_checkpoint={quick_demo.checkpoint}", f"train.output_dir={evaluated}",
     ]  # fmt: skip
     run_train_net_mains([(train_args, None), (eval_args, None)])
-    return {"trained": trained, "resumed": resumed, "eval_only": evaluated}
+    return {"quick_demo": quick_demo, "resumed": resumed, "eval_only": evaluated}
 
 
 @pytest.mark.slow
@@ -186,7 +191,7 @@ def test_train_net_resumes_an_fp32_run_in_bf16_to_its_end_with_evaluation(bf16_r
 
 @pytest.mark.slow
 def test_eval_only_in_bf16_gives_the_fp32_ap(bf16_runs):
-    fp32 = read_eval_results(bf16_runs["trained"].eval_dir)["bbox"]
+    fp32 = read_eval_results(bf16_runs["quick_demo"].output_dir)["bbox"]  # its final evaluation
     bf16 = read_eval_results(bf16_runs["eval_only"])["bbox"]
     assert fp32["AP"] > 0, "the float32 evaluation found nothing: no AP to compare"
     for metric in ("AP", "AP50", "AP75"):
