@@ -1,6 +1,8 @@
-"""Nothing is lost when training is interrupted; corrupted or unsafe checkpoints are refused;
-a non-finite loss stops training and keeps the last good checkpoint."""
+"""Nothing is lost when training is interrupted or its disk fills up; corrupted or unsafe
+checkpoints are refused; a non-finite loss stops training and keeps the last good checkpoint."""
 
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +19,11 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import ConstantParamScheduler
 
 from rsb_backbone.checkpoint import AtomicCheckpointer
-from rsb_backbone.engine import NonFiniteLossError, do_train
+from rsb_backbone.engine import NonFiniteLossError, do_train, outcome_of, write_eval_results
+from rsb_backbone.utils.errors import OUTPUT_WRITE_EXIT_CODE, OutputWriteError
+from rsb_backbone.utils.file_io import atomic_write_bytes
 
-from conftest import REPO_ROOT, CreatesFileWhenUnpickled
+from conftest import REPO_ROOT, CreatesFileWhenUnpickled, fill_filesystem
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
 
 FASTER = shapes_config("faster_rcnn")
@@ -260,3 +264,49 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     assert last.endswith("model_0000002.pth")
     assert _assert_complete_checkpoint(last)["iteration"] == 2
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+# --- a full disk or quota --------------------------------------------------------------------
+
+
+def _files_of(folder):
+    return sorted(name for name in os.listdir(folder) if name not in ("filler", "lost+found"))
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint_and_last_checkpoint(small_filesystem):
+    out = small_filesystem(2)
+    model = torch.nn.Linear(256, 256)  # 257 KiB of weights
+    checkpointer = AtomicCheckpointer(model, out)
+    checkpointer.save("model_0000000", iteration=0)
+    fill_filesystem(out, leave_bytes=64 * 1024)  # room for last_checkpoint, not for a checkpoint
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OutputWriteError) as info:
+        checkpointer.save("model_0000001", iteration=1)
+    path = os.path.join(out, "model_0000001.pth")
+    assert str(info.value) == f"{path}: cannot be written (No space left on device)"
+    assert info.value.errno == errno.ENOSPC
+    assert _files_of(out) == ["last_checkpoint", "model_0000000.pth"]  # no temporary file, no half file
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000000.pth"
+    saved = torch.load(os.path.join(out, "model_0000000.pth"), weights_only=True)
+    assert saved["iteration"] == 0 and not torch.equal(saved["model"]["weight"], model.weight)
+    outcome = outcome_of(info.value)
+    assert outcome.exit_code == OUTPUT_WRITE_EXIT_CODE == 74
+    assert outcome.message == f"error: {path}: cannot be written (No space left on device); " + (
+        "earlier checkpoints and last_checkpoint are kept"
+    )
+
+
+def test_full_disk_while_writing_last_checkpoint_and_eval_results_keeps_the_old_files(small_filesystem):
+    out = small_filesystem(1)
+    atomic_write_bytes(os.path.join(out, "last_checkpoint"), b"model_0000000.pth")
+    write_eval_results({"bbox": {"AP": 1.0}}, out)
+    fill_filesystem(out)
+    with pytest.raises(OutputWriteError, match="last_checkpoint: cannot be written \\(No space left on device\\)"):
+        AtomicCheckpointer(torch.nn.Linear(2, 2), out).tag_last_checkpoint("model_0000001.pth")
+    with pytest.raises(OutputWriteError, match="eval_results.json: cannot be written \\(No space left"):
+        write_eval_results({"bbox": {"AP": 2.0}}, out)
+    assert _files_of(out) == ["eval_results.json", "last_checkpoint"]
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000000.pth"
+    with open(os.path.join(out, "eval_results.json")) as f:
+        assert json.load(f) == {"bbox": {"AP": 1.0}}
