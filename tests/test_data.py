@@ -576,8 +576,9 @@ def test_missing_area_and_iscrowd_are_filled_in_and_coco_evaluation_works(tmp_pa
         del ann["area"], ann["iscrowd"]
     json_file, image_root = _write_coco(tmp_path / "data", [square, triangle], num_images=2)
     name = _unique_name("test_no_area")
+    register_coco_instances_checked(name, json_file, image_root)
     with caplog.at_level(logging.INFO, logger=REGISTRATION_LOGGER):
-        register_coco_instances_checked(name, json_file, image_root)
+        DatasetCatalog.get(name)  # logged at the load, in the training processes' log
     filled = [r.getMessage() for r in caplog.records if "filled in" in r.getMessage()]
     assert filled == [
         f"{json_file}: filled in 'area' of 2 annotations (of the mask, or the box without one) and "

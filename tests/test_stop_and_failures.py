@@ -406,7 +406,8 @@ def test_two_processes_train_on_a_set_without_area_and_with_an_image_over_the_pi
     def point_first_image_at_the_png(data):
         first = data["images"][0]
         data["annotations"] = [a for a in data["annotations"] if a["image_id"] != first["id"]]
-        data["annotations"].append({"id": 10**6, "image_id": first["id"], "category_id": 1, "bbox": [10, 10, 50, 50]})
+        data["annotations"].append({"id": 10**6, "image_id": first["id"], "category_id": 1, "bbox": [10, 10, 50, 50],
+                                    "segmentation": [[10, 10, 60, 10, 60, 60, 10, 60]]})
         first.update(file_name="large.png", width=300, height=300)
 
     _rewrite_json(dataset["train"]["json_file"], point_first_image_at_the_png)
@@ -414,8 +415,10 @@ def test_two_processes_train_on_a_set_without_area_and_with_an_image_over_the_pi
     args = [*_args(dataset, out, max_iter=8, processes=2, workers=1), "train.eval_period=8",
             "train.checkpointer.period=100"]
     result = run_train_net(args, timeout=900, env={"RSB_MAX_IMAGE_PIXELS": "40000"})  # refused over 80,000
-    log = result.stdout + result.stderr
-    assert f"filled in 'area' of " in log
+    # Each training process logs to its own file (log.txt, log.txt.rank1), rank 0 also to stdout;
+    # DataLoader workers' warnings go to stderr.
+    log = result.stdout + result.stderr + "".join(open(os.path.join(out, n)).read() for n in os.listdir(out) if n.startswith("log.txt"))
+    assert "filled in 'area' of " in log
     assert f"Skipping image {large} (Image size (90000 pixels) exceeds limit of 80000 pixels" in log
     with open(os.path.join(out, "eval_results.json")) as f:
         assert "AP" in json.load(f)["bbox"]

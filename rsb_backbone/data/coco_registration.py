@@ -98,8 +98,8 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
             raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
         if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
             raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
-    # Whether the file lacks fields that pycocotools' evaluation reads (they are filled in now).
-    coco.filled_in_fields = _fill_in_optional_fields(json_file, dataset, coco.imgs)
+    # How many annotations lack fields that pycocotools' evaluation reads (filled in now).
+    coco.filled_in_counts = _fill_in_optional_fields(dataset, coco.imgs)
     return coco
 
 
@@ -115,15 +115,16 @@ def _annotation_area(ann: dict, image: dict) -> float:
     return float(ann["bbox"][2] * ann["bbox"][3])
 
 
-def _fill_in_optional_fields(json_file: str, dataset: dict, images: Dict[Any, dict]) -> bool:
+def _fill_in_optional_fields(dataset: dict, images: Dict[Any, dict]) -> Tuple[int, int]:
     """Fill in what labelling tools often leave out and pycocotools' evaluation reads: an
-    annotation's ``area`` (of its mask, or its box) and ``iscrowd`` (0); one log line counts them.
-    Returns whether anything was filled in.
+    annotation's ``area`` (of its mask, or its box) and ``iscrowd`` (0).
 
     Args:
-        json_file: the file, for the log line.
-        dataset: its parsed content, checked; changed in place.
+        dataset: the parsed file, checked; changed in place.
         images: image id -> image entry.
+
+    Returns:
+        how many annotations got an ``area``, and how many an ``iscrowd``.
     """
     num_area = num_iscrowd = 0
     for ann in dataset["annotations"]:
@@ -133,15 +134,7 @@ def _fill_in_optional_fields(json_file: str, dataset: dict, images: Dict[Any, di
         if "area" not in ann:
             ann["area"] = _annotation_area(ann, images[ann["image_id"]])
             num_area += 1
-    if num_area or num_iscrowd:
-        logger.info(
-            "%s: filled in 'area' of %d annotations (of the mask, or the box without one) and "
-            "'iscrowd'=0 of %d annotations, which the file leaves out",
-            json_file,
-            num_area,
-            num_iscrowd,
-        )
-    return bool(num_area or num_iscrowd)
+    return num_area, num_iscrowd
 
 
 def _categories(coco: pycocotools.coco.COCO) -> Dict[str, Any]:
@@ -222,6 +215,13 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
             num_polygons,
             num_clipped,
         )
+    if any(coco.filled_in_counts):
+        logger.info(
+            "%s: filled in 'area' of %d annotations (of the mask, or the box without one) and "
+            "'iscrowd'=0 of %d annotations, which the file leaves out",
+            json_file,
+            *coco.filled_in_counts,
+        )
     num_empty = sum(1 for r in records if not r["annotations"])
     msg = "%s: %d images have no annotations (kept for evaluation; filter_empty drops them)"
     logger.info(msg, json_file, num_empty)
@@ -281,7 +281,7 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
     DatasetCatalog.register(name, _registered_loader(json_file, image_root, coco))
     # COCOEvaluator reads the ground truth from "json_file" when a set has one; for a file whose
     # annotations lack fields that its evaluation needs, it builds the ground truth from the loaded set.
-    complete = {} if coco.filled_in_fields else {"json_file": json_file}
+    complete = {} if any(coco.filled_in_counts) else {"json_file": json_file}
     meta = MetadataCatalog.get(name).set(
         **_categories(coco),
         **complete,
