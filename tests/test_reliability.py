@@ -4,6 +4,7 @@ checkpoints are refused; a non-finite loss stops training and keeps the last goo
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,3 +311,34 @@ def test_full_disk_while_writing_last_checkpoint_and_eval_results_keeps_the_old_
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000000.pth"
     with open(os.path.join(out, "eval_results.json")) as f:
         assert json.load(f) == {"bbox": {"AP": 1.0}}
+
+
+def test_full_disk_while_exporting_or_publishing_is_one_line_and_leaves_nothing(small_filesystem, tmp_path, caplog):
+    from detectron2.config import instantiate
+
+    from rsb_backbone.checkpoint.publishing import publish_checkpoint
+    from rsb_backbone.config import load_config_with_overrides
+    from rsb_backbone.export.exporter import trace_detector
+    from rsb_backbone.utils.errors import run_command
+
+    out = small_filesystem(1)
+    fill_filesystem(out)
+    cfg = load_config_with_overrides(
+        FASTER, ["model.backbone.bottom_up.model_name=resnet18", "model.backbone.bottom_up.weights=None"]
+    )
+    model = instantiate(cfg.model).eval()
+    sample = (torch.zeros(3, 64, 96), torch.tensor(64), torch.tensor(96))
+    for fmt, name in (("torchscript", "model.ts"), ("onnx", "model.onnx")):
+        with pytest.raises(OutputWriteError, match=re.escape(f"{name}: cannot be written (No space left on device)")):
+            trace_detector(model, sample, os.path.join(out, name), fmt)
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    with pytest.raises(OutputWriteError, match=re.escape("cannot be written (No space left on device)")) as info:
+        publish_checkpoint(weights, os.path.join(out, "published.pth"))
+    assert os.path.basename(info.value.path).startswith("published-")
+    assert _files_of(out) == []
+    # The command-line tools of projects/ (export, publish) end with one logged line and exit code 74.
+    with pytest.raises(SystemExit) as exited:
+        run_command(lambda: publish_checkpoint(weights, os.path.join(out, "published.pth")) and 0)
+    assert exited.value.code == OUTPUT_WRITE_EXIT_CODE
+    assert caplog.records[-1].getMessage().endswith("cannot be written (No space left on device)")
