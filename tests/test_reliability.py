@@ -342,3 +342,20 @@ def test_full_disk_while_exporting_or_publishing_is_one_line_and_leaves_nothing(
         run_command(lambda: publish_checkpoint(weights, os.path.join(out, "published.pth")) and 0)
     assert exited.value.code == OUTPUT_WRITE_EXIT_CODE
     assert caplog.records[-1].getMessage().endswith("cannot be written (No space left on device)")
+
+
+def test_full_disk_while_writing_metrics_names_metrics_json(small_filesystem):
+    from detectron2.utils.events import EventStorage
+
+    from rsb_backbone.engine.training import _FileNamingWriter, _training_writers
+
+    out = small_filesystem(1)
+    (metrics,) = [w for w in _training_writers(out, max_iter=10) if isinstance(w, _FileNamingWriter)]
+    fill_filesystem(out)
+    with EventStorage(0) as storage:
+        storage.put_scalar("loss", 1.0)
+        with pytest.raises(OutputWriteError) as info:
+            metrics.write()
+        metrics.write()  # after_train writes and closes again: the first error stays the one reported
+        metrics.close()
+    assert str(info.value) == f"{os.path.join(out, 'metrics.json')}: cannot be written (No space left on device)"
