@@ -148,7 +148,7 @@ def _killed_by_a_signal(failure: ProcessExitedException) -> RunOutcome:
     """The outcome of a training process killed by a signal other than a stop signal, e.g. SIGKILL
     from the kernel's out-of-memory killer: 128 + signal, one line naming the process."""
     name = signal.Signals(-failure.exit_code).name
-    cause = " (the kernel's out-of-memory killer sends SIGKILL; `dmesg` shows whether it did)"
+    cause = " (the kernel's out-of-memory killer sends SIGKILL; dmesg shows whether it did)"
     return RunOutcome(
         128 - failure.exit_code,
         f"error: training process {failure.error_index} was killed by {name}"
