@@ -21,7 +21,12 @@ from .shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dataset_pat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SHAPES_DATASETS", "datasets_root", "register_shapes_dataset", "register_shapes_demo_datasets"]
+__all__ = [
+    "SHAPES_DATASETS",
+    "datasets_root",
+    "register_shapes_dataset",
+    "register_shapes_demo_datasets",
+]
 
 # Registered name -> split of the shapes data set.
 SHAPES_DATASETS = {"rsb_shapes_train": "train", "rsb_shapes_val": "val"}

@@ -35,7 +35,11 @@ __all__ = [
 ]
 
 # COCO categories of the data set; contiguous ids 1..3, in the order Detectron2 numbers them.
-SHAPES_CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"})
+SHAPES_CATEGORIES = (
+    {"id": 1, "name": "circle"},
+    {"id": 2, "name": "square"},
+    {"id": 3, "name": "triangle"},
+)
 SPLITS = ("train", "val")
 
 _MIN_OBJECTS, _MAX_OBJECTS = 1, 4
@@ -64,7 +68,9 @@ def _unit_polygon(category_id: int, rotation: float) -> np.ndarray:
     elif category_id == 3:
         angles = np.array([-0.5, 1.0 / 6.0, 5.0 / 6.0]) * math.pi
     else:
-        raise ValueError(f"category_id={category_id}: expected 1 (circle), 2 (square) or 3 (triangle)")
+        raise ValueError(
+            f"category_id={category_id}: expected 1 (circle), 2 (square) or 3 (triangle)"
+        )
     angles = angles + rotation
     # A square of side 1 has its corners at radius 1/sqrt(2); circles and triangles use radius 1/2.
     radius = math.sqrt(0.5) if category_id == 2 else 0.5
@@ -100,7 +106,6 @@ def _make_image(
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """One image and its objects as (category_id, polygon (N, 2) in pixel coordinates)."""
     import cv2  # only when generating: importing rsb_backbone.data registers this set, needing no OpenCV
-
     width = int(rng.integers(min_size, max_size + 1))
     height = int(rng.integers(min_size, max_size))
     if height >= width:  # keep every image non-square: heights skip the width's value
@@ -138,7 +143,6 @@ def _write_split(
 ) -> int:
     """Write the images of one split and its COCO json; returns the number of annotations."""
     import cv2
-
     split_dir = shapes_dataset_paths(output_dir)[split]["image_root"]
     json_path = shapes_dataset_paths(output_dir)[split]["json_file"]
     os.makedirs(split_dir)
@@ -200,7 +204,9 @@ def shapes_dataset_paths(output_dir: str) -> Dict[str, Dict[str, str]]:
 
 def _is_complete(output_dir: str) -> bool:
     paths = shapes_dataset_paths(output_dir)
-    return all(os.path.isfile(p["json_file"]) and os.path.isdir(p["image_root"]) for p in paths.values())
+    return all(
+        os.path.isfile(p["json_file"]) and os.path.isdir(p["image_root"]) for p in paths.values()
+    )
 
 
 def generate_shapes_dataset(
@@ -250,7 +256,12 @@ def generate_shapes_dataset(
     try:
         num_annotations = {
             split: _write_split(
-                tmp_dir, split=split, num_images=num_images, min_size=min_size, max_size=max_size, seed=seed
+                tmp_dir,
+                split=split,
+                num_images=num_images,
+                min_size=min_size,
+                max_size=max_size,
+                seed=seed,
             )
             for split, num_images in (("train", num_train), ("val", num_val))
         }
