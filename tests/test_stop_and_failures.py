@@ -463,3 +463,20 @@ def test_training_process_killed_by_sigkill_is_named_by_the_launcher(tiny_shapes
 def _parent_of(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_mask_model_on_a_set_without_masks_is_one_line_before_training(tiny_shapes, tmp_path, split):
+    """COCO's segm evaluation reads every annotation's 'segmentation', and mask training needs it."""
+    dataset = _copy_dataset(tiny_shapes, tmp_path / "data")
+    boxes_only = dataset[split]["json_file"]
+    _rewrite_json(boxes_only, lambda data: [a.pop("segmentation") for a in data["annotations"]])
+    name = f"boxes_only_{split}_{os.getpid()}"  # this process's catalog: names of its own
+    args = _args(dataset, str(tmp_path / "out"), max_iter=2, config=shapes_config("mask_rcnn"))
+    for old, new in ((f"tiny_train=", f"{name}_t="), (f"tiny_val=", f"{name}_v="),
+                     ("names=tiny_train", f"names={name}_t"), ("names=tiny_val", f"names={name}_v")):
+        args = [a.replace(old, new) for a in args]
+    result = train_net_in_process(args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    _assert_one_line(result.stderr, f"train_net.py: error: {boxes_only}: no annotation has a 'segmentation' (mask)",
+                     f"data set '{name}_{split[0]}' of dataloader.{'train' if split == 'train' else 'test'}")

@@ -288,6 +288,11 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
         registered_json_file=json_file,
         image_root=image_root,
         json_annotation_count=len(coco.dataset["annotations"]),
+        json_has_masks=(
+            any(a.get("segmentation") for a in coco.dataset["annotations"])
+            if coco.dataset["annotations"]
+            else None
+        ),
     )
     meta.evaluator_type = "coco"
     logger.info("Registered %r: %d classes, %s, %s", name, len(meta.thing_classes), json_file, image_root)
