@@ -313,6 +313,7 @@ def test_full_disk_while_writing_last_checkpoint_and_eval_results_keeps_the_old_
         assert json.load(f) == {"bbox": {"AP": 1.0}}
 
 
+@pytest.mark.slow
 def test_full_disk_while_exporting_or_publishing_is_one_line_and_leaves_nothing(small_filesystem, tmp_path, caplog):
     from detectron2.config import instantiate
 

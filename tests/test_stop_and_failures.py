@@ -1,6 +1,8 @@
 """How train_net.py runs end, with one process and with two (gloo on CPU), as users start it:
 stop signals to any subset of the job's processes, a loss that turns non-finite on one process,
-bad input found in the workers, strict evaluation loading, unreadable images, typed overrides."""
+bad input found in the workers, strict evaluation loading, unreadable images, typed overrides,
+sets with nothing to train on or without masks, images over PIL's size limit, COCO files
+without area/iscrowd, a full disk, a training process killed by SIGKILL."""
 
 import json
 import os
