@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 from rsb_backbone.config import (
     YACS,
+    check_masks_for_mask_models,
     config_file_kind,
     load_config_with_overrides,
     resolve_device,
@@ -100,6 +101,7 @@ def setup_config(args):
     cfg.train.device = resolve_device(cfg.train.get("device", "auto"))
     training_precision(cfg.train)  # a precision the device cannot run is refused here
     sync_num_classes(cfg, training=not args.eval_only)
+    check_masks_for_mask_models(cfg, training=not args.eval_only)
     if not args.eval_only:  # class names and category ids, saved with config.yaml
         cfg.metadata = training_model_metadata(cfg)
     return cfg

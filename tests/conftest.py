@@ -107,3 +107,48 @@ def trained_detectors(tiny_shapes, quick_demo, tmp_path_factory):
     return train_detectors(
         tiny_shapes, str(tmp_path_factory.mktemp("trained_detectors")), init_checkpoint=quick_demo.checkpoint
     )
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A function ``(size_mib) -> folder`` mounting a tmpfs of that size (a full disk on demand);
+    unmounted at the end. Needs root and mount rights: the test skips where that cannot be done,
+    except under CI=true, where that is a failure."""
+    mounted = []
+
+    def mount(size_mib: int) -> str:
+        folder = tmp_path / f"small_fs_{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            reason = f"cannot mount a {size_mib} MiB tmpfs: {result.stderr.strip() or 'mount failed'}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true and {reason}")
+            pytest.skip(reason)
+        mounted.append(str(folder))
+        return str(folder)
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and not root: cannot mount a small file system")
+        pytest.skip("not root: cannot mount a small file system")
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", folder], capture_output=True)
+
+
+def fill_filesystem(folder: str, leave_bytes: int = 0) -> None:
+    """Write a filler file in ``folder`` until at most ``leave_bytes`` are free on its file system."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free - leave_bytes
+    with open(os.path.join(folder, "filler"), "wb") as f:
+        try:
+            f.write(b"\0" * max(free, 0))
+            f.flush()
+        except OSError:  # ENOSPC: the file system is full, as wanted
+            pass

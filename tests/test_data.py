@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.data.build import filter_images_with_only_crowd_annotations, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.structures import Boxes, BoxMode, Instances
 
@@ -23,12 +24,14 @@ from rsb_backbone.data import (
     EvaluationDatasetMapper,
     SkippingDatasetMapper,
     load_coco_instances_checked,
+    nothing_to_train_on,
     parse_register_coco_arg,
     register_coco_from_arg,
     register_coco_instances_checked,
 )
 from rsb_backbone.data.datasets.shapes import ensure_shapes_dataset, generate_shapes_dataset
-from rsb_backbone.data.mapper import UnreadableImageError
+from rsb_backbone.data.coco_registration import _read_coco
+from rsb_backbone.data.mapper import MAX_IMAGE_PIXELS_VARIABLE, UnreadableImageError
 from rsb_backbone.data.datasets.builtin import (
     SHAPES_DATASETS,
     datasets_root,
@@ -497,3 +500,130 @@ def test_boxes_without_masks_kept_alone_dropped_among_masks(tmp_path, caplog):
     mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True)
     (polygons,) = mapper(first)["instances"].gt_masks.polygons  # one instance, with its mask
     np.testing.assert_allclose(polygons[0], SQUARE_POLYGON[0])
+
+
+# --- real-world sets: images over PIL's size limit, fields labelling tools leave out ----------
+
+
+def _with_png_over_pil_limit(tmp_path, monkeypatch, limit):
+    """Two images: an 80x60 PNG (4800 pixels) and a 40x30 JPEG (1200); ``RSB_MAX_IMAGE_PIXELS=limit``
+    (PIL refuses images over twice the limit); PIL's own limit is restored after the test."""
+    json_file, image_root = _write_coco(
+        tmp_path, [_annotation(1, image_id=1), _annotation(2, image_id=2)], num_images=2
+    )
+    png = os.path.join(image_root, "1.png")
+    cv2.imwrite(png, np.full((60, 80, 3), 200, np.uint8))
+    data = _read_json(json_file)
+    data["images"][0].update(file_name="1.png", width=80, height=60)
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_VARIABLE, str(limit))
+    return load_coco_instances_checked(json_file, image_root), png
+
+
+def test_image_over_pil_limit_is_skipped_in_training_and_named_in_evaluation(tmp_path, monkeypatch, caplog):
+    records, png = _with_png_over_pil_limit(tmp_path, monkeypatch, limit=2399)  # 4800 > 2 x 2399
+    mapper = SkippingDatasetMapper(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)
+    dataset = MapDataset(DatasetFromList(records, copy=False), mapper)
+    with caplog.at_level(logging.WARNING, logger="rsb_backbone.data.mapper"):
+        assert dataset[0]["image_id"] == 2  # another image was sampled
+    assert mapper.num_skipped == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "rsb_backbone.data.mapper"]
+    assert png in warning and "4800 pixels" in warning and f"{MAX_IMAGE_PIXELS_VARIABLE}=PIXELS" in warning
+
+    evaluation = EvaluationDatasetMapper(is_train=False, augmentations=[], image_format="RGB")
+    with pytest.raises(UnreadableImageError) as info:
+        evaluation(records[0])
+    message = str(info.value)
+    assert message.startswith(f"evaluation image {png} is too large: Image size (4800 pixels) exceeds")
+    assert f"{MAX_IMAGE_PIXELS_VARIABLE}=none" in message and "\n" not in message
+
+
+def test_large_images_load_once_allowed(tmp_path, monkeypatch):
+    records, _ = _with_png_over_pil_limit(tmp_path, monkeypatch, limit=2399)
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_VARIABLE, "2400")  # 4800 is not over twice 2400
+    training = SkippingDatasetMapper(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)
+    assert training(records[0])["image"].shape == (3, 60, 80) and training.num_skipped == 0
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_VARIABLE, "none")
+    evaluation = EvaluationDatasetMapper(is_train=False, augmentations=[], image_format="RGB")
+    assert evaluation(records[0])["image"].shape == (3, 60, 80)
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_VARIABLE, "lots")
+    with pytest.raises(ValueError, match=f"{MAX_IMAGE_PIXELS_VARIABLE}='lots': expected a positive number"):
+        EvaluationDatasetMapper(is_train=False, augmentations=[], image_format="RGB")
+
+
+def test_pixel_limit_applies_in_spawned_data_loader_workers(tmp_path, monkeypatch):
+    """A worker started by spawn imports PIL afresh (default limit: it would read the PNG): the
+    mapper carries the limit there."""
+    records, _ = _with_png_over_pil_limit(tmp_path, monkeypatch, limit=2399)
+    mapper = SkippingDatasetMapper(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)
+    loader = torch.utils.data.DataLoader(
+        MapDataset(DatasetFromList(records, copy=False), mapper),
+        batch_size=None,
+        num_workers=1,
+        multiprocessing_context="spawn",
+    )
+    assert [d["image_id"] for d in loader] == [2, 2]  # the PNG was refused in the worker
+
+
+def test_missing_area_and_iscrowd_are_filled_in_and_coco_evaluation_works(tmp_path, caplog):
+    from detectron2.evaluation import COCOEvaluator
+
+    square = _annotation(1)  # its polygon is a 10 x 10 square
+    triangle = _annotation(2, image_id=2, bbox=(2, 2, 10, 8), segmentation=[[2.0, 2.0, 12.0, 2.0, 7.0, 10.0]])
+    for ann in (square, triangle):
+        del ann["area"], ann["iscrowd"]
+    json_file, image_root = _write_coco(tmp_path / "data", [square, triangle], num_images=2)
+    name = _unique_name("test_no_area")
+    register_coco_instances_checked(name, json_file, image_root)
+    with caplog.at_level(logging.INFO, logger=REGISTRATION_LOGGER):
+        DatasetCatalog.get(name)  # logged at the load, in the training processes' log
+    filled = [r.getMessage() for r in caplog.records if "filled in" in r.getMessage()]
+    assert filled == [
+        f"{json_file}: filled in 'area' of 2 annotations (of the mask, or the box without one) and "
+        f"'iscrowd'=0 of 2 annotations, which the file leaves out"
+    ]
+    assert "json_file" not in MetadataCatalog.get(name).as_dict()  # COCOEvaluator converts the loaded set
+    areas = {a["id"]: a["area"] for a in _read_coco(json_file).dataset["annotations"]}
+    assert areas[1] == pytest.approx(100, rel=0.15) and areas[2] == pytest.approx(40, rel=0.15)  # the masks'
+    box_only = {**_annotation(3, bbox=(4, 4, 8, 5)), "segmentation": []}
+    del box_only["area"], box_only["iscrowd"]
+    boxes_json, _ = _write_coco(tmp_path / "boxes", [box_only])
+    (ann,) = _read_coco(boxes_json).dataset["annotations"]
+    assert (ann["area"], ann["iscrowd"]) == (40.0, 0)  # the box's
+    # COCO evaluation of predictions equal to the ground truth: AP 100 (the evaluator builds its
+    # ground truth from the loaded set, since the file lacks what pycocotools reads).
+    evaluator = COCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "eval"))
+    evaluator.reset()
+    for record in DatasetCatalog.get(name):
+        (ann,) = record["annotations"]
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor([BoxMode.convert(ann["bbox"], ann["bbox_mode"], BoxMode.XYXY_ABS)]))
+        instances.scores = torch.tensor([0.9])
+        instances.pred_classes = torch.tensor([ann["category_id"]])
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+
+
+def test_nothing_to_train_on_names_the_set_and_why(tmp_path):
+    empty_json, empty_root = _write_coco(tmp_path / "noann", [], num_images=2)
+    skipped_json, skipped_root = _write_coco(
+        tmp_path / "skipped", [_annotation(1, bbox=(2, 2, 0, 10)), _annotation(2, bbox=(100, 5, 10, 10))]
+    )
+    names = {}
+    for key, (json_file, image_root) in {"noann": (empty_json, empty_root), "skipped": (skipped_json, skipped_root)}.items():
+        names[key] = _unique_name(key)
+        register_coco_instances_checked(names[key], json_file, image_root)
+        with pytest.raises(AssertionError) as info:
+            get_detection_dataset_dicts(names[key], filter_empty=True)
+        error = nothing_to_train_on(info.value, [names[key]])
+        assert isinstance(error, ValueError) and "\n" not in str(error)
+        assert str(error).startswith(f"nothing to train on in dataloader.train.dataset.names=['{names[key]}']: ")
+    assert f"{names['noann']}: {empty_json} has no annotations" in str(
+        nothing_to_train_on(AssertionError(f"No valid data found in {names['noann']}."), [names["noann"]])
+    )
+    assert f"every one of the 2 annotations of {skipped_json} was skipped" in str(
+        nothing_to_train_on(AssertionError(f"No valid data found in {names['skipped']}."), [names["skipped"]])
+    )
+    assert nothing_to_train_on(AssertionError("another check"), [names["noann"]]) is None

@@ -1,7 +1,10 @@
-"""Nothing is lost when training is interrupted; corrupted or unsafe checkpoints are refused;
-a non-finite loss stops training and keeps the last good checkpoint."""
+"""Nothing is lost when training is interrupted or its disk fills up; corrupted or unsafe
+checkpoints are refused; a non-finite loss stops training and keeps the last good checkpoint."""
 
+import errno
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +20,11 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import ConstantParamScheduler
 
 from rsb_backbone.checkpoint import AtomicCheckpointer
-from rsb_backbone.engine import NonFiniteLossError, do_train
+from rsb_backbone.engine import NonFiniteLossError, do_train, outcome_of, write_eval_results
+from rsb_backbone.utils.errors import OUTPUT_WRITE_EXIT_CODE, OutputWriteError
+from rsb_backbone.utils.file_io import atomic_write_bytes
 
-from conftest import REPO_ROOT, CreatesFileWhenUnpickled
+from conftest import REPO_ROOT, CreatesFileWhenUnpickled, fill_filesystem
 from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
 
 FASTER = shapes_config("faster_rcnn")
@@ -260,3 +265,98 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     assert last.endswith("model_0000002.pth")
     assert _assert_complete_checkpoint(last)["iteration"] == 2
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+# --- a full disk or quota --------------------------------------------------------------------
+
+
+def _files_of(folder):
+    return sorted(name for name in os.listdir(folder) if name not in ("filler", "lost+found"))
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint_and_last_checkpoint(small_filesystem):
+    out = small_filesystem(2)
+    model = torch.nn.Linear(256, 256)  # 257 KiB of weights
+    checkpointer = AtomicCheckpointer(model, out)
+    checkpointer.save("model_0000000", iteration=0)
+    fill_filesystem(out, leave_bytes=64 * 1024)  # room for last_checkpoint, not for a checkpoint
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OutputWriteError) as info:
+        checkpointer.save("model_0000001", iteration=1)
+    path = os.path.join(out, "model_0000001.pth")
+    assert str(info.value) == f"{path}: cannot be written (No space left on device)"
+    assert info.value.errno == errno.ENOSPC
+    assert _files_of(out) == ["last_checkpoint", "model_0000000.pth"]  # no temporary file, no half file
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000000.pth"
+    saved = torch.load(os.path.join(out, "model_0000000.pth"), weights_only=True)
+    assert saved["iteration"] == 0 and not torch.equal(saved["model"]["weight"], model.weight)
+    outcome = outcome_of(info.value)
+    assert outcome.exit_code == OUTPUT_WRITE_EXIT_CODE == 74
+    assert outcome.message == f"error: {path}: cannot be written (No space left on device); " + (
+        "earlier checkpoints and last_checkpoint are kept"
+    )
+
+
+def test_full_disk_while_writing_last_checkpoint_and_eval_results_keeps_the_old_files(small_filesystem):
+    out = small_filesystem(1)
+    atomic_write_bytes(os.path.join(out, "last_checkpoint"), b"model_0000000.pth")
+    write_eval_results({"bbox": {"AP": 1.0}}, out)
+    fill_filesystem(out)
+    with pytest.raises(OutputWriteError, match="last_checkpoint: cannot be written \\(No space left on device\\)"):
+        AtomicCheckpointer(torch.nn.Linear(2, 2), out).tag_last_checkpoint("model_0000001.pth")
+    with pytest.raises(OutputWriteError, match="eval_results.json: cannot be written \\(No space left"):
+        write_eval_results({"bbox": {"AP": 2.0}}, out)
+    assert _files_of(out) == ["eval_results.json", "last_checkpoint"]
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000000.pth"
+    with open(os.path.join(out, "eval_results.json")) as f:
+        assert json.load(f) == {"bbox": {"AP": 1.0}}
+
+
+@pytest.mark.slow
+def test_full_disk_while_exporting_or_publishing_is_one_line_and_leaves_nothing(small_filesystem, tmp_path, caplog):
+    from detectron2.config import instantiate
+
+    from rsb_backbone.checkpoint.publishing import publish_checkpoint
+    from rsb_backbone.config import load_config_with_overrides
+    from rsb_backbone.export.exporter import trace_detector
+    from rsb_backbone.utils.errors import run_command
+
+    out = small_filesystem(1)
+    fill_filesystem(out)
+    cfg = load_config_with_overrides(
+        FASTER, ["model.backbone.bottom_up.model_name=resnet18", "model.backbone.bottom_up.weights=None"]
+    )
+    model = instantiate(cfg.model).eval()
+    sample = (torch.zeros(3, 64, 96), torch.tensor(64), torch.tensor(96))
+    for fmt, name in (("torchscript", "model.ts"), ("onnx", "model.onnx")):
+        with pytest.raises(OutputWriteError, match=re.escape(f"{name}: cannot be written (No space left on device)")):
+            trace_detector(model, sample, os.path.join(out, name), fmt)
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    with pytest.raises(OutputWriteError, match=re.escape("cannot be written (No space left on device)")) as info:
+        publish_checkpoint(weights, os.path.join(out, "published.pth"))
+    assert os.path.basename(info.value.path).startswith("published-")
+    assert _files_of(out) == []
+    # The command-line tools of projects/ (export, publish) end with one logged line and exit code 74.
+    with pytest.raises(SystemExit) as exited:
+        run_command(lambda: publish_checkpoint(weights, os.path.join(out, "published.pth")) and 0)
+    assert exited.value.code == OUTPUT_WRITE_EXIT_CODE
+    assert caplog.records[-1].getMessage().endswith("cannot be written (No space left on device)")
+
+
+def test_full_disk_while_writing_metrics_names_metrics_json(small_filesystem):
+    from detectron2.utils.events import EventStorage
+
+    from rsb_backbone.engine.training import _FileNamingWriter, _training_writers
+
+    out = small_filesystem(1)
+    (metrics,) = [w for w in _training_writers(out, max_iter=10) if isinstance(w, _FileNamingWriter)]
+    fill_filesystem(out)
+    with EventStorage(0) as storage:
+        storage.put_scalar("loss", 1.0)
+        with pytest.raises(OutputWriteError) as info:
+            metrics.write()
+        metrics.write()  # after_train writes and closes again: the first error stays the one reported
+        metrics.close()
+    assert str(info.value) == f"{os.path.join(out, 'metrics.json')}: cannot be written (No space left on device)"

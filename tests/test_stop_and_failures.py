@@ -1,6 +1,8 @@
 """How train_net.py runs end, with one process and with two (gloo on CPU), as users start it:
 stop signals to any subset of the job's processes, a loss that turns non-finite on one process,
-bad input found in the workers, strict evaluation loading, unreadable images, typed overrides."""
+bad input found in the workers, strict evaluation loading, unreadable images, typed overrides,
+sets with nothing to train on or without masks, images over PIL's size limit, COCO files
+without area/iscrowd, a full disk, a training process killed by SIGKILL."""
 
 import json
 import os
@@ -343,3 +345,140 @@ def test_overrides_of_an_incompatible_type_are_refused(override):
         load_config_with_overrides(FASTER, [override])
 
 
+
+
+# --- real-world data sets and resources that run out ------------------------------------------
+
+
+def _rewrite_json(path, change):
+    data = json.loads(open(path).read())
+    change(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+@pytest.mark.parametrize("case", ["no annotations", "every annotation skipped"])
+def test_set_with_nothing_to_train_on_is_one_line_before_training(tiny_shapes, tmp_path, case):
+    dataset = _copy_dataset(tiny_shapes, tmp_path / "data")
+    train_json = dataset["train"]["json_file"]
+    if case == "no annotations":
+        _rewrite_json(train_json, lambda data: data.update(annotations=[]))
+    else:  # every box degenerate: skipped, and then no image has an annotation
+        _rewrite_json(train_json, lambda data: [a.update(bbox=[1, 1, 0, 0]) for a in data["annotations"]])
+    name = f"nothing_{case.split()[0]}_{os.getpid()}"  # this process's catalog: a name of its own
+    args = _args(dataset, str(tmp_path / "out"), max_iter=2)
+    args[args.index(f"tiny_train={train_json}:{dataset['train']['image_root']}")] = (
+        f"{name}={train_json}:{dataset['train']['image_root']}"
+    )
+    args[args.index("dataloader.train.dataset.names=tiny_train")] = f"dataloader.train.dataset.names={name}"
+    args[args.index(f"tiny_val={dataset['val']['json_file']}:{dataset['val']['image_root']}")] = (
+        f"{name}_val={dataset['val']['json_file']}:{dataset['val']['image_root']}"
+    )
+    args[args.index("dataloader.test.dataset.names=tiny_val")] = f"dataloader.test.dataset.names={name}_val"
+    result = train_net_in_process(args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    why = (
+        f"{train_json} has no annotations"
+        if case == "no annotations"
+        else f"every one of the {len(json.load(open(tiny_shapes['train']['json_file']))['annotations'])} "
+        f"annotations of {train_json} was skipped"
+    )
+    _assert_one_line(
+        result.stderr, f"train_net.py: error: nothing to train on in dataloader.train.dataset.names={name}: ",
+        f"{name}: {why}",
+    )
+    assert not os.path.exists(tmp_path / "out" / "last_checkpoint")
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_a_set_without_area_and_with_an_image_over_the_pixel_limit(tiny_shapes, tmp_path):
+    """A labelling tool's export (no area, no iscrowd) with one very large training image: the
+    large image is skipped and named in a training process's DataLoader worker, the others train,
+    and the final COCO evaluation works."""
+    import cv2
+    import numpy as np
+
+    dataset = _copy_dataset(tiny_shapes, tmp_path / "data")
+    for split in ("train", "val"):
+        _rewrite_json(dataset[split]["json_file"], lambda data: [
+            (a.pop("area"), a.pop("iscrowd")) for a in data["annotations"]])
+    large = os.path.join(dataset["train"]["image_root"], "large.png")
+    cv2.imwrite(large, np.full((300, 300, 3), 90, np.uint8))  # 90,000 pixels; the shapes at most 30,976
+
+    def point_first_image_at_the_png(data):
+        first = data["images"][0]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] != first["id"]]
+        data["annotations"].append({"id": 10**6, "image_id": first["id"], "category_id": 1, "bbox": [10, 10, 50, 50],
+                                    "segmentation": [[10, 10, 60, 10, 60, 60, 10, 60]]})
+        first.update(file_name="large.png", width=300, height=300)
+
+    _rewrite_json(dataset["train"]["json_file"], point_first_image_at_the_png)
+    out = str(tmp_path / "out")
+    args = [*_args(dataset, out, max_iter=8, processes=2, workers=1), "train.eval_period=8",
+            "train.checkpointer.period=100"]
+    result = run_train_net(args, timeout=900, env={"RSB_MAX_IMAGE_PIXELS": "40000"})  # refused over 80,000
+    # Each training process logs to its own file (log.txt, log.txt.rank1), rank 0 also to stdout;
+    # DataLoader workers' warnings go to stderr.
+    log = result.stdout + result.stderr + "".join(open(os.path.join(out, n)).read() for n in os.listdir(out) if n.startswith("log.txt"))
+    assert "filled in 'area' of " in log
+    assert f"Skipping image {large} (Image size (90000 pixels) exceeds limit of 80000 pixels" in log
+    with open(os.path.join(out, "eval_results.json")) as f:
+        assert "AP" in json.load(f)["bbox"]
+
+
+@pytest.mark.slow
+def test_full_disk_at_the_first_checkpoint_stops_both_processes_promptly(tiny_shapes, tmp_path, small_filesystem):
+    out = small_filesystem(24)  # room for the logs and metrics, not for a ResNet-18 detector's checkpoint
+    started = time.time()
+    job = _Job(_args(tiny_shapes, out, max_iter=20, processes=2))
+    returncode = job.wait(timeout=600)
+    stderr = job.err()
+    assert returncode == 74, stderr[-3000:]
+    assert time.time() - started < 300  # no wait for a collective's 30-minute timeout
+    checkpoint = os.path.join(out, "model_0000000.pth")
+    _assert_one_line(stderr, f"train_net.py: error: {checkpoint}: cannot be written (No space left on device)",
+                     "earlier checkpoints and last_checkpoint are kept")
+    job.assert_no_process_left()
+    assert not [name for name in os.listdir(out) if name.endswith((".pth", ".tmp")) or name == "last_checkpoint"]
+
+
+@pytest.mark.slow
+def test_training_process_killed_by_sigkill_is_named_by_the_launcher(tiny_shapes, tmp_path):
+    """What the kernel's out-of-memory killer does: SIGKILL to one training process."""
+    out = str(tmp_path / "killed")
+    job = _Job(_args(tiny_shapes, out, max_iter=500, processes=2))
+    job.wait_for(os.path.join(out, "model_0000001.pth"))
+    launcher = job.process.pid
+    children = [pid for pid in job.group_members() if pid != launcher and _parent_of(pid) == launcher]
+    training = [pid for pid in children if "spawn_main" in open(f"/proc/{pid}/cmdline").read().replace("\0", " ")]
+    assert len(training) == 2, (children, training)
+    os.kill(max(training), signal.SIGKILL)  # the second one started: process 1
+    returncode = job.wait(timeout=300)
+    stderr = job.err()
+    assert returncode == 128 + signal.SIGKILL, stderr[-3000:]
+    _assert_one_line(stderr, "train_net.py: error: training process 1 was killed by SIGKILL",
+                     "out-of-memory killer", "checkpoints written before are kept")
+    job.assert_no_process_left()
+    assert os.path.isfile(_last_checkpoint(out))
+
+
+def _parent_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_mask_model_on_a_set_without_masks_is_one_line_before_training(tiny_shapes, tmp_path, split):
+    """COCO's segm evaluation reads every annotation's 'segmentation', and mask training needs it."""
+    dataset = _copy_dataset(tiny_shapes, tmp_path / "data")
+    boxes_only = dataset[split]["json_file"]
+    _rewrite_json(boxes_only, lambda data: [a.pop("segmentation") for a in data["annotations"]])
+    name = f"boxes_only_{split}_{os.getpid()}"  # this process's catalog: names of its own
+    args = _args(dataset, str(tmp_path / "out"), max_iter=2, config=shapes_config("mask_rcnn"))
+    for old, new in ((f"tiny_train=", f"{name}_t="), (f"tiny_val=", f"{name}_v="),
+                     ("names=tiny_train", f"names={name}_t"), ("names=tiny_val", f"names={name}_v")):
+        args = [a.replace(old, new) for a in args]
+    result = train_net_in_process(args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    _assert_one_line(result.stderr, f"train_net.py: error: {boxes_only}: no annotation has a 'segmentation' (mask)",
+                     f"data set '{name}_{split[0]}' of dataloader.{'train' if split == 'train' else 'test'}")

@@ -9,6 +9,7 @@ from .run_settings import (
     resolve_device,
     score_threshold_of,
     set_score_threshold,
+    check_masks_for_mask_models,
     sync_num_classes,
 )
 from .lazy_overrides import load_config_with_overrides
@@ -29,6 +30,7 @@ __all__ = [
     "resolve_device",
     "score_threshold_of",
     "set_score_threshold",
+    "check_masks_for_mask_models",
     "sync_num_classes",
     "yacs_config_file",
 ]

@@ -96,6 +96,33 @@ def sync_num_classes(cfg, *, training: bool = False) -> int:
     return len(reference)
 
 
+def check_masks_for_mask_models(cfg, *, training: bool = False) -> None:
+    """Refuse, before training, a LazyConfig whose model predicts masks and one of whose data sets
+    has none: its training needs a mask for every object and its COCO evaluation reads each
+    annotation's ``segmentation``. Knows the sets registered with ``--register-coco`` (their
+    ``json_has_masks`` metadata); others pass.
+
+    Args:
+        cfg: a LazyConfig.
+        training: whether its training set counts (not for ``--eval-only``).
+
+    Raises:
+        ValueError: naming the data set, its JSON file and the missing field.
+    """
+    roi_heads = cfg.model.get("roi_heads") or {}
+    if roi_heads.get("mask_head") is None and not roi_heads.get("mask_heads"):
+        return
+    for split in [s for s in (["train", "test"] if training else ["test"]) if s in cfg.dataloader]:
+        for name in dataset_names(cfg.dataloader[split].dataset.names):
+            meta = MetadataCatalog.get(name)
+            if meta.get("json_has_masks") is False:
+                raise ValueError(
+                    f"{meta.registered_json_file}: no annotation has a 'segmentation' (mask), which the "
+                    f"model of this config needs for training and COCO evaluation (data set {name!r} of "
+                    f"dataloader.{split}); add masks, or use a box-only config (Faster R-CNN, RetinaNet)"
+                )
+
+
 def set_score_threshold(target, score_threshold: float) -> int:
     """Set the test score threshold of a detector or of a yacs config.
 

@@ -4,6 +4,7 @@ as importing ``detectron2.data`` registers Detectron2's builtin sets."""
 
 from .coco_registration import (
     load_coco_instances_checked,
+    nothing_to_train_on,
     parse_register_coco_arg,
     register_coco_from_arg,
     register_coco_instances_checked,
@@ -15,6 +16,7 @@ __all__ = [
     "SkippingDatasetMapper",
     "EvaluationDatasetMapper",
     "load_coco_instances_checked",
+    "nothing_to_train_on",
     "parse_register_coco_arg",
     "register_coco_from_arg",
     "register_coco_instances_checked",

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from unittest import mock
 
 import pycocotools.coco
+import pycocotools.mask
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
@@ -97,7 +98,43 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
             raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
         if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
             raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
+    # How many annotations lack fields that pycocotools' evaluation reads (filled in now).
+    coco.filled_in_counts = _fill_in_optional_fields(dataset, coco.imgs)
     return coco
+
+
+def _annotation_area(ann: dict, image: dict) -> float:
+    """The area of an annotation's mask (polygons or RLE), or of its box when it has none."""
+    segm = ann.get("segmentation")
+    polygons = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0] if isinstance(segm, list) else None
+    if isinstance(segm, dict) or polygons:
+        height, width = image["height"], image["width"]
+        rles = pycocotools.mask.frPyObjects(segm if isinstance(segm, dict) else polygons, height, width)
+        merged = pycocotools.mask.merge(rles) if isinstance(rles, list) else rles
+        return float(pycocotools.mask.area(merged))
+    return float(ann["bbox"][2] * ann["bbox"][3])
+
+
+def _fill_in_optional_fields(dataset: dict, images: Dict[Any, dict]) -> Tuple[int, int]:
+    """Fill in what labelling tools often leave out and pycocotools' evaluation reads: an
+    annotation's ``area`` (of its mask, or its box) and ``iscrowd`` (0).
+
+    Args:
+        dataset: the parsed file, checked; changed in place.
+        images: image id -> image entry.
+
+    Returns:
+        how many annotations got an ``area``, and how many an ``iscrowd``.
+    """
+    num_area = num_iscrowd = 0
+    for ann in dataset["annotations"]:
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            num_iscrowd += 1
+        if "area" not in ann:
+            ann["area"] = _annotation_area(ann, images[ann["image_id"]])
+            num_area += 1
+    return num_area, num_iscrowd
 
 
 def _categories(coco: pycocotools.coco.COCO) -> Dict[str, Any]:
@@ -178,6 +215,13 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
             num_polygons,
             num_clipped,
         )
+    if any(coco.filled_in_counts):
+        logger.info(
+            "%s: filled in 'area' of %d annotations (of the mask, or the box without one) and "
+            "'iscrowd'=0 of %d annotations, which the file leaves out",
+            json_file,
+            *coco.filled_in_counts,
+        )
     num_empty = sum(1 for r in records if not r["annotations"])
     msg = "%s: %d images have no annotations (kept for evaluation; filter_empty drops them)"
     logger.info(msg, json_file, num_empty)
@@ -224,17 +268,32 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
-        if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+        registered = meta.get("registered_json_file", meta.get("json_file"))
+        if (registered, meta.get("image_root")) == (json_file, image_root):
             return
         raise ValueError(
-            f"data set name {name!r} is already registered (json_file={meta.get('json_file')!r}); "
+            f"data set name {name!r} is already registered (json_file={registered!r}); "
             f"choose another name"
         )
     coco = _read_coco(json_file)
     if not os.path.isdir(image_root):
         raise ValueError(f"{image_root}: image folder of {json_file} does not exist")
     DatasetCatalog.register(name, _registered_loader(json_file, image_root, coco))
-    meta = MetadataCatalog.get(name).set(**_categories(coco), json_file=json_file, image_root=image_root)
+    # COCOEvaluator reads the ground truth from "json_file" when a set has one; for a file whose
+    # annotations lack fields that its evaluation needs, it builds the ground truth from the loaded set.
+    complete = {} if any(coco.filled_in_counts) else {"json_file": json_file}
+    meta = MetadataCatalog.get(name).set(
+        **_categories(coco),
+        **complete,
+        registered_json_file=json_file,
+        image_root=image_root,
+        json_annotation_count=len(coco.dataset["annotations"]),
+        json_has_masks=(
+            any(a.get("segmentation") for a in coco.dataset["annotations"])
+            if coco.dataset["annotations"]
+            else None
+        ),
+    )
     meta.evaluator_type = "coco"
     logger.info("Registered %r: %d classes, %s, %s", name, len(meta.thing_classes), json_file, image_root)
 
@@ -251,3 +310,31 @@ def register_coco_from_arg(value: str) -> str:
     name, json_file, image_root = parse_register_coco_arg(value)
     register_coco_instances_checked(name, json_file, image_root)
     return name
+
+
+def nothing_to_train_on(error: AssertionError, names) -> Optional[ValueError]:
+    """The one-line error for Detectron2's assertion that a training set has no image left to train
+    on (``get_detection_dataset_dicts``: "No valid data found in ...", "Dataset '...' is empty!"),
+    naming each set and why; None for another assertion.
+
+    Args:
+        error: the assertion raised while building the training data loader.
+        names: the training set names (``dataloader.train.dataset.names``).
+    """
+    if not str(error).startswith(("No valid data found in", "Dataset '")):
+        return None
+    reasons = []
+    for name in [names] if isinstance(names, str) else list(names):
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("registered_json_file", meta.get("json_file", "its data"))
+        count = meta.get("json_annotation_count")
+        if count == 0:
+            reasons.append(f"{name}: {json_file} has no annotations")
+        elif count:
+            reasons.append(
+                f"{name}: every one of the {count} annotations of {json_file} was skipped or is a crowd "
+                f"region (see the warnings above)"
+            )
+        else:
+            reasons.append(f"{name}: no image with an annotation that is not a crowd region")
+    return ValueError(f"nothing to train on in dataloader.train.dataset.names={names}: " + "; ".join(reasons))

@@ -130,8 +130,10 @@ def _launch_and_collect(
         return RunOutcome(*min(reported)[1])  # the lowest rank's: all processes agree on stops and divergence
     stop = received[0] if received else None
     if failure is not None and stop is None:
-        if -failure.exit_code not in STOP_SIGNALS + (requeue_signal,):
+        if failure.exit_code >= 0:  # an unexpected error: its traceback is above
             raise failure
+        if -failure.exit_code not in STOP_SIGNALS + (requeue_signal,):
+            return _killed_by_a_signal(failure)
         stop = -failure.exit_code  # killed by a stop signal that the launcher did not receive
     if stop is not None:  # stopped outside the training loop: before it, or while evaluating
         name = signal.Signals(stop).name
@@ -140,6 +142,18 @@ def _launch_and_collect(
             f"stopped by {name} outside the training loop; " f"checkpoints written before are kept",
         )
     return None
+
+
+def _killed_by_a_signal(failure: ProcessExitedException) -> RunOutcome:
+    """The outcome of a training process killed by a signal other than a stop signal, e.g. SIGKILL
+    from the kernel's out-of-memory killer: 128 + signal, one line naming the process."""
+    name = signal.Signals(-failure.exit_code).name
+    cause = " (the kernel's out-of-memory killer sends SIGKILL; dmesg shows whether it did)"
+    return RunOutcome(
+        128 - failure.exit_code,
+        f"error: training process {failure.error_index} was killed by {name}"
+        f"{cause if name == 'SIGKILL' else ''}; checkpoints written before are kept",
+    )
 
 
 def launch_workers(

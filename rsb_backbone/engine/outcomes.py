@@ -5,7 +5,7 @@ import contextlib
 from typing import Iterator, NamedTuple, Optional
 
 from ..checkpoint.tensor_files import WeightFileError
-from ..utils.errors import UserInputError
+from ..utils.errors import OUTPUT_WRITE_EXIT_CODE, OutputWriteError, UserInputError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,6 +55,10 @@ def outcome_of(error: BaseException) -> Optional[RunOutcome]:
     """
     if isinstance(error, UserInputError):
         return RunOutcome(2, f"error: {error}")
+    if isinstance(error, OutputWriteError):
+        return RunOutcome(
+            OUTPUT_WRITE_EXIT_CODE, f"error: {error}; earlier checkpoints and last_checkpoint are kept"
+        )
     if isinstance(error, NonFiniteLossError):
         return RunOutcome(1, f"error: {error}; the last complete checkpoint is kept")
     if isinstance(error, TrainingInterrupted):

@@ -14,10 +14,13 @@ from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_write
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.events import EventWriter, JSONWriter
 
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer, load_detector_checkpoint
 from ..checkpoint.model_metadata import ModelMetadataState, training_model_metadata
-from ..utils.file_io import remove_stale_temporary_files
+from ..data.coco_registration import nothing_to_train_on
+from ..utils.errors import OutputWriteError
+from ..utils.file_io import atomic_write_bytes, remove_stale_temporary_files
 from ..utils.mixed_precision import autocast, in_precision, training_precision
 from .outcomes import NonFiniteLossError, user_input_stage
 from .slurm import SlurmRequeue, describe_job, slurm_job
@@ -152,13 +155,44 @@ def load_eval_checkpoint(
 
 
 def write_eval_results(results: Dict[str, Any], output_dir: str) -> None:
-    """Save evaluation results as ``eval_results.json`` in ``output_dir`` (main process only)."""
+    """Save evaluation results as ``eval_results.json`` in ``output_dir`` (main process only),
+    atomically (:func:`~rsb_backbone.utils.file_io.atomic_write_bytes`)."""
     if comm.is_main_process() and output_dir:
-        os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, "eval_results.json")
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_write_bytes(path, json.dumps(results, indent=2).encode())
         logger.info("Evaluation results written to %s", path)
+
+
+class _FileNamingWriter(EventWriter):
+    """Detectron2's :class:`JSONWriter` (``metrics.json``, appended to) whose failed write, e.g. on a
+    full disk, names the file (:class:`OutputWriteError`) instead of a bare OSError; after that it
+    writes nothing more, so that the first error is the one reported."""
+
+    def __init__(self, writer: JSONWriter):
+        self._writer = writer
+        self._failed = False
+
+    def write(self):
+        if self._failed:
+            return
+        try:
+            self._writer.write()
+        except OSError as e:
+            self._failed = True
+            raise OutputWriteError(self._writer._file_handle.name, e) from e
+
+    def close(self):
+        try:
+            self._writer.close()
+        except OSError:
+            if not self._failed:
+                raise
+
+
+def _training_writers(output_dir: str, max_iter: int):
+    """Detectron2's default writers, ``metrics.json``'s naming its file when a write fails."""
+    writers = default_writers(output_dir, max_iter)
+    return [_FileNamingWriter(w) if isinstance(w, JSONWriter) else w for w in writers]
 
 
 def do_test(cfg, model) -> Dict[str, Any]:
@@ -191,7 +225,10 @@ def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> No
         logger.info("Model:\n%s", model)
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)
-        train_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.train))
+        try:
+            train_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.train))
+        except AssertionError as e:  # Detectron2's check that the training set is not empty
+            raise nothing_to_train_on(e, cfg.dataloader.train.dataset.names) or e
 
         precision = training_precision(cfg.train)
         model = wrap_ddp(model, **cfg.train.ddp)
@@ -226,7 +263,8 @@ def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> No
                 hooks.EvalHook(cfg.train.eval_period, evaluate),
                 (
                     hooks.PeriodicWriter(
-                        default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+                        _training_writers(cfg.train.output_dir, cfg.train.max_iter),
+                        period=cfg.train.log_period,
                     )
                     if main_process
                     else None

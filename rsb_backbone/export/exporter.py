@@ -8,6 +8,7 @@ at a time, into the box's region), so that an exported model's memory and time f
 and not the image's area."""
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from ..config import score_threshold_of
 from ..checkpoint.model_metadata import storable_model_metadata
 from ..modeling.fold_norms import to_deployment_form
+from ..utils.file_io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -246,21 +248,24 @@ def trace_detector(
     adapter = TracingAdapter(model, tuple(sample), detection_tensors).eval()
     with torch.no_grad(), _tracer_warnings_to_debug_log(), _per_class_nms(fmt):
         outputs = list(OUTPUT_NAMES[: len(adapter(*adapter.flattened_inputs))])
+        # Serialised in memory, then written atomically: a full disk leaves no half file (OutputWriteError).
+        serialised = io.BytesIO()
         if fmt == "torchscript":
-            torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False).save(path)
+            torch.jit.save(torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False), serialised)
         else:
             dynamic_axes = {name: {0: "detections"} for name in outputs}
             dynamic_axes["image"] = {1: "height_resized", 2: "width_resized"}
             torch.onnx.export(
                 adapter,
                 adapter.flattened_inputs,
-                path,
+                serialised,
                 input_names=list(INPUT_NAMES),
                 output_names=outputs,
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 dynamo=False,  # TracingAdapter is made for torch.jit tracing
             )
+    atomic_write_bytes(path, serialised.getvalue())
     return outputs
 
 
@@ -313,7 +318,6 @@ def export_predictor(
         "metadata": stored,
     }
     spec_path = os.path.join(output_dir, SPEC_FILE)
-    with open(spec_path, "w") as f:
-        json.dump(description, f, indent=1)
+    atomic_write_bytes(spec_path, json.dumps(description, indent=1).encode())
     logger.info("Wrote %s (%s; outputs %s) and %s", model_path, fmt, ", ".join(outputs), spec_path)
     return {"model": model_path, "spec": spec_path}

@@ -26,6 +26,28 @@ class UserInputError(Exception):
         super().__init__(match.group(1) if match else str(message))
 
 
+class OutputWriteError(OSError):
+    """An output file (checkpoint, ``last_checkpoint``, evaluation results, an export, a published
+    file) that could not be written, e.g. on a full disk or over a quota; nothing half-written is
+    left under its name. Reported as one line with exit code :data:`OUTPUT_WRITE_EXIT_CODE`.
+
+    Args:
+        path: the file that was being written.
+        error: the operating system's error (its ``strerror``, e.g. "No space left on device").
+    """
+
+    def __init__(self, path: str, error: OSError):
+        super().__init__(error.errno, f"{path}: cannot be written ({error.strerror or error})")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# sysexits.h's EX_IOERR: an output could not be written (disk full, quota, I/O error).
+OUTPUT_WRITE_EXIT_CODE = 74
+
+
 def one_line_summary(error: BaseException) -> str:
     """The message of ``error`` on one line, shortened to 200 characters, for a one-line error."""
     text = " ".join(str(error).split())
@@ -40,7 +62,8 @@ def first_items(items: Sequence[Any], shown: int = 5) -> str:
 
 def run_command(main: Callable[[], int]) -> None:
     """Run a command's ``main`` with INFO logging and exit with its return code; bad input (a
-    missing file, a wrong value, an unreadable image) is one logged line and exit code 2.
+    missing file, a wrong value, an unreadable image) is one logged line and exit code 2, an output
+    that cannot be written (:class:`OutputWriteError`) one line and :data:`OUTPUT_WRITE_EXIT_CODE`.
 
     Args:
         main: the command's entry point, returning its exit code.
@@ -48,6 +71,9 @@ def run_command(main: Callable[[], int]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(main())
+    except OutputWriteError as e:
+        logging.getLogger(main.__module__).error("%s", e)
+        sys.exit(OUTPUT_WRITE_EXIT_CODE)
     except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
         logging.getLogger(main.__module__).error("%s", e)
         sys.exit(2)

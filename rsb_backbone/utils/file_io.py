@@ -1,15 +1,18 @@
 """Writing files so that a reader never sees half of one: each is written to a temporary file in
-the same folder, flushed and renamed into place (docs/failure_behaviour.md); and removing the
-temporary files that a killed writer left."""
+the same folder, flushed and renamed into place (docs/failure_behaviour.md); a write that fails
+(a full disk, a quota) removes its temporary file and raises :class:`OutputWriteError` naming the
+file; and removing the temporary files that a killed writer left."""
 
 import contextlib
 import logging
 import os
 import re
 import tempfile
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Optional
 
 import torch
+
+from .errors import OutputWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -34,40 +37,80 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+class _WriteErrorRecorder:
+    """A binary file's ``write``/``flush`` that keep the operating system's error: ``torch.save``
+    replaces it with a RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, file):
+        self._file = file
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Create ``path`` through a temporary file in its folder, renamed into place only when
     ``write`` returns; when it raises, the temporary file is removed and ``path`` is untouched.
 
     Args:
         path: the file to write.
-        write: writes the content to the open binary file it is given; raises to abandon it.
+        write: writes the content to the binary file it is given; raises to abandon it.
+
+    Raises:
+        OutputWriteError: the operating system refused a write (e.g. no space left on the device).
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    tmp_path = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         # mkstemp creates the file readable by its owner only; the result gets the permissions of any
         # other file the user writes (colleagues on a shared cluster read checkpoints too).
         os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _WriteErrorRecorder(f)
+            try:
+                write(recorder)
+            except RuntimeError as e:
+                if recorder.error is None:
+                    raise
+                raise recorder.error from e
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
+    except BaseException as e:
+        if tmp_path is not None and os.path.exists(tmp_path):
             os.remove(tmp_path)
+        if isinstance(e, OSError) and not isinstance(e, OutputWriteError):  # full disk, quota, I/O error
+            raise OutputWriteError(path, e) from e
         raise
     _fsync_dir(directory)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    Raises:
+        OutputWriteError: the file could not be written (e.g. no space left on the device); the
+            previous file of that name, if any, is unchanged and no temporary file is left.
+    """
     atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename.
+
+    Raises:
+        OutputWriteError: as :func:`atomic_write_bytes`.
+    """
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
