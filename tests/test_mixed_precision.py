@@ -164,8 +164,8 @@ def bf16_runs(trained_detectors, tiny_shapes, quick_demo, tmp_path_factory):
     ]  # fmt: skip
     shapes = os.path.join(quick_demo.datasets_dir, "shapes")
     eval_args = [
-        "--config-file", os.path.join(REPO_ROOT, QUICK_DEMO_CONFIG), "--eval-only", *BF16, "train.device=cpu",
-        "--register-coco", f"quick_demo_val={shapes}/val.json:{shapes}/val",
+        "--config-file", os.path.join(REPO_ROOT, QUICK_DEMO_CONFIG), "--eval-only",
+        "--register-coco", f"quick_demo_val={shapes}/val.json:{shapes}/val", *BF16, "train.device=cpu",
         "dataloader.test.dataset.names=quick_demo_val", "dataloader.test.num_workers=0",
         f"train.init_checkpoint={quick_demo.checkpoint}", f"train.output_dir={evaluated}",
     ]  # fmt: skip
