@@ -18,9 +18,10 @@ from detectron2.engine import launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
-from .outcomes import RunOutcome, UserInputError, outcome_of, user_input_stage
+from .outcomes import PROCESS_LOST_EXIT_CODE, RunOutcome, UserInputError, outcome_of, user_input_stage
 from .slurm import describe_job, slurm_job, srun_task, torch_distributed_environment
 from .stop_signals import STOP_SIGNALS, forward_stop_signals, recording_signal, stop_data_loader_workers
+from .watchdog import reporting_outcomes_to, wait_if_stalled
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[Run
     try:
         main_func(*args)
     except Exception as e:
+        wait_if_stalled()  # a stalled job's end broke a collective: the watchdog ends this process
         if outcome_of(e) is None:
             raise
         return outcome_of(e)
@@ -88,10 +90,11 @@ def _report_to_launcher(main_func: Callable, outcomes, args: Sequence, requeue_s
     A normal end leaves the process group first (its last collective is behind it): a gloo group
     alive at interpreter shutdown now and then aborts the process (pytorch/pytorch#190489).
     """
-    with recording_signal(requeue_signal):
+    report = lambda outcome: outcomes.put((comm.get_rank(), tuple(outcome)))
+    with recording_signal(requeue_signal), reporting_outcomes_to(report):
         outcome = _run_expecting_outcomes(main_func, args)
     if outcome is not None:
-        outcomes.put((comm.get_rank(), tuple(outcome)))
+        report(outcome)
         sys.exit(outcome.exit_code)
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -126,9 +129,17 @@ def _launch_and_collect(
     reported = []
     while not outcomes.empty():
         reported.append(outcomes.get())
+    stop = received[0] if received else None
+    killed = -failure.exit_code if failure is not None and failure.exit_code < 0 else None
+    if stop is None and killed not in (None, *STOP_SIGNALS, requeue_signal):
+        # The others only saw a broken connection: the launcher knows what happened.
+        return RunOutcome(
+            PROCESS_LOST_EXIT_CODE,
+            f"error: training process {failure.error_index} of this machine was killed by "
+            f"{signal.Signals(killed).name} (out of memory?); the newest checkpoint is kept; continue with --resume",
+        )
     if reported:
         return RunOutcome(*min(reported)[1])  # the lowest rank's: all processes agree on stops and divergence
-    stop = received[0] if received else None
     if failure is not None and stop is None:
         if -failure.exit_code not in STOP_SIGNALS + (requeue_signal,):
             raise failure
