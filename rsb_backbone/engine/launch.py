@@ -230,7 +230,7 @@ def launch_workers(
 
 def describe_process() -> str:
     """One log line: this process's rank, node and how it was started, with its SLURM job and
-    restart count under SLURM."""
+    restart count under SLURM and the rendezvous host under torchrun or srun."""
     job = slurm_job()
     if "TORCHELASTIC_RUN_ID" in os.environ:
         started = "torchrun"
@@ -242,4 +242,6 @@ def describe_process() -> str:
         f"process {comm.get_rank()} of {comm.get_world_size()} (local {comm.get_local_rank()} of "
         f"{comm.get_local_size()}) on {socket.gethostname()}, started by {started}"
     )
+    if "MASTER_ADDR" in os.environ and "RANK" in os.environ:  # torchrun's or SLURM's env:// rendezvous
+        where += f", rendezvous at {os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
     return f"{describe_job(job)}: {where}" if job else where
