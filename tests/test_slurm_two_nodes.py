@@ -86,3 +86,68 @@ def test_two_nodes_train_with_ranks_by_node_and_the_losses_of_four_processes_on_
         assert two_nodes[iteration].keys() == one_node[iteration].keys()
         for key, value in one_node[iteration].items():  # float32 sums in another order
             np.testing.assert_allclose(two_nodes[iteration][key], value, rtol=1e-5, err_msg=f"{key} at {iteration}")
+
+
+@pytest.mark.slow
+def test_a_lost_node_ends_the_job_within_a_minute_and_a_new_submission_resumes(slurm_two_nodes, tiny_shapes, tmp_path):
+    every_iteration = (*FOUR_PROCESSES, "train.checkpointer.period=1", "train.eval_period=0")
+    lost = _Job(slurm_two_nodes, MULTI_NODE, tiny_shapes, tmp_path, max_iter=200, name="lost",
+                overrides=every_iteration)
+    lost.wait_for_iteration(2)
+    _signal_training_processes(slurm_two_nodes, "node2", signal.SIGKILL)  # the OOM killer, a failed node
+    killed_at = time.time()
+    info = lost.wait_for_end(timeout=120)
+    assert time.time() - killed_at < 60, info  # not the 30-minute collective timeout
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", info
+    # No traceback but Detectron2's log of the exception that ended its loop, and one line per process.
+    assert lost.text().count("Traceback") == lost.text().count("Exception during training:"), lost.text()[-3000:]
+    assert lost.run_lines() and all(
+        "error: another training process of the job ended" in line and "[10.213.7.2]" in line
+        for line in lost.run_lines()), lost.run_lines()
+    saved = _checkpoint_iteration(lost.out)
+    assert saved >= 2
+
+    again = _Job(slurm_two_nodes, MULTI_NODE, tiny_shapes, tmp_path, max_iter=saved + 2, name="lost",
+                 overrides=every_iteration)
+    info = again.wait_for_end()
+    assert info["JobState"] == "COMPLETED", (info, again.text()[-3000:])
+    assert f"Resuming at iteration {saved + 1} of {saved + 2}" in again.text()
+    assert _checkpoint_iteration(again.out) == saved + 1
+
+
+@pytest.mark.slow
+def test_a_hung_node_ends_the_job_within_the_watchdog_time_with_stacks_then_it_requeues_and_resumes(
+    slurm_two_nodes, tiny_shapes, tmp_path
+):
+    max_iter = 10
+    job = _Job(slurm_two_nodes, MULTI_NODE, tiny_shapes, tmp_path, max_iter=max_iter, name="hung",
+               overrides=(*FOUR_PROCESSES, "train.checkpointer.period=1", "train.eval_period=0",
+                          f"train.watchdog_s={TEST_WATCHDOG_S}"))
+    job.wait_for_iteration(1)
+    frozen = _signal_training_processes(slurm_two_nodes, "node2", signal.SIGSTOP)  # a stuck file system read
+    frozen_at = time.time()
+    try:
+        _wait(lambda: int(job.state().get("Restarts", 0)) >= 1, 120, "the requeue", slurm_two_nodes, job.id)
+        # The watchdog time, the processes' 5 s for each other, and the iteration that met the freeze.
+        assert time.time() - frozen_at < TEST_WATCHDOG_S + 25
+    finally:
+        for pid in set(frozen) & set(_training_processes(slurm_two_nodes, "node2")):  # SLURM kills them; to be sure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    info = job.wait_for_end()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, job.text()[-3000:])
+    text = job.text()
+    for rank in (0, 1):  # the live processes, on node1: each writes the stack of its threads
+        assert f"Process {rank} on node1: no training iteration finished for {TEST_WATCHDOG_S} s" in text, text[-3000:]
+    assert text.count("(most recent call first)") >= 2
+    # (The processes of node2 write theirs too when SLURM continues them, with SIGCONT, to end them.)
+    (stall_line,) = [line for line in job.run_lines() if "training stalled" in line and "requeued" in line]
+    assert f"SLURM job {job.id} requeued (1 of at most 3 requeues after a time limit); it resumes by itself" in (
+        stall_line)
+    stalled_after = int(stall_line.split("the last was iteration ")[1].split(";")[0])
+    assert f"Resuming at iteration {stalled_after + 1} of {max_iter}" in text
+    iterations = job.iterations()
+    assert sorted(set(iterations)) == list(range(max_iter)), iterations
+    assert _checkpoint_iteration(job.out) == max_iter - 1

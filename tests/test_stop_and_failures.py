@@ -388,8 +388,8 @@ def test_one_stalled_process_ends_the_job_with_every_stack_within_the_watchdog_t
     # Both processes stop within the watchdog time (plus the pass of 4 iterations that reaches the
     # image and the 5 s the processes give each other), not after the 30-minute collective timeout.
     assert elapsed < TEST_WATCHDOG_S + 25, elapsed
-    _assert_one_line(stderr, f"train_net.py: error: training stalled: no iteration finished for {TEST_WATCHDOG_S} s",
-                     "(train.watchdog_s)", "the newest checkpoint is kept; continue with --resume")
+    _assert_one_line(stderr, f"train_net.py: error: training stalled: no iteration finished for {TEST_WATCHDOG_S} s "
+                     "(the last was iteration ", "train.watchdog_s)", "the newest checkpoint is kept; continue with --resume")
     for rank in (0, 1):
         assert f"Process {rank} on " in stderr and "no training iteration finished" in stderr, stderr[-3000:]
     assert stderr.count("(most recent call first)") >= 2  # faulthandler's stacks, one per thread

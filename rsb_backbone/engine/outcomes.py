@@ -15,7 +15,9 @@ PROCESS_LOST_EXIT_CODE = 3
 # train.watchdog_s seconds; 124, as timeout(1) ends a command that ran out of time.
 STALLED_EXIT_CODE = 124
 # How gloo names a peer whose connection broke (its errors are plain RuntimeErrors).
-_GLOO_LOST_PEER = re.compile(r"Connection (?:closed|reset) by peer(?: \[[^\]]*\](?::\d+)?)?")
+_GLOO_LOST_PEER = re.compile(
+    r"(?:(?:Read|Write) error )?(?:\[[^\]]*\]:\d+: )?Connection (?:closed|reset) by peer(?: \[[^\]]*\](?::\d+)?)?"
+)
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -97,6 +97,7 @@ class TrainingWatchdog(HookBase):
         self._pauses = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._last_finished: Optional[int] = None
 
     def _progress(self) -> None:
         with self._lock:
@@ -133,6 +134,7 @@ class TrainingWatchdog(HookBase):
         self._thread.start()
 
     def after_step(self):
+        self._last_finished = self.trainer.iter
         self._progress()
 
     def after_train(self):
@@ -152,28 +154,41 @@ class TrainingWatchdog(HookBase):
 
     def _end_stalled_process(self) -> None:
         _fired.set()
-        iteration = self.trainer.iter
         rank = comm.get_rank()
+        finished = (
+            "none yet" if self._last_finished is None else f"the last was iteration {self._last_finished}"
+        )
         header = (
             f"Process {rank} on {socket.gethostname()}: no training iteration finished for "
-            f"{self.timeout_s:g} s (the last was iteration {iteration}); the stack of each of its threads:"
+            f"{self.timeout_s:g} s ({finished}); the stack of each of its threads:"
         )
         logger.error(header)  # to log.txt; the stack goes to stderr, which every process shares with its job
         sys.stderr.write(header + "\n")
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         next_step = "continue with --resume"
-        if self._requeue is not None and comm.is_main_process():
-            next_step = self._requeue()  # counted like a time limit; ignores the SIGTERM it brings
+        if self._requeue is not None:
+            next_step = (
+                self._requeue()  # counted like a time limit; this process ignores the SIGTERM it brings
+                if comm.is_main_process()
+                else "process 0 requeues the SLURM job unless it stalled itself; otherwise continue with --resume"
+            )
         outcome = RunOutcome(
             STALLED_EXIT_CODE,
-            f"error: training stalled: no iteration finished for {self.timeout_s:g} s after iteration "
-            f"{iteration} (train.watchdog_s); the stack of every live process is in the log; the newest "
-            f"checkpoint is kept; {next_step}",
+            f"error: training stalled: no iteration finished for {self.timeout_s:g} s ({finished}; "
+            f"train.watchdog_s); the stack of every live process is in the log; the newest checkpoint is "
+            f"kept; {next_step}",
         )
-        time.sleep(min(_MAX_GRACE_S, max(_MIN_GRACE_S, _GRACE_FRACTION * self.timeout_s)))
+        grace = min(_MAX_GRACE_S, max(_MIN_GRACE_S, _GRACE_FRACTION * self.timeout_s))
         try:
-            _report["outcome"](outcome)
+            if (
+                comm.is_main_process()
+            ):  # its line first: the others' ends may end it (srun --kill-on-bad-exit)
+                _report["outcome"](outcome)
+                time.sleep(grace)
+            else:
+                time.sleep(grace)
+                _report["outcome"](outcome)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
