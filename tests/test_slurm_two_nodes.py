@@ -2,10 +2,14 @@
 (tests/slurm_cluster.py, ``slurm_two_nodes``), the multi_node.sbatch template as users submit it,
 2 tasks per node on the CPU (gloo): the job trains as 4 processes on one machine would, a lost
 node ends it within a minute, a hung node within the watchdog time (then it requeues and resumes).
+In the same namespaces without SLURM: two --num-machines launchers, and torchrun's c10d rendezvous.
 """
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -13,7 +17,8 @@ import pytest
 import torch
 
 from test_slurm import MULTI_NODE, _Job, _wait
-from train_net_runner import FAST_OVERRIDES, dataset_args, read_metrics, run_train_net, shapes_config
+from conftest import REPO_ROOT
+from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metrics, run_train_net, shapes_config
 
 # One image per process and iteration on 4 processes; one thread each (4 processes share 2 cores).
 FOUR_PROCESSES = ("dataloader.train.total_batch_size=4",)
@@ -151,3 +156,89 @@ def test_a_hung_node_ends_the_job_within_the_watchdog_time_with_stacks_then_it_r
     iterations = job.iterations()
     assert sorted(set(iterations)) == list(range(max_iter)), iterations
     assert _checkpoint_iteration(job.out) == max_iter - 1
+
+
+class _OnNodes:
+    """One command per node, started in that node's namespaces (outside SLURM), as a user starts a
+    launcher on each machine; stderr of each kept in a file."""
+
+    def __init__(self, cluster, commands):
+        self.stderr = {node: tempfile.TemporaryFile(mode="w+") for node in commands}
+        self.processes = {
+            node: subprocess.Popen([*cluster.enter(node), *command], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=self.stderr[node], text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD))
+            for node, command in commands.items()
+        }
+
+    def wait(self, timeout=600):
+        deadline = time.time() + timeout
+        try:
+            return {node: process.wait(timeout=max(1, deadline - time.time()))
+                    for node, process in self.processes.items()}
+        except subprocess.TimeoutExpired:
+            for process in self.processes.values():
+                process.kill()
+            raise AssertionError(f"not ended in {timeout}s: {self.err()}")
+
+    def err(self):
+        texts = {}
+        for node, f in self.stderr.items():
+            f.seek(0)
+            texts[node] = f.read()
+        return texts
+
+
+def _train_args(tiny_shapes, out, max_iter):
+    return ["--config-file", shapes_config("faster_rcnn"), *dataset_args(tiny_shapes), *FAST_OVERRIDES,
+            *FOUR_PROCESSES, f"train.max_iter={max_iter}", "train.eval_period=0", "train.checkpointer.period=1",
+            f"train.output_dir={out}"]
+
+
+@pytest.mark.slow
+def test_two_machine_launchers_across_nodes_train_and_stop_together_on_sigterm_to_one(
+    slurm_two_nodes, tiny_shapes, tmp_path
+):
+    out = str(tmp_path / "launchers")
+    url = f"tcp://node1:{29400 + os.getpid() % 500}"
+    launchers = _OnNodes(slurm_two_nodes, {
+        node: [sys.executable, TRAIN_NET, "--num-gpus", "2", "--num-machines", "2", "--machine-rank", str(rank),
+               "--dist-url", url, *_train_args(tiny_shapes, out, max_iter=500)]
+        for rank, node in enumerate(slurm_two_nodes.nodes)
+    })
+    _wait(lambda: os.path.exists(os.path.join(out, "model_0000001.pth")) or any(
+        p.poll() is not None for p in launchers.processes.values()), 300, "the first checkpoint")
+    launchers.processes["node2"].send_signal(signal.SIGTERM)  # node2's launcher only
+    codes, stderr = launchers.wait(timeout=120), launchers.err()
+    assert codes == {"node1": 143, "node2": 143}, stderr
+    last = {node: text.strip().splitlines()[-1] for node, text in stderr.items()}
+    stopped = {int(line.split("after iteration ")[1].split(";")[0]) for line in last.values()}
+    assert len(stopped) == 1 and all(line.startswith("train_net.py: stopped by SIGTERM after iteration")
+                                     for line in last.values()), last
+    assert _checkpoint_iteration(out) == stopped.pop()
+
+
+@pytest.mark.slow
+def test_torchrun_with_a_c10d_rendezvous_across_the_nodes_trains(slurm_two_nodes, tiny_shapes, tmp_path):
+    out = str(tmp_path / "torchrun")
+    endpoint = f"node1:{29900 + os.getpid() % 50}"
+    runs = _OnNodes(slurm_two_nodes, {
+        node: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "rsb-two-nodes", TRAIN_NET,
+               *_train_args(tiny_shapes, out, max_iter=2)]
+        for node in slurm_two_nodes.nodes
+    })
+    codes, stderr = runs.wait(timeout=600), runs.err()
+    assert codes == {"node1": 0, "node2": 0}, stderr
+    logs = ""
+    for name in ["log.txt"] + [f"log.txt.rank{rank}" for rank in range(1, 4)]:
+        with open(os.path.join(out, name)) as f:
+            logs += f.read()
+    # torchrun numbers the nodes by their order of arrival: each holds two ranks, with local ranks 0-1.
+    nodes_of = {}
+    for rank in range(4):
+        line = next(line for line in logs.splitlines() if f"process {rank} of 4 (local {rank % 2} of 2) on node" in line)
+        assert "started by torchrun" in line, line
+        nodes_of.setdefault(line.split(" on ")[1].split(",")[0], []).append(rank)
+    assert sorted(map(sorted, nodes_of.values())) == [[0, 1], [2, 3]], nodes_of
+    assert _checkpoint_iteration(out) == 1
