@@ -66,7 +66,7 @@ def test_two_nodes_train_with_ranks_by_node_and_the_losses_of_four_processes_on_
 ):
     max_iter = 3
     job = _Job(slurm_two_nodes, MULTI_NODE, tiny_shapes, tmp_path, max_iter=max_iter, name="two_nodes",
-               overrides=FOUR_PROCESSES)
+               overrides=(*FOUR_PROCESSES, "train.eval_period=0"))
     info = job.wait_for_end()
     assert info["JobState"] == "COMPLETED" and info["NodeList"] == "node[1-2]", (info, job.text()[-3000:])
     job.assert_every_iteration_once()
