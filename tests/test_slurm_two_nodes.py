@@ -1,7 +1,8 @@
 """Training across two real nodes: a SLURM cluster of two nodes in network namespaces of their own
 (tests/slurm_cluster.py, ``slurm_two_nodes``), the multi_node.sbatch template as users submit it,
 2 tasks per node on the CPU (gloo): the job trains as 4 processes on one machine would, a lost
-node ends it within a minute, a hung node within the watchdog time (then it requeues and resumes).
+node ends it within a minute, a hung node within the watchdog time (then it requeues and resumes),
+the time-limit signal stops all 4 processes together and the job resumes on both nodes.
 In the same namespaces without SLURM: two --num-machines launchers, and torchrun's c10d rendezvous.
 """
 
@@ -242,3 +243,27 @@ def test_torchrun_with_a_c10d_rendezvous_across_the_nodes_trains(slurm_two_nodes
         nodes_of.setdefault(line.split(" on ")[1].split(",")[0], []).append(rank)
     assert sorted(map(sorted, nodes_of.values())) == [[0, 1], [2, 3]], nodes_of
     assert _checkpoint_iteration(out) == 1
+
+
+@pytest.mark.slow
+def test_the_time_limit_signal_on_two_nodes_stops_all_four_together_then_resumes_on_both(
+    slurm_two_nodes, tiny_shapes, tmp_path
+):
+    max_iter = 6
+    job = _Job(slurm_two_nodes, MULTI_NODE, tiny_shapes, tmp_path, max_iter=max_iter, name="usr1",
+               overrides=(*FOUR_PROCESSES, "train.eval_period=0"))
+    job.wait_for_iteration(1)
+    slurm_two_nodes.scancel("--signal=USR1", job.id)  # what SLURM sends before the time limit, to every task
+    info = job.wait_for_end()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, job.text()[-3000:])
+    job.assert_every_iteration_once()
+    stops, _ = job.assert_resumed_after_each_stop()
+    (line,) = job.run_lines()
+    assert line.startswith(f"train_net.py: stopped by SIGUSR1 after iteration {stops[0]}; checkpoint saved; "
+                           f"SLURM job {job.id} requeued (1 of at most 3 requeues after a time limit)"), line
+    assert job.text().count(line + "\n") == 4  # each of the 4 processes, after the same iteration
+    for rank in range(4):  # the requeued run: on both nodes again
+        log = os.path.join(job.out, "log.txt" if rank == 0 else f"log.txt.rank{rank}")
+        with open(log) as f:
+            assert (f"SLURM job {job.id}, restart 1: process {rank} of 4 (local {rank % 2} of 2) on "
+                    f"node{rank // 2 + 1}") in f.read()
