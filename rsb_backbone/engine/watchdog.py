@@ -106,6 +106,7 @@ class TrainingWatchdog(HookBase):
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Time within this block is not a stall (a checkpoint save, an evaluation)."""
+        wait_if_stalled()  # a stalled process that comes back (SIGCONT) saves nothing on its way out
         with self._lock:
             self._pauses += 1
         try:
@@ -133,7 +134,11 @@ class TrainingWatchdog(HookBase):
         self._thread = threading.Thread(target=self._watch, name="training-watchdog", daemon=True)
         self._thread.start()
 
+    def before_step(self):
+        wait_if_stalled()
+
     def after_step(self):
+        wait_if_stalled()  # once the stall is declared, nothing more is trained, saved or logged
         self._last_finished = self.trainer.iter
         self._progress()
 
