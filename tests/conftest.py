@@ -65,16 +65,15 @@ def tiny_shapes(tmp_path_factory):
     return generate_shapes_dataset(str(root), num_train=8, num_val=4, min_size=128, max_size=176, seed=1)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """A real one-node SLURM cluster for this test session (tests/slurm_cluster.py). Where it cannot
-    be started the tests that use it skip, except under CI=true, where that is a failure."""
-    from slurm_cluster import SlurmCluster, missing_requirements
+def _started_cluster(cluster_class, root_factory):
+    """Start a test SLURM cluster of ``cluster_class`` (tests/slurm_cluster.py), or skip the test
+    where it cannot run; under CI=true that is a failure. Yields the cluster, stops it after."""
+    from slurm_cluster import missing_requirements
 
-    reason = missing_requirements()
+    reason = missing_requirements(cluster_class)
     cluster = None
     if reason is None:
-        cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
+        cluster = cluster_class(str(root_factory()))
         try:
             cluster.start()
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
@@ -84,8 +83,29 @@ def slurm_cluster(tmp_path_factory):
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {reason}")
         pytest.skip(reason)
-    yield cluster
-    cluster.stop()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster for this test session (tests/slurm_cluster.py). Where it cannot
+    be started the tests that use it skip, except under CI=true, where that is a failure."""
+    from slurm_cluster import SlurmCluster
+
+    yield from _started_cluster(SlurmCluster, lambda: tmp_path_factory.mktemp("slurm"))
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes(tmp_path_factory):
+    """A real two-node SLURM cluster, each node in network namespaces of its own, for this test
+    session (tests/slurm_cluster.py); skips or fails as :func:`slurm_cluster`. Everything it
+    creates (namespaces, links, daemons, job processes) is removed at the end."""
+    from slurm_cluster import TwoNodeSlurmCluster
+
+    yield from _started_cluster(TwoNodeSlurmCluster, lambda: tmp_path_factory.mktemp("slurm2"))
 
 
 @pytest.fixture(scope="session")

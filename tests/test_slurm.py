@@ -158,7 +158,8 @@ class _Job:
     SLURM's two-minute wait) and waits for its end."""
 
     def __init__(
-        self, cluster, template, tiny_shapes, tmp_path, *, max_iter, tasks=2, sbatch=(), train=(), name="job"
+        self, cluster, template, tiny_shapes, tmp_path, *, max_iter, tasks=2, sbatch=(), train=(), name="job",
+        overrides=(),
     ):
         self.cluster = cluster
         self.out = str(tmp_path / name)
@@ -170,7 +171,7 @@ class _Job:
             *dataset_args(tiny_shapes), *FAST_OVERRIDES, "model.backbone.bottom_up.model_name=resnet18",
             "dataloader.train.num_workers=1",  # SLURM signals the loader's workers too: they must ignore it
             f"train.max_iter={max_iter}", f"train.eval_period={max_iter}", "train.checkpointer.period=1000",
-            f"train.output_dir={self.out}",
+            f"train.output_dir={self.out}", *overrides,
         ]
         env = {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.id = cluster.sbatch(args, cwd=REPO_ROOT, env=env)

@@ -71,3 +71,7 @@ train.clip_grad = dict(enabled=False, max_norm=35.0, norm_type=2.0)
 # this precision: "float16" (CUDA, with a gradient scaler; Detectron2's default) or "bfloat16"
 # (CUDA, and CPUs with bf16 instructions).
 train.amp = dict(enabled=False, precision="float16")
+# A process in which no iteration finished for this long (saves and evaluations left out) writes
+# its stack and ends the job (exit code 124; under SLURM it requeues): 15 minutes, well above an
+# iteration plus a checkpoint save here. 0: no watchdog. docs/failure_behaviour.md.
+train.watchdog_s = 900

@@ -18,9 +18,10 @@ from detectron2.engine import launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
-from .outcomes import RunOutcome, UserInputError, outcome_of, user_input_stage
+from .outcomes import PROCESS_LOST_EXIT_CODE, RunOutcome, UserInputError, outcome_of, user_input_stage
 from .slurm import describe_job, slurm_job, srun_task, torch_distributed_environment
 from .stop_signals import STOP_SIGNALS, forward_stop_signals, recording_signal, stop_data_loader_workers
+from .watchdog import reporting_outcomes_to, wait_if_stalled
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def _run_expecting_outcomes(main_func: Callable, args: Sequence) -> Optional[Run
     try:
         main_func(*args)
     except Exception as e:
+        wait_if_stalled()  # a stalled job's end broke a collective: the watchdog ends this process
         if outcome_of(e) is None:
             raise
         return outcome_of(e)
@@ -88,13 +90,18 @@ def _report_to_launcher(main_func: Callable, outcomes, args: Sequence, requeue_s
     A normal end leaves the process group first (its last collective is behind it): a gloo group
     alive at interpreter shutdown now and then aborts the process (pytorch/pytorch#190489).
     """
-    with recording_signal(requeue_signal):
+    report = lambda outcome: outcomes.put((comm.get_rank(), tuple(outcome)))
+    with recording_signal(requeue_signal), reporting_outcomes_to(report):
         outcome = _run_expecting_outcomes(main_func, args)
     if outcome is not None:
-        outcomes.put((comm.get_rank(), tuple(outcome)))
+        report(outcome)
         sys.exit(outcome.exit_code)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# SIGKILL is what the kernel's out-of-memory killer sends.
+_OOM_HINT = " (the kernel's out-of-memory killer sends SIGKILL; dmesg shows whether it did)"
 
 
 def _launch_and_collect(
@@ -126,14 +133,21 @@ def _launch_and_collect(
     reported = []
     while not outcomes.empty():
         reported.append(outcomes.get())
+    stop = received[0] if received else None
+    killed = -failure.exit_code if failure is not None and failure.exit_code < 0 else None
+    if stop is None and killed not in (None, *STOP_SIGNALS, requeue_signal):
+        # The others only saw a broken connection: the launcher knows what happened.
+        return RunOutcome(
+            PROCESS_LOST_EXIT_CODE,
+            f"error: training process {failure.error_index} of this machine was killed by "
+            f"{signal.Signals(killed).name}{_OOM_HINT if killed == signal.SIGKILL else ''}; "
+            "the newest checkpoint is kept; continue with --resume",
+        )
     if reported:
         return RunOutcome(*min(reported)[1])  # the lowest rank's: all processes agree on stops and divergence
-    stop = received[0] if received else None
     if failure is not None and stop is None:
         if failure.exit_code >= 0:  # an unexpected error: its traceback is above
             raise failure
-        if -failure.exit_code not in STOP_SIGNALS + (requeue_signal,):
-            return _killed_by_a_signal(failure)
         stop = -failure.exit_code  # killed by a stop signal that the launcher did not receive
     if stop is not None:  # stopped outside the training loop: before it, or while evaluating
         name = signal.Signals(stop).name
@@ -142,18 +156,6 @@ def _launch_and_collect(
             f"stopped by {name} outside the training loop; " f"checkpoints written before are kept",
         )
     return None
-
-
-def _killed_by_a_signal(failure: ProcessExitedException) -> RunOutcome:
-    """The outcome of a training process killed by a signal other than a stop signal, e.g. SIGKILL
-    from the kernel's out-of-memory killer: 128 + signal, one line naming the process."""
-    name = signal.Signals(-failure.exit_code).name
-    cause = " (the kernel's out-of-memory killer sends SIGKILL; dmesg shows whether it did)"
-    return RunOutcome(
-        128 - failure.exit_code,
-        f"error: training process {failure.error_index} was killed by {name}"
-        f"{cause if name == 'SIGKILL' else ''}; checkpoints written before are kept",
-    )
 
 
 def launch_workers(
@@ -233,7 +235,7 @@ def launch_workers(
 
 def describe_process() -> str:
     """One log line: this process's rank, node and how it was started, with its SLURM job and
-    restart count under SLURM."""
+    restart count under SLURM and the rendezvous host under torchrun or srun."""
     job = slurm_job()
     if "TORCHELASTIC_RUN_ID" in os.environ:
         started = "torchrun"
@@ -245,4 +247,6 @@ def describe_process() -> str:
         f"process {comm.get_rank()} of {comm.get_world_size()} (local {comm.get_local_rank()} of "
         f"{comm.get_local_size()}) on {socket.gethostname()}, started by {started}"
     )
+    if "MASTER_ADDR" in os.environ and "RANK" in os.environ:  # torchrun's or SLURM's env:// rendezvous
+        where += f", rendezvous at {os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
     return f"{describe_job(job)}: {where}" if job else where

@@ -2,10 +2,22 @@
 else is unexpected and keeps its traceback. The table is in docs/failure_behaviour.md."""
 
 import contextlib
+import re
 from typing import Iterator, NamedTuple, Optional
 
 from ..checkpoint.tensor_files import WeightFileError
 from ..utils.errors import OUTPUT_WRITE_EXIT_CODE, OutputWriteError, UserInputError
+
+# A training process of the job ended (SIGKILL, the OOM killer, a failed node), and a collective
+# of this one failed: Detectron2's launch reports it as one, too, instead of a traceback.
+PROCESS_LOST_EXIT_CODE = 3
+# The watchdog (:mod:`.watchdog`) ended a process in which no iteration finished for
+# train.watchdog_s seconds; 124, as timeout(1) ends a command that ran out of time.
+STALLED_EXIT_CODE = 124
+# How gloo names a peer whose connection broke (its errors are plain RuntimeErrors).
+_GLOO_LOST_PEER = re.compile(
+    r"(?:(?:Read|Write) error )?(?:\[[^\]]*\]:\d+: )?Connection (?:closed|reset) by peer(?: \[[^\]]*\](?::\d+)?)?"
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,4 +75,22 @@ def outcome_of(error: BaseException) -> Optional[RunOutcome]:
         return RunOutcome(1, f"error: {error}; the last complete checkpoint is kept")
     if isinstance(error, TrainingInterrupted):
         return RunOutcome(128 + error.signum, f"{error}; {error.next_step}")
+    lost = lost_process_message(error)
+    if lost is not None:
+        return RunOutcome(PROCESS_LOST_EXIT_CODE, lost)
     return None
+
+
+def lost_process_message(error: BaseException) -> Optional[str]:
+    """The one-line message when ``error`` says that another process of the job is gone (a gloo
+    connection closed by its peer, or PyTorch's distributed network error), else None."""
+    import torch.distributed as dist
+
+    found = _GLOO_LOST_PEER.search(str(error)) if isinstance(error, RuntimeError) else None
+    if found is None and not isinstance(error, getattr(dist, "DistNetworkError", ())):
+        return None
+    what = found.group(0) if found else str(error).strip().splitlines()[0]
+    return (
+        f"error: another training process of the job ended (killed, out of memory, or its node failed: "
+        f"{what}); the newest checkpoint is kept; continue with --resume"
+    )

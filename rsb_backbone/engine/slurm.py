@@ -248,7 +248,10 @@ class SlurmRequeue:
                 f"a time limit (--max-requeues); submit it again to continue"
             )
         # scontrol requeue ends every process of the job with SIGTERM; this one finishes its report.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # (From the watchdog's thread, which cannot set handlers, the training loop's handler keeps
+        # the signal from ending the process.)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             result = subprocess.run(
                 ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60

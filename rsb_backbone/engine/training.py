@@ -25,6 +25,7 @@ from ..utils.mixed_precision import autocast, in_precision, training_precision
 from .outcomes import NonFiniteLossError, user_input_stage
 from .slurm import SlurmRequeue, describe_job, slurm_job
 from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers, max_over_processes
+from .watchdog import DEFAULT_WATCHDOG_S, TrainingWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -240,17 +241,21 @@ def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> No
                 model, train_loader, optimizer, device=cfg.train.device, precision=precision
             )
         evaluations = []  # every evaluation's results: the last is the final one once training is done
+        watchdog = TrainingWatchdog(cfg.train.get("watchdog_s", DEFAULT_WATCHDOG_S), requeue)
 
+        @watchdog.pausing  # evaluations and checkpoint saves are not stalls
         def evaluate():
             evaluations.append(do_test(cfg, model))
             return evaluations[-1]
 
         metadata = ModelMetadataState(training_model_metadata(cfg))  # class names, saved with the weights
         checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer, metadata=metadata)
+        checkpointer.save = watchdog.pausing(checkpointer.save)
         clip = cfg.train.get("clip_grad", {}) or {}
         main_process = comm.is_main_process()
         trainer.register_hooks(
             [
+                watchdog,  # first: its after_step marks the end of the iteration's work
                 hooks.IterationTimer(),
                 hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
                 (
