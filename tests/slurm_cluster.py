@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo")
@@ -206,22 +206,30 @@ class TwoNodeSlurmCluster(SlurmCluster):
 
     def __init__(self, root: str):
         super().__init__(root)
-        tag = f"rsb{os.getpid() % 100000}"
+        self._tag = f"rsb{os.getpid() % 100000}"
         self.nodes = ("node1", "node2")
         self.node = self.nodes[0]
-        self.namespaces = {node: f"{tag}{node}" for node in self.nodes}
+        self.namespaces = {node: f"{self._tag}{node}" for node in self.nodes}
         self.addresses = {node: f"{self.SUBNET}.{i + 1}" for i, node in enumerate(self.nodes)}
-        self._links = {node: f"{tag}v{i + 1}" for i, node in enumerate(self.nodes)}
+        # Each node's end of the veth pair: the interface that reaches the other node.
+        self.links = {node: f"{self._tag}v{i + 1}" for i, node in enumerate(self.nodes)}
         self._created_namespaces: List[str] = []
         self._client_prefix = self.enter("node1", uts=False)
 
-    def enter(self, node: str, *, uts: bool = True) -> List[str]:
+    def enter(self, node: str, *, uts: bool = True, hosts: Optional[str] = None) -> List[str]:
         """The command prefix that runs a command in ``node``'s network namespace (``uts``: also
-        with its host name and /etc/hosts, in namespaces of its own)."""
+        with its host name and /etc/hosts, in namespaces of its own).
+
+        Args:
+            node: ``node1`` or ``node2``.
+            uts: also enter a UTS and a mount namespace of its own, with the node's host name and
+                an /etc/hosts naming both nodes.
+            hosts: a file to use as /etc/hosts there instead of the cluster's.
+        """
         prefix = ["nsenter", f"--net=/var/run/netns/{self.namespaces[node]}"]
         if not uts:
             return prefix
-        hosts = self._path("hosts")
+        hosts = hosts or self._path("hosts")
         setup = f"hostname {node} && mount --bind {hosts} /etc/hosts && exec \"$@\""
         return prefix + ["unshare", "--uts", "--mount", "sh", "-c", setup, node]
 
@@ -252,17 +260,44 @@ class TwoNodeSlurmCluster(SlurmCluster):
             _ip("netns", "add", self.namespaces[node])
             self._created_namespaces.append(self.namespaces[node])
         first, second = self.nodes
-        _ip("link", "add", self._links[first], "netns", self.namespaces[first], "type", "veth",
-            "peer", "name", self._links[second], "netns", self.namespaces[second])
+        _ip("link", "add", self.links[first], "netns", self.namespaces[first], "type", "veth",
+            "peer", "name", self.links[second], "netns", self.namespaces[second])
         for node in self.nodes:
             namespace = self.namespaces[node]
-            _ip("-n", namespace, "addr", "add", f"{self.addresses[node]}/24", "dev", self._links[node])
-            _ip("-n", namespace, "link", "set", self._links[node], "up")
+            _ip("-n", namespace, "addr", "add", f"{self.addresses[node]}/24", "dev", self.links[node])
+            _ip("-n", namespace, "link", "set", self.links[node], "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
         self._start([*self.enter("node1"), "sh", "-c", f"slurmctld -f {self.conf} && slurmd -N node1 -f {self.conf}"],
                     self._path("slurmctld.pid"), self._path("slurmd-node1.pid"), name="slurm on node1")
         self._start([*self.enter("node2"), "slurmd", "-N", "node2", "-f", self.conf],
                     self._path("slurmd-node2.pid"), name="slurmd on node2")
+
+    @contextlib.contextmanager
+    def second_interfaces(self, addresses: Dict[str, str]) -> Iterator[Dict[str, str]]:
+        """Give each node a second interface that does not reach the other node, as a management
+        network of its own: one end of a veth pair whose other end stays in the same node, with
+        ``addresses[node]``/24. With a subnet per node, no node has a route to the other's.
+        Removed at the end.
+
+        Args:
+            addresses: node -> its address on the second interface (private, in a subnet of its own).
+
+        Yields:
+            node -> the name of its second interface.
+        """
+        names = {node: f"{self._tag}m{i + 1}" for i, node in enumerate(self.nodes)}
+        try:
+            for node, name in names.items():
+                namespace = self.namespaces[node]
+                _ip("-n", namespace, "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+                _ip("-n", namespace, "addr", "add", f"{addresses[node]}/24", "dev", name)
+                for link in (name, f"{name}p"):
+                    _ip("-n", namespace, "link", "set", link, "up")
+            yield names
+        finally:
+            for node, name in names.items():  # deleting one end deletes the pair
+                subprocess.run(["ip", "-n", self.namespaces[node], "link", "del", name],
+                               capture_output=True, timeout=30)
 
     def processes_on(self, node: str) -> List[int]:
         """The ids of the processes running in ``node``'s network namespace."""

@@ -3,7 +3,9 @@
 2 tasks per node on the CPU (gloo): the job trains as 4 processes on one machine would, a lost
 node ends it within a minute, a hung node within the watchdog time (then it requeues and resumes),
 the time-limit signal stops all 4 processes together and the job resumes on both nodes.
-In the same namespaces without SLURM: two --num-machines launchers, and torchrun's c10d rendezvous.
+In the same namespaces without SLURM: two --num-machines launchers, torchrun's c10d rendezvous,
+and nodes whose own names resolve to a second interface that the other node cannot reach
+(GLOO_SOCKET_IFNAME).
 """
 
 import os
@@ -26,6 +28,14 @@ from train_net_runner import FAST_OVERRIDES, TRAIN_NET, dataset_args, read_metri
 FOUR_PROCESSES = ("dataloader.train.total_batch_size=4",)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TEST_WATCHDOG_S = 20  # well above an iteration (about 3 s for 4 processes on 2 busy cores) plus a save
+# A second network on each node, as a management network: a subnet per node, so that neither node
+# has a route to the other's address there.
+MANAGEMENT_ADDRESSES = {"node1": "10.213.8.1", "node2": "10.213.9.2"}
+# What a training process does first: join the gloo process group (world size 2, one per node)
+# and meet the other process in it.
+JOIN_GLOO = ("import datetime, sys, torch.distributed as dist; dist.init_process_group('gloo', "
+             "init_method=sys.argv[1], rank=int(sys.argv[2]), world_size=2, timeout=datetime.timedelta(seconds=120)); "
+             "dist.barrier()")
 
 
 def _losses(out):
@@ -165,14 +175,16 @@ def test_a_hung_node_ends_the_job_within_the_watchdog_time_with_stacks_then_it_r
 
 class _OnNodes:
     """One command per node, started in that node's namespaces (outside SLURM), as a user starts a
-    launcher on each machine; stderr of each kept in a file."""
+    launcher on each machine; stderr of each kept in a file. ``hosts``: node -> the /etc/hosts it
+    sees instead of the cluster's; ``env``: node -> variables set there."""
 
-    def __init__(self, cluster, commands):
+    def __init__(self, cluster, commands, *, hosts=None, env=None):
+        hosts, env = hosts or {}, env or {}
         self.stderr = {node: tempfile.TemporaryFile(mode="w+") for node in commands}
         self.processes = {
-            node: subprocess.Popen([*cluster.enter(node), *command], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=self.stderr[node], text=True,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD))
+            node: subprocess.Popen([*cluster.enter(node, hosts=hosts.get(node)), *command], cwd=REPO_ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=self.stderr[node], text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD, **env.get(node, {})))
             for node, command in commands.items()
         }
 
@@ -194,9 +206,9 @@ class _OnNodes:
         return texts
 
 
-def _train_args(tiny_shapes, out, max_iter):
+def _train_args(tiny_shapes, out, max_iter, batch=FOUR_PROCESSES):
     return ["--config-file", shapes_config("faster_rcnn"), *dataset_args(tiny_shapes), *FAST_OVERRIDES,
-            *FOUR_PROCESSES, f"train.max_iter={max_iter}", "train.eval_period=0", "train.checkpointer.period=1",
+            *batch, f"train.max_iter={max_iter}", "train.eval_period=0", "train.checkpointer.period=1",
             f"train.output_dir={out}"]
 
 
@@ -271,3 +283,51 @@ def test_the_time_limit_signal_on_two_nodes_stops_all_four_together_then_resumes
         with open(log) as f:
             assert (f"SLURM job {job.id}, restart 1: process {rank} of 4 (local {rank % 2} of 2) on "
                     f"node{rank // 2 + 1}") in f.read()
+
+
+
+@pytest.mark.slow
+def test_a_node_named_on_an_interface_the_other_node_cannot_reach_trains_with_gloo_socket_ifname(
+    slurm_two_nodes, tiny_shapes, tmp_path
+):
+    cluster = slurm_two_nodes
+    hosts = {}
+    for node, other in zip(cluster.nodes, reversed(cluster.nodes)):
+        # Each node's own name resolves to its management address; the other node's name to the
+        # address it reaches (the rendezvous at node1 works from node2).
+        hosts[node] = str(tmp_path / f"hosts-{node}")
+        with open(hosts[node], "w") as f:
+            f.write(f"127.0.0.1 localhost\n{MANAGEMENT_ADDRESSES[node]} {node}\n{cluster.addresses[other]} {other}\n")
+    with cluster.second_interfaces(MANAGEMENT_ADDRESSES):
+        # Without the setting gloo takes the address of the node's own name. Of two processes the
+        # one with the greater address connects: node2, to node1's management address, which it
+        # has no route to; it fails at once, and node1 would wait for it until the timeout.
+        started = time.time()
+        url = f"tcp://node1:{29300 + os.getpid() % 50}"
+        joins = _OnNodes(cluster, {node: [sys.executable, "-c", JOIN_GLOO, url, str(rank)]
+                                   for rank, node in enumerate(cluster.nodes)}, hosts=hosts)
+        try:
+            code = joins.processes["node2"].wait(timeout=90)
+            waiting = joins.processes["node1"].poll() is None
+        finally:
+            for process in joins.processes.values():
+                process.kill()
+                process.wait()
+        failed_after, stderr = time.time() - started, joins.err()
+        assert code != 0 and "Network is unreachable" in stderr["node2"], stderr
+        assert waiting and failed_after < 60, (failed_after, stderr)
+
+        # The documented setting: GLOO_SOCKET_IFNAME names the interface that reaches the other node.
+        out = str(tmp_path / "socket_ifname")
+        url = f"tcp://node1:{29350 + os.getpid() % 50}"
+        launchers = _OnNodes(cluster, {
+            node: [sys.executable, TRAIN_NET, "--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank),
+                   "--dist-url", url, *_train_args(tiny_shapes, out, max_iter=2, batch=())]
+            for rank, node in enumerate(cluster.nodes)
+        }, hosts=hosts, env={node: {"GLOO_SOCKET_IFNAME": cluster.links[node]} for node in cluster.nodes})
+        codes, stderr = launchers.wait(timeout=300), launchers.err()
+    assert codes == {"node1": 0, "node2": 0}, stderr
+    for rank, log in enumerate(["log.txt", "log.txt.rank1"]):
+        with open(os.path.join(out, log)) as f:
+            assert f"process {rank} of 2 (local 0 of 1) on node{rank + 1}" in f.read()
+    assert _checkpoint_iteration(out) == 1
