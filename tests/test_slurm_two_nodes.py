@@ -118,9 +118,12 @@ def test_a_lost_node_ends_the_job_within_a_minute_and_a_new_submission_resumes(s
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0", info
     # No traceback but Detectron2's log of the exception that ended its loop, and one line per process.
     assert lost.text().count("Traceback") == lost.text().count("Exception during training:"), lost.text()[-3000:]
+    # Each process names the peer whose connection closed first: node2's, or a process of node1
+    # that ended before it (which one varies from run to run).
     assert lost.run_lines() and all(
-        "error: another training process of the job ended" in line and "[10.213.7.2]" in line
+        "error: another training process of the job ended" in line and "[10.213.7." in line
         for line in lost.run_lines()), lost.run_lines()
+    assert any("[10.213.7.2]" in line for line in lost.run_lines()), lost.run_lines()
     saved = _checkpoint_iteration(lost.out)
     assert saved >= 2
 
