@@ -629,13 +629,17 @@ def _fmt_ratio(metric: Dict) -> str:
     return format_ratio({"median": metric["ratio"], "q1": metric["ratio_q1"], "q3": metric["ratio_q3"]})
 
 
+def _run_description(report: Dict):
+    """``(settings, machine, where it ran, (height, width))`` of a report, for the table headers."""
+    settings, machine = report["settings"], report["machine"]
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
+    return settings, machine, where, tuple(settings["image_size"])
+
+
 def format_precision_table(report: Dict) -> str:
     """The markdown table of a ``--precision`` run: each figure in float32 and in the precision."""
-    settings = report["settings"]
-    machine = report["machine"]
+    settings, machine, where, (height, width) = _run_description(report)
     low = settings["precision"]
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
-    height, width = settings["image_size"]
     lines = [
         f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {height}x{width}; batch 1 "
         f"for inference, {settings['train_batch_size']} for training; the RSB model in float32 and in {low} "
@@ -666,9 +670,7 @@ def format_table(report: Dict) -> str:
     settings = report["settings"]
     if settings.get("precision"):
         return format_precision_table(report)
-    machine = report["machine"]
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
-    height, width = settings["image_size"]
+    _, machine, where, (height, width) = _run_description(report)
     lines = [
         f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {height}x{width}; "
         f"batch 1{' and ' + str(settings['batch_size']) if settings.get('throughput', True) else ''} for inference"
