@@ -21,6 +21,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 import rsb_backbone.data.datasets.shapes as shapes
 from rsb_backbone.data import (
+    check_registered_sets,
     EvaluationDatasetMapper,
     SkippingDatasetMapper,
     load_coco_instances_checked,
@@ -30,6 +31,7 @@ from rsb_backbone.data import (
     register_coco_instances_checked,
 )
 from rsb_backbone.data.datasets.shapes import ensure_shapes_dataset, generate_shapes_dataset
+from rsb_backbone.data import coco_registration
 from rsb_backbone.data.coco_registration import _read_coco
 from rsb_backbone.data.mapper import MAX_IMAGE_PIXELS_VARIABLE, UnreadableImageError
 from rsb_backbone.data.datasets.builtin import (
@@ -284,9 +286,10 @@ def test_register_sets_metadata_and_loads(tmp_path):
     meta = MetadataCatalog.get(name)
     assert meta.thing_classes == ["ant", "zebra"]  # ordered by category id
     assert meta.thing_dataset_id_to_contiguous_id == {5: 0, 9: 1}
-    assert (meta.json_file, meta.image_root, meta.evaluator_type) == (json_file, image_root, "coco")
+    assert (meta.image_root, meta.evaluator_type) == (image_root, "coco")
     assert len(MetadataCatalog.get(name).thing_classes) == 2
     (record,) = DatasetCatalog.get(name)
+    assert meta.json_file == json_file  # for COCOEvaluator, set by the first load (the file is complete)
     assert [a["category_id"] for a in record["annotations"]] == [1, 0]
     assert record["file_name"] == os.path.join(image_root, "1.jpg")
 
@@ -338,13 +341,53 @@ def test_registered_set_parses_once_per_load_and_checks_files_once(tmp_path, mon
     monkeypatch.setattr(json, "load", lambda f, **kw: parses.append(f.name) or json_load(f, **kw))
     name = _unique_name("test_cached")
     register_coco_instances_checked(name, json_file, image_root)
+    assert parses == []  # registration reads the categories only, and holds nothing
+    assert MetadataCatalog.get(name).thing_classes == ["cat", "dog"]
+    assert "json_annotation_count" not in MetadataCatalog.get(name).as_dict()
     assert [r["image_id"] for r in DatasetCatalog.get(name)] == [1, 2]
-    assert parses == [json_file]  # the first load reuses the registration's parse
+    assert parses == [json_file]  # one parse per load
+    meta = MetadataCatalog.get(name)  # completed by the first load
+    assert (meta.json_annotation_count, meta.json_has_masks, meta.json_file) == (1, True, json_file)
     os.remove(os.path.join(image_root, "1.jpg"))  # later loads (evaluations) do not stat again
     _, second = DatasetCatalog.get(name)
     assert second["annotations"][0]["bbox"] == [2, 2, 10, 10] and parses == [json_file] * 2
-    with pytest.raises(ValueError, match="image id 1"):  # a direct load checks the files
-        load_coco_instances_checked(json_file, image_root)
+    check_registered_sets([name, "rsb_shapes_val"])  # loaded already: no third parse
+    assert parses == [json_file] * 2
+
+
+def test_registration_reads_the_top_level_categories_without_parsing(tmp_path, monkeypatch):
+    categories = [{"id": 4, "name": "dog", "supercategory": "animal"}, {"id": 2, "name": "cat"}]
+    # Pretty-printed, "categories" first, the text "categories" also as a value and inside an image's
+    # file name: the scan decodes only a list that follows the key.
+    dataset = {
+        "categories": categories,
+        "info": {"description": '"categories" in a string'},
+        "images": [{"id": 1, "file_name": "categories.jpg", "height": 32, "width": 32}],
+        "annotations": [{**_annotation(1), "category_id": 2, "segmentation": []}],
+    }
+    json_file = tmp_path / "pretty.json"
+    json_file.write_text(json.dumps(dataset, indent=2))
+    (tmp_path / "categories.jpg").write_bytes(b"")
+    monkeypatch.setattr(coco_registration, "_SCAN_CHUNK", 64)  # keys across chunk borders
+    assert coco_registration._scan_coco_file(str(json_file)) == (categories, True)
+    name = _unique_name("test_scan")
+    register_coco_instances_checked(name, str(json_file), str(tmp_path))
+    assert MetadataCatalog.get(name).thing_classes == ["cat", "dog"]
+    # A second "categories" list of the same shape (nested): ambiguous, so the file is parsed now.
+    dataset["info"]["categories"] = [{"id": 1, "name": "other"}]
+    json_file.write_text(json.dumps(dataset))
+    assert coco_registration._scan_coco_file(str(json_file))[0] is None
+    parses = []
+    json_load = json.load
+    monkeypatch.setattr(json, "load", lambda f, **kw: parses.append(f.name) or json_load(f, **kw))
+    other = _unique_name("test_scan_nested")
+    register_coco_instances_checked(other, str(json_file), str(tmp_path))
+    assert parses == [str(json_file)] and MetadataCatalog.get(other).thing_classes == ["cat", "dog"]
+    # No "segmentation" anywhere: known to have no masks at registration.
+    boxes = {**dataset, "annotations": [{k: v for k, v in _annotation(1).items() if k != "segmentation"}]}
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps(boxes))
+    assert coco_registration._scan_coco_file(str(boxes_file))[1] is False
 
 
 @pytest.mark.parametrize(
@@ -432,8 +475,12 @@ def test_unknown_category_id(tmp_path):
     message = str(info.value)
     assert message.startswith(json_file) and "annotation id 77" in message
     assert "category_id 3" in message
-    with pytest.raises(ValueError, match="annotation id 77"):  # already at registration
-        register_coco_instances_checked(_unique_name("test_unknown"), json_file, image_root)
+    name = _unique_name("test_unknown")
+    register_coco_instances_checked(name, json_file, image_root)  # the annotations are checked at load
+    with pytest.raises(ValueError, match="annotation id 77"):
+        DatasetCatalog.get(name)
+    with pytest.raises(ValueError, match="annotation id 77"):  # e.g. the evaluation set, before training
+        check_registered_sets([name])
 
 
 def test_images_without_annotations_are_kept(tmp_path, caplog):

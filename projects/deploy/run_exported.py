@@ -88,9 +88,10 @@ def evaluate(detector: ExportedDetector, dataset: str, output_dir: str) -> dict:
     if dataset not in DatasetCatalog.list():
         raise ValueError(f"--eval {dataset}: not registered; add --register-coco {dataset}=JSON:IMAGE_DIR")
     tasks = ("bbox", "segm") if detector.has_masks else ("bbox",)
+    records = DatasetCatalog.get(dataset)  # before the evaluator, which reads the metadata this load completes
     evaluator = RoiMaskCOCOEvaluator(dataset, tasks=tasks, distributed=False, output_dir=output_dir)
     evaluator.reset()
-    for record in tqdm(DatasetCatalog.get(dataset), desc=dataset, unit="image"):
+    for record in tqdm(records, desc=dataset, unit="image"):
         outputs = detector(read_image(record["file_name"], format="BGR"))
         evaluator.process([record], [outputs])
     results = dict(evaluator.evaluate())

@@ -3,6 +3,7 @@ this registers the shapes demo's ``rsb_shapes_train``/``rsb_shapes_val`` (genera
 as importing ``detectron2.data`` registers Detectron2's builtin sets."""
 
 from .coco_registration import (
+    check_registered_sets,
     load_coco_instances_checked,
     nothing_to_train_on,
     parse_register_coco_arg,
@@ -15,6 +16,7 @@ from .mapper import EvaluationDatasetMapper, SkippingDatasetMapper
 __all__ = [
     "SkippingDatasetMapper",
     "EvaluationDatasetMapper",
+    "check_registered_sets",
     "load_coco_instances_checked",
     "nothing_to_train_on",
     "parse_register_coco_arg",

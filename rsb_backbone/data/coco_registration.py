@@ -5,9 +5,12 @@ RLE masks are kept as they are; keypoints are dropped.
 
 import collections
 import contextlib
+import gc
 import io
+import itertools
 import json
 import logging
+import operator
 import os
 from typing import Any, Dict, List, Optional, Tuple
 from unittest import mock
@@ -69,6 +72,37 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
         )
     if not dataset["categories"]:
         raise ValueError(f"{json_file}: 'categories' is empty; expected at least one category")
+    # The checks run as whole-list operations first (a COCO-train-sized file has 860,000 annotations);
+    # only a file that fails one is walked entry by entry, for the first entry at fault.
+    if not _entries_pass(dataset):
+        _check_entries(json_file, dataset)
+    coco = pycocotools.coco.COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
+        coco.createIndex()
+    if not _annotations_pass(dataset["annotations"], coco):
+        _check_annotations(json_file, dataset["annotations"], coco)
+    # How many annotations lack fields that pycocotools' evaluation reads (filled in now).
+    coco.filled_in_counts = _fill_in_optional_fields(dataset, coco.imgs)
+    return coco
+
+
+def _entries_pass(dataset: dict) -> bool:
+    """Whether every entry of the three lists has its required keys, no id appears twice in a list and
+    the category ids are integers (whole-list operations; :func:`_check_entries` names what fails)."""
+    try:
+        for key, required in _REQUIRED_KEYS.items():
+            ids = [values[0] for values in map(operator.itemgetter(*required), dataset[key])]
+            if len(set(ids)) != len(ids):
+                return False
+    except (KeyError, TypeError, IndexError):  # an entry that is not a dict, or lacks a key
+        return False
+    return set(map(type, (c["id"] for c in dataset["categories"]))) == {int}
+
+
+def _check_entries(json_file: str, dataset: dict) -> None:
+    """Raise the one-line error for the first entry without its required keys, the first id that
+    appears twice, or a category id that is not an integer."""
     for key, required in _REQUIRED_KEYS.items():
         seen = set()
         for index, entry in enumerate(dataset[key]):
@@ -79,12 +113,41 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
             seen.add(entry["id"])
     if not all(isinstance(c["id"], int) for c in dataset["categories"]):  # sorted for the mapping
         raise ValueError(f"{json_file}: category ids must be integers")
-    coco = pycocotools.coco.COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
-        coco.createIndex()
-    # Annotations that load_coco_json would drop silently or fail on unclearly.
-    for ann in dataset["annotations"]:
+
+
+_NUMBERS, _SEGMENTATIONS = {int, float}, {list, dict, type(None)}
+
+
+def _annotations_pass(annotations: List[dict], coco: pycocotools.coco.COCO) -> bool:
+    """Whether every annotation refers to a known image and category and has a well-formed box and
+    segmentation (whole-list operations; :func:`_check_annotations` names what fails)."""
+    try:
+        return _annotation_lists_pass(annotations, coco)
+    except TypeError:  # e.g. an unhashable id
+        return False
+
+
+def _annotation_lists_pass(annotations: List[dict], coco: pycocotools.coco.COCO) -> bool:
+    if not set(map(operator.itemgetter("image_id"), annotations)) <= coco.imgs.keys():
+        return False
+    if not set(map(operator.itemgetter("category_id"), annotations)) <= coco.cats.keys():
+        return False
+    boxes = list(map(operator.itemgetter("bbox"), annotations))
+    if not (set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}):
+        return False
+    if not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBERS:
+        return False
+    segmentations = [a.get("segmentation") for a in annotations]
+    if not set(map(type, segmentations)) <= _SEGMENTATIONS:
+        return False
+    polygon_lists = (s for s in segmentations if type(s) is list)
+    return set(map(type, itertools.chain.from_iterable(polygon_lists))) <= {list}
+
+
+def _check_annotations(json_file: str, annotations: List[dict], coco: pycocotools.coco.COCO) -> None:
+    """Raise the one-line error for the first annotation that load_coco_json would drop silently or
+    fail on unclearly: an unknown image or category, a malformed box or segmentation."""
+    for ann in annotations:
         where = f"{json_file}: annotation id {ann['id']}"
         bbox, segm = ann["bbox"], ann.get("segmentation")
         if ann["image_id"] not in coco.imgs:
@@ -98,9 +161,6 @@ def _read_coco(json_file: str) -> pycocotools.coco.COCO:
             raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h]")
         if not (segm is None or isinstance(segm, dict) or all(isinstance(p, list) for p in segm)):
             raise ValueError(f"{where} has a segmentation that is neither polygons nor an RLE dict")
-    # How many annotations lack fields that pycocotools' evaluation reads (filled in now).
-    coco.filled_in_counts = _fill_in_optional_fields(dataset, coco.imgs)
-    return coco
 
 
 def _annotation_area(ann: dict, image: dict) -> float:
@@ -127,7 +187,7 @@ def _fill_in_optional_fields(dataset: dict, images: Dict[Any, dict]) -> Tuple[in
         how many annotations got an ``area``, and how many an ``iscrowd``.
     """
     num_area = num_iscrowd = 0
-    for ann in dataset["annotations"]:
+    for ann in [a for a in dataset["annotations"] if "iscrowd" not in a or "area" not in a]:
         if "iscrowd" not in ann:
             ann["iscrowd"] = 0
             num_iscrowd += 1
@@ -137,14 +197,21 @@ def _fill_in_optional_fields(dataset: dict, images: Dict[Any, dict]) -> Tuple[in
     return num_area, num_iscrowd
 
 
-def _categories(coco: pycocotools.coco.COCO) -> Dict[str, Any]:
-    """``thing_classes`` and ``thing_dataset_id_to_contiguous_id``: load_coco_json's mapping, which it
-    makes only for a named data set and registration needs before any load."""
-    cat_ids = sorted(coco.cats)
+def _categories_metadata(categories: List[dict]) -> Dict[str, Any]:
+    """``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` of a file's ``categories``:
+    load_coco_json's mapping, which it makes only for a named data set and registration needs
+    before any load."""
+    by_id = {c["id"]: c for c in categories}
+    cat_ids = sorted(by_id)
     return dict(
-        thing_classes=[str(coco.cats[i]["name"]) for i in cat_ids],
+        thing_classes=[str(by_id[i]["name"]) for i in cat_ids],
         thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cat_ids)},
     )
+
+
+def _categories(coco: pycocotools.coco.COCO) -> Dict[str, Any]:
+    """:func:`_categories_metadata` of a parsed file."""
+    return _categories_metadata(list(coco.cats.values()))
 
 
 def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
@@ -162,8 +229,7 @@ def _clean_box(obj: dict, width: int, height: int) -> Optional[str]:
 
 
 def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> List[dict]:
-    """Detectron2's ``load_coco_json`` on ``coco`` (default: ``_read_coco(json_file)``), then the cleaning."""
-    coco = coco or _read_coco(json_file)
+    """Detectron2's ``load_coco_json`` on ``coco`` (the parsed file, :func:`_read_coco`), then the cleaning."""
     # load_coco_json looks pycocotools' COCO up when called: given the parsed file, it parses none.
     with mock.patch.object(pycocotools.coco, "COCO", lambda _path: coco):
         try:
@@ -178,25 +244,33 @@ def _load_records(json_file: str, image_root: str, coco, check_files: bool) -> L
             f"{json_file} does not exist{others}"
         )
     # load_coco_json drops polygons of under 3 points, and annotations left without any, silently.
-    loaded = {obj["id"]: obj.get("segmentation") for r in records for obj in r["annotations"]}
-    raw = [a for a in coco.dataset["annotations"] if isinstance(a.get("segmentation"), list)]
-    num_polygons = sum(len(a["segmentation"]) - len(loaded.get(a["id"]) or []) for a in raw)
+    objects = [obj for r in records for obj in r["annotations"]]
+    raw = [a for a in coco.dataset["annotations"] if type(a.get("segmentation")) is list]
+    loaded_polygons = [obj["segmentation"] for obj in objects if type(obj.get("segmentation")) is list]
+    num_polygons = sum(map(len, (a["segmentation"] for a in raw))) - sum(map(len, loaded_polygons))
+    skipped = collections.defaultdict(list)  # reason -> annotation ids
+    if len(loaded_polygons) < len(raw):
+        loaded_ids = {obj["id"] for obj in objects}
+        skipped["no valid polygon"] = [a["id"] for a in raw if a["id"] not in loaded_ids]
     # Detectron2's mapper takes an image's masks when its first annotation has one, and then needs one
     # in every annotation: in a set with masks, those without one are skipped; boxes only stay boxes.
-    mixed = len({segm is None for segm in loaded.values()}) == 2  # some with a mask, some without
-    skipped = collections.defaultdict(list)  # reason -> annotation ids
-    skipped["no valid polygon"] = [a["id"] for a in raw if a["id"] not in loaded]
+    num_with_mask = sum(1 for obj in objects if "segmentation" in obj)
+    mixed = 0 < num_with_mask < len(objects)  # some with a mask, some without
     id_map, num_clipped = _categories(coco)["thing_dataset_id_to_contiguous_id"], 0
     for record in records:
-        kept = []
+        kept, width, height = [], record["width"], record["height"]
         for obj in record["annotations"]:
             ann_id = obj.pop("id")
-            obj.pop("keypoints", None)  # no keypoint metadata is registered to go with them
+            if "keypoints" in obj:
+                del obj["keypoints"]  # no keypoint metadata is registered to go with them
             obj["category_id"] = id_map[obj["category_id"]]
+            x, y, w, h = obj["bbox"]
             if mixed and "segmentation" not in obj:
                 outcome = "no mask in a set with masks"
+            elif w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+                outcome = None  # inside its image: most boxes
             else:
-                outcome = _clean_box(obj, record["width"], record["height"])
+                outcome = _clean_box(obj, width, height)
             if outcome in (None, "clipped"):
                 kept.append(obj)
                 num_clipped += outcome == "clipped"
@@ -238,27 +312,129 @@ def load_coco_instances_checked(json_file: str, image_root: str) -> List[Dict[st
     Returns:
         one dataset dict per image, including images without annotations.
     """
-    return _load_records(json_file, image_root, None, check_files=True)
+    with _garbage_collection_paused():
+        return _load_records(json_file, image_root, _read_coco(json_file), check_files=True)
 
 
-def _registered_loader(json_file: str, image_root: str, coco: pycocotools.coco.COCO):
-    """DatasetCatalog's loader (called at every evaluation): the first call uses ``coco``, later ones
-    parse again rather than keep the dicts in memory; image files are checked until a call succeeds."""
-    state = {"coco": coco}  # the registration's parse serves the first call only
+@contextlib.contextmanager
+def _garbage_collection_paused():
+    """Pause Python's cyclic garbage collector while a file is parsed and loaded: the millions of
+    dicts and lists that a large set's parse creates (none of them in a reference cycle) would
+    otherwise trigger collections that walk all of them again and again, about twice the parse's
+    own time for a COCO-train-sized file."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+_SCAN_CHUNK = 8 << 20  # bytes read at a time when scanning a file for its categories
+
+
+def _scan_coco_file(json_file: str) -> Tuple[Optional[list], bool]:
+    """What registration needs from a COCO instances file without parsing it: its ``categories``
+    list and whether any annotation can have a mask. Reads the file in chunks (little memory) and
+    decodes only the list that follows a ``"categories"`` key.
+
+    Returns:
+        ``(categories, may_have_masks)``: the categories, or None when the file has not exactly one
+        ``"categories"`` list of ``{"id", "name", ...}`` entries (the caller then parses the file, which
+        names what is wrong); whether the text ``"segmentation"`` occurs in the file.
+    """
+    key, mask_key = b'"categories"', b'"segmentation"'
+    positions, may_have_masks, offset, tail = [], False, 0, b""
+    with open(json_file, "rb") as f:
+        while True:
+            chunk = f.read(_SCAN_CHUNK)
+            if not chunk:
+                break
+            window = tail + chunk
+            start = offset - len(tail)
+            found = window.find(key)
+            while found != -1:
+                positions.append(start + found)
+                found = window.find(key, found + 1)
+            may_have_masks = may_have_masks or mask_key in window
+            tail = window[-(len(mask_key) - 1) :]
+            offset += len(chunk)
+        candidates = []
+        for position in sorted(set(positions)):
+            value = _decode_json_list_after(f, position + len(key))
+            if isinstance(value, list) and value and all(isinstance(c, dict) and "id" in c and "name" in c for c in value):
+                candidates.append(value)
+    return (candidates[0] if len(candidates) == 1 else None), may_have_masks
+
+
+def _decode_json_list_after(f, position: int) -> Optional[list]:
+    """The JSON list that follows ``: [`` at ``position`` of the open file ``f``; None if none does."""
+    size = 1 << 16
+    while True:
+        f.seek(position)
+        data = f.read(size)
+        text = data.decode("utf-8", errors="ignore").lstrip()
+        if not text.startswith(":"):
+            return None
+        text = text[1:].lstrip()
+        if not text.startswith("["):
+            return None
+        try:
+            return json.JSONDecoder().raw_decode(text)[0]
+        except json.JSONDecodeError:
+            if len(data) < size:  # the whole rest of the file, and still no complete list
+                return None
+            size *= 4
+
+
+def _registered_loader(name: str, json_file: str, image_root: str):
+    """DatasetCatalog's loader of a registered set (called at every load: the training set once per
+    training process, the evaluation sets at every evaluation): parses and checks the file, and at
+    the first load completes the set's metadata; image files are checked until a load succeeds."""
+    state = {}
 
     def load() -> List[Dict[str, Any]]:
-        records = _load_records(json_file, image_root, state.pop("coco", None), "checked" not in state)
+        with _garbage_collection_paused():
+            coco = _read_coco(json_file)
+            records = _load_records(json_file, image_root, coco, "checked" not in state)
+        if "checked" not in state:
+            _complete_metadata(name, json_file, coco)
         state["checked"] = True
         return records
 
     return load
 
 
+def _complete_metadata(name: str, json_file: str, coco: pycocotools.coco.COCO) -> None:
+    """Set what the first load of a registered set knows: its annotation count, whether it has masks,
+    and ``json_file`` for COCOEvaluator when the file has every field its evaluation reads."""
+    meta = MetadataCatalog.get(name)
+    if _categories(coco)["thing_classes"] != meta.thing_classes:
+        raise ValueError(
+            f"{json_file}: its 'categories' {first_items(_categories(coco)['thing_classes'])} differ from "
+            f"those read at registration {first_items(meta.thing_classes)}; register the file again"
+        )
+    annotations = coco.dataset["annotations"]
+    facts = {"json_annotation_count": len(annotations)}
+    if annotations:
+        facts["json_has_masks"] = any(a.get("segmentation") for a in annotations)
+    # COCOEvaluator reads the ground truth from "json_file" when a set has one; for a file whose
+    # annotations lack fields that its evaluation needs, it builds the ground truth from the loaded set.
+    if not any(coco.filled_in_counts):
+        facts["json_file"] = json_file
+    meta.set(**{k: v for k, v in facts.items() if k not in meta.as_dict()})
+
+
 def register_coco_instances_checked(name: str, json_file: str, image_root: str) -> None:
     """Register a COCO-format instance data set in Detectron2's catalogs, checked.
 
-    The JSON file, its entries and the image folder are checked now, the image files at the first
-    ``DatasetCatalog.get(name)``. Registering the same name again with the same files does nothing.
+    Registration reads only the file's categories (for the class names) and checks the paths; it
+    parses nothing and holds nothing. Each load (``DatasetCatalog.get(name)``) parses and checks the
+    file; the first also checks the image files and completes the metadata (``json_file`` for
+    COCOEvaluator, ``json_has_masks``, ``json_annotation_count``). A file whose categories cannot be
+    read that way is parsed and checked at once, so that its error comes now. Registering the same
+    name again with the same files does nothing.
 
     Args:
         name: data set name for ``cfg.DATASETS.TRAIN``/``TEST``.
@@ -275,27 +451,40 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
             f"data set name {name!r} is already registered (json_file={registered!r}); "
             f"choose another name"
         )
-    coco = _read_coco(json_file)
+    if not os.path.isfile(json_file):
+        raise ValueError(f"{json_file}: COCO json file does not exist")
+    try:
+        categories, may_have_masks = _scan_coco_file(json_file)
+    except OSError as e:
+        raise ValueError(f"{json_file}: cannot read the COCO json file ({e.strerror})") from e
+    if categories is None or not all(isinstance(c["id"], int) for c in categories):
+        categories = _read_coco(json_file).dataset["categories"]  # raises the one-line error
     if not os.path.isdir(image_root):
         raise ValueError(f"{image_root}: image folder of {json_file} does not exist")
-    DatasetCatalog.register(name, _registered_loader(json_file, image_root, coco))
-    # COCOEvaluator reads the ground truth from "json_file" when a set has one; for a file whose
-    # annotations lack fields that its evaluation needs, it builds the ground truth from the loaded set.
-    complete = {} if any(coco.filled_in_counts) else {"json_file": json_file}
+    DatasetCatalog.register(name, _registered_loader(name, json_file, image_root))
     meta = MetadataCatalog.get(name).set(
-        **_categories(coco),
-        **complete,
+        **_categories_metadata(categories),
         registered_json_file=json_file,
         image_root=image_root,
-        json_annotation_count=len(coco.dataset["annotations"]),
-        json_has_masks=(
-            any(a.get("segmentation") for a in coco.dataset["annotations"])
-            if coco.dataset["annotations"]
-            else None
-        ),
+        evaluator_type="coco",
     )
-    meta.evaluator_type = "coco"
+    if not may_have_masks:
+        meta.json_has_masks = False
     logger.info("Registered %r: %d classes, %s, %s", name, len(meta.thing_classes), json_file, image_root)
+
+
+def check_registered_sets(names) -> None:
+    """Load once each set among ``names`` registered by :func:`register_coco_instances_checked` that
+    no load has checked yet, so that its errors come now (before training, or before an evaluator is
+    built) and its metadata is complete (``json_file`` for COCOEvaluator, ``json_has_masks``).
+
+    Args:
+        names: data set names (a name or a list); others are left alone.
+    """
+    for name in [names] if isinstance(names, str) else list(names):
+        meta = MetadataCatalog.get(name).as_dict()
+        if "registered_json_file" in meta and "json_annotation_count" not in meta:
+            DatasetCatalog.get(name)
 
 
 def register_coco_from_arg(value: str) -> str:

@@ -86,6 +86,9 @@ class MMDetDatasetMapper(SkippingDatasetMapper):
         self.rasterize_polygons_at_original_size = rasterize_polygons_at_original_size
 
     def _transform_annotations(self, dataset_dict: Dict[str, Any], transforms, image_shape) -> None:
+        # A private method of Detectron2's DatasetMapper (its __call__ calls it with the annotations
+        # before any transform, and no public hook sees them there); overridden to change the
+        # annotations first, then handed back to it unchanged.
         # check_image_size has set (or checked) height and width: the original image's size
         height, width = dataset_dict["height"], dataset_dict["width"]
         annotations = dataset_dict["annotations"]

@@ -18,7 +18,8 @@ from detectron2.utils.events import EventWriter, JSONWriter
 
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer, load_detector_checkpoint
 from ..checkpoint.model_metadata import ModelMetadataState, training_model_metadata
-from ..data.coco_registration import nothing_to_train_on
+from ..config import check_masks_for_mask_models, dataset_names
+from ..data.coco_registration import check_registered_sets, nothing_to_train_on
 from ..utils.errors import OutputWriteError
 from ..utils.file_io import atomic_write_bytes, remove_stale_temporary_files
 from ..utils.mixed_precision import autocast, in_precision, training_precision
@@ -230,6 +231,11 @@ def do_train(cfg, *, resume: bool, requeue: Optional[SlurmRequeue] = None) -> No
             train_loader = ignore_stop_signals_in_workers(instantiate(cfg.dataloader.train))
         except AssertionError as e:  # Detectron2's check that the training set is not empty
             raise nothing_to_train_on(e, cfg.dataloader.train.dataset.names) or e
+        # Registered sets are parsed and checked at their first load: the training set's was just
+        # now; the evaluation sets' comes before training too, so that their errors do.
+        if "test" in cfg.dataloader:
+            check_registered_sets(dataset_names(cfg.dataloader.test.dataset.names))
+        check_masks_for_mask_models(cfg, training=True)  # the loads above know which sets have masks
 
         precision = training_precision(cfg.train)
         model = wrap_ddp(model, **cfg.train.ddp)

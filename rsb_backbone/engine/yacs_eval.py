@@ -10,6 +10,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 
 from ..config import load_yacs_config, resolve_device, sync_num_classes
+from ..data.coco_registration import check_registered_sets
 from ..utils.mixed_precision import in_precision, resolve_precision
 from .outcomes import user_input_stage
 from .training import load_eval_checkpoint, write_eval_results
@@ -53,6 +54,7 @@ def evaluate_yacs(cfg: CfgNode, *, resume: bool) -> Dict[str, Any]:
     with user_input_stage():
         model = build_model(cfg).eval()
         load_eval_checkpoint(model, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, resume=resume, key="MODEL.WEIGHTS")
+        check_registered_sets(cfg.DATASETS.TEST)  # before the evaluators read their metadata
     evaluators = [
         COCOEvaluator(name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
         for name in cfg.DATASETS.TEST
