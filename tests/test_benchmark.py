@@ -335,3 +335,42 @@ def test_the_benchmarks_name_a_missing_trained_file(tmp_path, capsys):
             script.main(["--detectors", "--trained", "x", missing, missing])
         assert exit_info.value.code == 2
         assert f"{missing}: no such file" in capsys.readouterr().err
+
+
+registration_benchmark = importlib.import_module("registration_benchmark")  # projects/benchmark
+
+
+def _registration_summary(time_ratio, peak_ratio, held_mib):
+    samples = {
+        "detectron2": [{"registration_s": 0.0, "to_serialised_s": 10.0, "held_after_registration_mib": 0.0,
+                        "peak_mib": 1000.0, "peak_over_start_mib": 500.0}],
+        "checked": [{"registration_s": 0.1, "to_serialised_s": 10.0 * time_ratio, "held_after_registration_mib": held_mib,
+                     "peak_mib": 1000.0 * peak_ratio, "peak_over_start_mib": 500.0 * peak_ratio}],
+    }
+    return registration_benchmark.summarize(samples)
+
+
+def test_registration_benchmark_fails_on_each_figure_outside_its_target():
+    assert registration_benchmark.failed_checks(_registration_summary(1.19, 1.0, 8.0)) == []
+    (slow,) = registration_benchmark.failed_checks(_registration_summary(1.25, 1.0, 8.0))
+    assert slow.startswith("to_serialised_s: checked / Detectron2 = 1.25")
+    (large,) = registration_benchmark.failed_checks(_registration_summary(1.0, 1.3, 8.0))
+    assert large.startswith("peak_mib: checked / Detectron2 = 1.3")
+    (held,) = registration_benchmark.failed_checks(_registration_summary(1.0, 1.0, 2400.0))
+    assert held.startswith("held_after_registration_mib: 2400 MiB")
+
+
+def test_registration_benchmark_command_prints_both_columns(tmp_path):
+    """A small file of the same make: both loaders load the same training images; exit 0 or 1 by the checks."""
+    command = [sys.executable, os.path.join(BENCHMARK_DIR, "registration_benchmark.py"), "--data-dir", str(tmp_path / "data"),
+               "--images", "300", "--annotations", "2000", "--categories", "5", "--rounds", "1", "--json", str(tmp_path / "r.json")]
+    result = subprocess.run(command + ["--no-check"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| time to the serialised training set (s) |" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    (plain,), (checked,) = report["samples"]["detectron2"], report["samples"]["checked"]
+    assert plain["training_images"] == checked["training_images"] > 250  # images with annotations
+    with open(tmp_path / "data" / "instances.json") as f:
+        data = json.load(f)
+    assert (len(data["images"]), len(data["annotations"]), len(data["categories"])) == (300, 2000, 5)
+    assert len(os.listdir(tmp_path / "data" / "images")) == 300
