@@ -251,6 +251,12 @@ def test_an_export_with_masks_pasted_in_the_graph_still_runs(tmp_path):
         assert result["bbox"] == [2.0, 3.0, 18.0, 27.0] and result["segmentation"]["size"] == [40, 50]
     with pytest.raises(ValueError, match="mask_format='rle': expected one of"):
         ExportedDetector(str(tmp_path), mask_format="rle")
+    # Its threads apply to its calls only: the process's torch threads are left as they were.
+    threads = torch.get_num_threads()
+    detector = ExportedDetector(str(tmp_path), num_threads=threads + 1)
+    assert torch.get_num_threads() == threads
+    detector(np.zeros((40, 50, 3), dtype=np.uint8))
+    assert torch.get_num_threads() == threads
 
 
 class _ClassNMS(torch.nn.Module):

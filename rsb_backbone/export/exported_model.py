@@ -1,5 +1,6 @@
 """Running an exported detector (TorchScript or ONNX Runtime) like a predictor."""
 
+import contextlib
 import json
 import os
 from typing import Any, Dict, Optional
@@ -33,8 +34,9 @@ class ExportedDetector:
 
     Args:
         model_dir: the export folder (or its ``model.json``).
-        num_threads: intra-op threads (ONNX Runtime session, or torch for TorchScript); None
-            leaves the runtime's default.
+        num_threads: intra-op threads (ONNX Runtime session, or torch for TorchScript: set for
+            the duration of each call and restored after it, since torch's are the process's);
+            None leaves the runtime's default.
         mask_format: "bitmask": ``pred_masks`` are bool (N, H, W) image masks; "roi": they stay
             Detectron2 ``ROIMasks`` of (N, M, M) probabilities (no image-sized array;
             :func:`~rsb_backbone.inference.instances_to_coco_results` encodes them one at a time).
@@ -77,9 +79,8 @@ class ExportedDetector:
                 self.model_path, options, providers=["CPUExecutionProvider"]
             )
         else:
-            if num_threads:
-                torch.set_num_threads(num_threads)
             self._module = torch.jit.load(self.model_path, map_location="cpu").eval()
+        self.num_threads = num_threads
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
         image, height, width = self.preprocess(original_image)
@@ -87,7 +88,7 @@ class ExportedDetector:
             feeds = {"image": image.numpy(), "height": height.numpy(), "width": width.numpy()}
             outputs = dict(zip(self.output_names, self._session.run(self.output_names, feeds)))
         else:
-            with torch.no_grad():
+            with torch.no_grad(), _torch_threads(self.num_threads):
                 outputs = dict(zip(self.output_names, self._module(image, height, width)))
         instances = Instances((int(height), int(width)))
         instances.pred_boxes = Boxes(torch.as_tensor(outputs["boxes"]))
@@ -110,3 +111,16 @@ class ExportedDetector:
     def has_masks(self) -> bool:
         """Whether the model predicts masks."""
         return "mask_probs" in self.output_names or "masks" in self.output_names
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: Optional[int]):
+    """torch's intra-op threads set to ``num_threads`` (None: unchanged) inside the block only."""
+    previous = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if num_threads:
+            torch.set_num_threads(previous)
