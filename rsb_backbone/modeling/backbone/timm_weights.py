@@ -8,6 +8,7 @@ their strict load reports a misfit as a many-line list.
 
 import logging
 import os
+import re
 from typing import Dict, List, Union
 from urllib.parse import urlparse
 
@@ -21,12 +22,15 @@ logger = logging.getLogger(__name__)
 
 _WEIGHT_FILE_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl")
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # tried in order, as timm does
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's name-<sha256 prefix>.ext
 
 
 def _download_from_hub(name: str) -> str:
+    """The local copy of a timm pretrained name's hub file, fetched by ``huggingface_hub`` into its
+    cache (``HF_HUB_CACHE``) as timm itself does."""
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     from timm.models import get_pretrained_cfg, list_pretrained
-    from timm.models._hub import download_from_hf
 
     try:
         hf_hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
@@ -37,9 +41,10 @@ def _download_from_hub(name: str) -> str:
             f"weights={name!r} is neither an existing file nor a timm pretrained name with hub "
             f"weights (e.g. {', '.join(list_pretrained('resnet50.*'))})"
         )
+    repo_id, _, revision = hf_hub_id.partition("@")  # timm's "repo@revision" form
     for filename in _HUB_FILENAMES:
         try:
-            return download_from_hf(hf_hub_id, filename)
+            return hf_hub_download(repo_id, filename, revision=revision or None)
         except Exception as e:
             if isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
                 continue  # the repository has no file of that name
@@ -51,19 +56,30 @@ def _download_from_hub(name: str) -> str:
     raise WeightFileError(f"weights={name!r}: {hf_hub_id} has none of {', '.join(_HUB_FILENAMES)}")
 
 
+def _download_address(url: str) -> str:
+    """The local copy of a weight file's address, in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``),
+    downloaded once; a file named ``name-<hex>.ext`` is checked against that sha256 prefix, as
+    torch.hub and timm check such names."""
+    filename = os.path.basename(urlparse(url).path)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    if os.path.isfile(cached):
+        return cached
+    match = _HASH_IN_NAME.search(filename)
+    try:  # download_url_to_file writes a temporary file and renames it: no half-written copy
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, hash_prefix=match.group(1) if match else None)
+    except Exception as e:  # no network, HTTP errors, hash mismatch
+        raise WeightFileError(
+            f"weights={url!r}: download failed ({type(e).__name__}: {one_line_summary(e)}); put "
+            f"the file at {cached} or pass a local file"
+        ) from e
+    return cached
+
+
 def resolve_weights_file(weights: str) -> str:
     """Return a local file path for ``weights`` (a path, an address or a timm pretrained name)."""
     if weights.startswith(("https://", "http://")):
-        from timm.models._hub import download_cached_file, get_cache_dir
-
-        try:  # no-op when cached; else downloads, checking the name's sha256 prefix (name-<hash>.pth)
-            return download_cached_file(weights, check_hash=True)
-        except Exception as e:  # no network, HTTP errors, hash mismatch
-            cached = os.path.join(get_cache_dir(), os.path.basename(urlparse(weights).path))
-            raise WeightFileError(
-                f"weights={weights!r}: download failed ({type(e).__name__}: {one_line_summary(e)}); put "
-                f"the file at {cached} or pass a local file"
-            ) from e
+        return _download_address(weights)
     path = os.path.expanduser(weights)
     if os.path.exists(path) or path.endswith(_WEIGHT_FILE_EXTENSIONS) or os.sep in path or path[:1] == ".":
         if not os.path.isfile(path):
