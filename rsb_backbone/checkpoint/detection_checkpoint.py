@@ -22,6 +22,8 @@ class TensorsOnlyCheckpointer(DetectionCheckpointer):
     """:class:`DetectionCheckpointer` (same arguments) that reads files tensors-only, never arbitrary
     pickles (:func:`~rsb_backbone.checkpoint.tensor_files.load_tensor_file`)."""
 
+    # _load_file is the documented extension point of fvcore's Checkpointer for reading a file
+    # ("Subclasses can override it"), private by name only; DetectionCheckpointer overrides it too.
     def _load_file(self, filename: str) -> Dict[str, Any]:
         loaded = load_tensor_file(filename)
         if not isinstance(loaded, dict):
@@ -35,6 +37,9 @@ class TensorsOnlyCheckpointer(DetectionCheckpointer):
 class AtomicCheckpointer(TensorsOnlyCheckpointer):
     """:class:`DetectionCheckpointer` (same arguments) with atomic saves and tensors-only loading."""
 
+    # fvcore's Checkpointer.save opens the final file name for writing, so a save interrupted by a
+    # kill or a full disk leaves half a checkpoint under it; this is its body (the same data, file
+    # name and log line) with the write made atomic. tag_last_checkpoint likewise.
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -55,6 +60,8 @@ class _CheckedCheckpointer(TensorsOnlyCheckpointer):
     Detectron2's checkpointer only logs these, right for fine-tuning from a backbone, but a predictor
     would silently run with randomly initialized layers."""
 
+    # _load_model is fvcore's documented hook that loads the weights and returns the incompatible
+    # keys (private by name; DetectionCheckpointer overrides it too): they are checked here.
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
         problems = []

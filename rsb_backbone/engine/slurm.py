@@ -41,7 +41,9 @@ def _expand_ranges(hostlist: str, ranges: str) -> List[str]:
 
 
 def expand_hostlist(hostlist: str) -> List[str]:
-    """The host names of a SLURM host list, in SLURM's order.
+    """The host names of a SLURM host list, in SLURM's order (what ``scontrol show hostnames`` prints,
+    without starting a process per training process). python-hostlist does the same but is licensed
+    GPL-2.0-or-later, which this Apache-2.0 package does not take as a dependency.
 
     Args:
         hostlist: as in ``SLURM_JOB_NODELIST``: ``"gpu[01-03,07],cpu1"``, ``"node7"``, or with
