@@ -1,4 +1,6 @@
-"""RSB-Detectron2: timm's "ResNet strikes back" ResNet-50 as a Detectron2 backbone.
+"""RSB-Detectron2: timm's "ResNet strikes back" ResNets (R-50, R-101, R-152) as Detectron2 backbones,
+with mmdetection's four RSB detectors as configs and heads, training and evaluation, TorchScript and
+ONNX export, and mmdetection's released RSB checkpoints by name.
 
 Importing it registers the yacs backbone builders and the mmdetection-faithful heads in
 Detectron2's registries and nothing else: no data sets (``rsb_backbone.data`` registers the shapes
