@@ -14,6 +14,7 @@ through a yacs config of configs/yacs with MODEL.WEIGHTS; your own COCO-format d
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -107,10 +108,15 @@ def setup_config(args):
     return cfg
 
 
+# The config that invoke_main set up, by process id and arguments: a run in one process uses it as
+# it is; each process that the launcher starts sets up its own (its data set catalog is its own).
+_CONFIG_OF_PROCESS = {}
+
+
 def main(args):
     """What each training process runs."""
     with user_input_stage():
-        cfg = setup_config(args)
+        cfg = _CONFIG_OF_PROCESS.pop((os.getpid(), id(args)), None) or setup_config(args)
         default_setup(cfg, args)
     if config_file_kind(args.config_file) == YACS:
         return evaluate_yacs(cfg, resume=args.resume)
@@ -139,7 +145,7 @@ def invoke_main() -> None:
     args.resume = args.resume or bool(job and job.restart_count)
     try:
         with user_input_stage():
-            setup_config(args)  # fail fast, before any worker starts
+            _CONFIG_OF_PROCESS[(os.getpid(), id(args))] = setup_config(args)  # fail fast, before any worker starts
             requeue_signal = parse_signal(args.requeue_signal) if job else None
         outcome = launch_workers(
             main,

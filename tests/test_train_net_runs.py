@@ -147,3 +147,20 @@ def test_starts_under_torchrun(tiny_shapes, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "World size: 2" in result.stdout + result.stderr
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+
+def test_a_one_process_run_sets_its_config_up_once(tiny_shapes, tmp_path, monkeypatch):
+    """invoke_main sets the config up before any worker starts (to fail fast); a run in one process
+    goes on with that config instead of loading, registering and checking everything again."""
+    import train_net
+
+    calls, trained = [], []
+    setup_config = train_net.setup_config
+    monkeypatch.setattr(train_net, "setup_config", lambda args: calls.append(args) or setup_config(args))
+    monkeypatch.setattr(train_net, "do_train", lambda cfg, **kwargs: trained.append(cfg))
+    args = ["--config-file", shapes_config("faster_rcnn"), *dataset_args(tiny_shapes), f"train.output_dir={tmp_path}"]
+    result = train_net_in_process(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(calls) == 1 and len(trained) == 1
+    assert trained[0].train.output_dir == str(tmp_path) and trained[0].model.roi_heads.num_classes == 3
+    assert not train_net._CONFIG_OF_PROCESS  # nothing left for a later run in this process
