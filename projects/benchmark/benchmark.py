@@ -34,7 +34,7 @@ it through ``/proc/self/clear_refs``) plus the weights.
 
 Examples::
 
-    # CPU (RESULTS.md; about an hour on 2 CPU cores), and one detector at a small size:
+    # CPU (the first table of docs/benchmark.md; 31 minutes on 2 CPU cores), one detector small:
     python3 projects/benchmark/benchmark.py --device cpu --image-size 320 --iters 3 --warmup 1
     python3 projects/benchmark/benchmark.py --device cpu --detectors faster_rcnn --image-size 128
 
