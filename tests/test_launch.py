@@ -3,6 +3,7 @@
 import atexit
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -26,6 +27,7 @@ def _record_group_state_at_exit(marker_dir: str) -> None:
     atexit.register(record)
 
 
+@pytest.mark.slow
 def test_processes_that_finish_leave_the_process_group_before_exiting(tmp_path):
     # A gloo group still alive while the interpreter shuts down aborts the process now and then.
     outcome = launch_workers(_record_group_state_at_exit, num_gpus_per_machine=2, args=(str(tmp_path),))
@@ -39,6 +41,7 @@ def _record_threads(marker_dir: str) -> None:
         f.write(str(torch.get_num_threads()))
 
 
+@pytest.mark.slow
 def test_the_processes_of_a_machine_share_its_cores(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert launch_workers(_record_threads, num_gpus_per_machine=2, args=(str(tmp_path),)) is None

@@ -124,6 +124,7 @@ print(json.dumps([sorted(DatasetCatalog.list()) == before, [p for p in added if 
 """
 
 
+@pytest.mark.slow
 def test_loading_any_config_registers_nothing_and_leaves_sys_path_alone():
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_CONFIGS, os.path.join(REPO_ROOT, "configs")],

@@ -265,6 +265,7 @@ def test_the_table_lists_every_config_and_scales_from_the_nearest_detectron2_mod
     assert reference("faster_rcnn", "resnet18") is None
 
 
+@pytest.mark.slow
 def test_the_script_prints_parameters_and_flops_of_a_config(tmp_path):
     name = "COCO/faster_rcnn_rsb_r101_fpn_1x.py"
     out = tmp_path / "table.json"

@@ -213,6 +213,7 @@ def test_checkpoint_whose_unpickling_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_divergence_in_a_real_detector_stops_with_the_iteration(tiny_shapes, tmp_path):
     # pixel_std of 0 turns every normalized pixel into inf/nan: the first iteration diverges.
     result = run_train_net(

@@ -78,7 +78,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
 
 
 def test_missing_config_file_is_named(tmp_path):
-    result = run_train_net(["--config-file", str(tmp_path / "nope.py")], check=False, timeout=120)
+    result = train_net_in_process(["--config-file", str(tmp_path / "nope.py")])
     _assert_one_line_error(result, "nope.py")
 
 
@@ -121,10 +121,8 @@ def test_unregistered_dataset_is_named():
 
 
 def test_eval_only_without_checkpoint_says_what_to_pass(tiny_shapes, tmp_path):
-    result = run_train_net(
-        ["--config-file", FASTER, "--eval-only", *dataset_args(tiny_shapes), *FAST_OVERRIDES,
-         f"train.output_dir={tmp_path}"],
-        check=False, timeout=300,
+    result = train_net_in_process(
+        ["--config-file", FASTER, "--eval-only", *dataset_args(tiny_shapes), *FAST_OVERRIDES, f"train.output_dir={tmp_path}"]
     )
     _assert_one_line_error(result, "train.init_checkpoint")
 

@@ -70,6 +70,7 @@ def test_torchvision_state_dict(tmp_path):
         torch.testing.assert_close(model(x)["res5"], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_hub_name_loads_from_local_hugging_face_cache(timm_resnet50_state_dict, tmp_path):
     """The real hub code path (huggingface_hub.hf_hub_download), served offline from its cache."""
     commit = "0123456789abcdef0123456789abcdef01234567"
