@@ -13,6 +13,9 @@ script builds the model twice in one process:
 Both run with the test score threshold at 0, so that every image keeps 100 detections in both
 libraries (NMS, the mask head and mask pasting do their full share, as for a trained model on
 COCO); a check run compares the two outputs (``mmdet_parity.compare``) before anything is timed.
+When the outputs differ by more than docs/benchmark.md states (the thresholds below,
+``failed_checks``), the script exits 1 after its table; ``--no-check`` exits 0 whatever they are.
+The timings, memory and FLOPs are reported, not checked.
 
 Then, in ONE alternating run per figure (pair i = sample i of mmdetection and sample i of this
 repository, the order flipped from pair to pair, so that both sides share the machine's load):
@@ -86,7 +89,6 @@ from benchmark import (  # noqa: E402
     tensor_bytes,
 )
 from mmdet_parity import (  # noqa: E402
-    MMDET_CONFIGS,
     compare,
     d2_detections,
     mmdet_detections,
@@ -95,6 +97,13 @@ from mmdet_parity import (  # noqa: E402
 )
 from mmdet_train_parity import d2_model, d2_step, mmdet_model, mmdet_step, scenes  # noqa: E402
 from paired_ratios import format_ratio, paired_ratio_statistics, within_tolerance  # noqa: E402
+from parity_common import (  # noqa: E402  (lives in projects/mmdet_checkpoints)
+    MMDET_CONFIGS,
+    check_at_most,
+    check_equal,
+    exit_status,
+    mmdet_config,
+)
 
 from rsb_backbone.config import set_score_threshold  # noqa: E402
 from rsb_backbone.mmdet_conversion import DEFAULT_CONFIGS, DETECTORS, convert_mmdet_checkpoint  # noqa: E402
@@ -113,6 +122,13 @@ RECIPE_SIZE = (800, 1333)
 TRAIN_OBJECTS = (8, 7)
 # Test score threshold of both sides: every image keeps the full 100 detections.
 SCORE_THRESHOLD = 0.0
+# Thresholds of the check run (docs/benchmark.md, "Side by side with mmdetection 2.28 (CPU)"):
+# "a check run compares the outputs (all 100 detections matched for every detector and size,
+# boxes within 1.2e-4 px, scores within 4.2e-7, masks identical pixel for pixel)".
+DETECTIONS_MATCHED = 100
+MAX_BOX_DIFF_PX = 2.0**-13  # 1.2e-4 px: one float32 step at the 800x1333 size's coordinates (1024-2048)
+MAX_SCORE_DIFF = 4.2e-7
+MAX_MASK_PIXELS_DIFFERING = 0
 # Profiler range names of the module groups; see module_groups_mmdet / module_groups_here.
 GROUP_PREFIX = "group:"
 TOTAL_GROUP = "other"
@@ -245,14 +261,9 @@ def build_optimizers(
         here: this repository's model.
     """
     from detectron2.config import LazyConfig, instantiate
-    from mmcv import Config
     from mmcv.runner import build_optimizer
 
-    import mmdet
-
-    mm_cfg = Config.fromfile(
-        os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", MMDET_CONFIGS[detector])
-    )
+    mm_cfg = mmdet_config(detector)
     here_cfg = LazyConfig.load(os.path.join(REPO_ROOT, DEFAULT_CONFIGS[detector]))
     here_cfg.optimizer.params.model = here
     return {MMDET: build_optimizer(mm, mm_cfg.optimizer), HERE_SIDE: instantiate(here_cfg.optimizer)}
@@ -808,6 +819,36 @@ def benchmark_detector(detector: str, args, workdir: str) -> Dict:
     return record
 
 
+# ---- the check run ------------------------------------------------------------------------------
+def failed_checks(report: Dict) -> List[str]:
+    """The check run's figures in ``report`` outside the thresholds of this module, one line each.
+
+    Args:
+        report: what :func:`run_side_by_side` writes to ``--json``; only each record of its
+            ``"results"`` is read: ``"detector"`` and ``"outputs"`` (size -> the figures of
+            ``mmdet_parity.compare``).
+
+    Returns:
+        One line per failed figure naming the detector and size, the figure, the measured value
+        and the threshold; empty when every figure is within its threshold.
+    """
+    failures: List[str] = []
+    for record in report["results"]:
+        for size, outputs in record["outputs"].items():
+            subject = f"{record['detector']} {size}"
+            check_equal(
+                failures, subject, f"detections matched (mmdet {outputs['mmdet']}, here {outputs['detectron2']})",
+                outputs["matched"], DETECTIONS_MATCHED,
+            )
+            check_at_most(failures, subject, "max box diff (px)", outputs["max_box_diff_px"], MAX_BOX_DIFF_PX)
+            check_at_most(failures, subject, "max score diff", outputs["max_score_diff"], MAX_SCORE_DIFF)
+            if "mask_pixels_differing" in outputs:
+                check_at_most(
+                    failures, subject, "mask pixels differing", outputs["mask_pixels_differing"], MAX_MASK_PIXELS_DIFFERING
+                )
+    return failures
+
+
 # ---- reporting ---------------------------------------------------------------------------------
 def _fmt(value: Optional[float], digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
@@ -950,6 +991,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", default=None, metavar="OUT", help="write every sample and the summary to OUT"
     )
+    parser.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="print the figures and exit 0 whatever the check run measured (default: exit 1 when the "
+        "outputs differ by more than docs/benchmark.md states)",
+    )
     return parser
 
 
@@ -963,9 +1011,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--warmup={args.warmup}: expected 0 or more")
     # A handler of its own: mmcv raises the root logger's stream handlers to ERROR when it makes
     # its first logger (mmcv.utils.get_logger), which would silence the progress log.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logging.basicConfig(level=logging.WARNING)
@@ -973,7 +1022,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
+    report = run_side_by_side(args)
+    return exit_status(failed_checks(report), check=args.check, logger=logger)
 
+
+def run_side_by_side(args: argparse.Namespace) -> Dict:
+    """Measure every detector of ``args.detectors`` in both libraries, print the table and write
+    ``--json`` (after each detector); returns the report.
+
+    Args:
+        args: the parsed command line of :func:`build_argument_parser`.
+    """
     import mmcv
     import mmdet
 
@@ -1025,7 +1084,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(report))
     if args.json:
         logger.info("Every sample written to %s", args.json)
-    return 0
+    return report
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ ground-truth boxes and of shifted copies of them (what each library's mask head 
 Needs mmdetection 2.x (mmdet_env/setup_mmdet_env.sh); run with that environment's python:
 
     /tmp/mmenv/bin/python projects/mmdet_checkpoints/mmdet_data_parity.py --output-dir /tmp/mmdet_data_parity
+
+The script exits 1 (after its output; ``--no-check``: 0 whatever the figures) when a figure of
+the ``mmdet`` pipeline lies outside what docs/mmdet_parity.md states (the thresholds below,
+``failed_checks``). The ``plain`` and ``mmdet_resize_only`` pipelines are reported, not checked:
+the docs show how they differ.
 """
 
 import argparse
@@ -42,15 +47,40 @@ import cv2
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-for path in (REPO_ROOT, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-from mmdet_parity import MMDET_CONFIGS, STD  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # parity_common.py lives beside this script
+from parity_common import (  # noqa: E402
+    REPO_ROOT,
+    add_common_arguments,
+    check_at_most,
+    check_equal,
+    exit_status,
+    failure_line,
+    library_versions,
+    mmdet_config,
+    prepare_run,
+)
+from mmdet_parity import STD  # noqa: E402
 
 from rsb_backbone.data.mmdet_resize import mmcv_rescaled_size  # noqa: E402
+
+logger = logging.getLogger("rsb_detectron2.mmdet_data_parity")
+
+# ---- thresholds (docs/mmdet_parity.md, "Training: the data pipeline, the same COCO files through
+# both libraries"), for the pipeline of the ``_mmdet`` config as shipped:
+CHECKED_PIPELINE = "mmdet"
+# "The resized 8-bit images, image sizes, boxes (bit for bit), classes, crowd handling, full-image
+# masks and 28x28 mask targets are identical": zero differing 8-bit pixels, resized sizes, box
+# difference, full-mask and mask-target pixels; equal batch shapes, classes and instance counts;
+# no pair left out because one side dropped an image (the crowd-only image is kept by both).
+MAX_RESIZED_SIZES_DIFFERING = 0
+MAX_8BIT_PIXELS_DIFFERING = 0
+MAX_BOX_DIFF_PX = 0.0
+MAX_FULL_MASK_PIXELS_DIFFERING = 0
+MAX_MASK_TARGET_PIXELS_DIFFERING = 0
+MAX_PAIRS_SKIPPED = 0
+# "the normalised batch tensors differ by at most 2.4e-7 (one float32 step of the normalisation,
+# 1.4e-5 gray levels)": 2**-22, one float32 step of the normalised values (2 to 4).
+MAX_BATCH_DIFF_NORMALISED = 2.0**-22
 
 MASK_SIZE = 28  # mask_size of mmdetection's train_cfg.rcnn; Detectron2's mask head output
 PIPELINES = ("plain", "mmdet_resize_only", "mmdet")
@@ -177,12 +207,9 @@ def write_coco_set(root: str, seed: int) -> Tuple[str, str, Dict[str, object]]:
 # ---- mmdetection ---------------------------------------------------------------------------------
 def mmdet_dataset(json_file: str, image_dir: str, flip: bool):
     """mmdetection's RSB Mask R-CNN training set on the files, the flip forced to ``flip``."""
-    from mmcv import Config
     from mmdet.datasets import build_dataset
 
-    import mmdet
-
-    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", MMDET_CONFIGS["mask_rcnn"]))
+    cfg = mmdet_config("mask_rcnn")
     data_cfg = cfg.data.train
     data_cfg.ann_file, data_cfg.img_prefix = json_file, image_dir + "/"
     for step in data_cfg.pipeline:
@@ -389,17 +416,60 @@ def summarize(results: Dict[str, Dict[str, object]]) -> Dict[str, Dict[str, obje
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default="/tmp/mmdet_data_parity")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    os.makedirs(args.output_dir, exist_ok=True)
+def failed_checks(report: Dict[str, object]) -> List[str]:
+    """The figures of the ``CHECKED_PIPELINE`` in ``report`` outside the thresholds of this module,
+    one line each.
 
-    import mmcv
-    import mmdet
+    Args:
+        report: what :func:`run_comparison` writes to ``data_parity.json``; read are its
+            ``"summary"`` (pipeline -> the figures of :func:`summarize`) and its ``"results"``
+            (pipeline -> pair -> compared figures, or ``{"skipped": ...}``).
+
+    Returns:
+        One line per failed figure naming the pipeline, the figure, the measured value and the
+        threshold; empty when every figure is within its threshold.
+    """
+    failures: List[str] = []
+    subject = f"mask_rcnn data pipeline {CHECKED_PIPELINE!r}"
+    figures = report["summary"][CHECKED_PIPELINE]
+    check_equal(failures, subject, "batch shapes equal", figures["batch shapes equal"], True)
+    check_at_most(
+        failures, subject, "images with other resized size", figures["images with other resized size"],
+        MAX_RESIZED_SIZES_DIFFERING,
+    )
+    check_at_most(
+        failures, subject, "8-bit pixels differing", figures["8-bit pixels differing / total"][0], MAX_8BIT_PIXELS_DIFFERING
+    )
+    check_at_most(
+        failures, subject, "max batch diff (normalised)", figures["max batch diff (normalised)"], MAX_BATCH_DIFF_NORMALISED
+    )
+    check_at_most(failures, subject, "max box diff (px)", figures["max box diff (px)"], MAX_BOX_DIFF_PX)
+    check_equal(failures, subject, "boxes bit-identical", figures["boxes bit-identical"], True)
+    check_equal(failures, subject, "classes equal", figures["classes equal"], True)
+    mm_instances, d2_instances = figures["instances mmdet / detectron2"]
+    if mm_instances != d2_instances:
+        counts = f"{mm_instances} / {d2_instances}"
+        failures.append(failure_line(subject, "instances mmdet / detectron2", counts, "equal counts"))
+    check_at_most(
+        failures, subject, "full-mask pixels differing", figures["full-mask pixels differing / union"][0],
+        MAX_FULL_MASK_PIXELS_DIFFERING,
+    )
+    check_at_most(
+        failures, subject, "mask-target pixels differing", figures["mask-target pixels differing / total"][0],
+        MAX_MASK_TARGET_PIXELS_DIFFERING,
+    )
+    skipped = [pair for pair, result in report["results"][CHECKED_PIPELINE].items() if "skipped" in result]
+    check_at_most(failures, subject, f"pairs skipped (an image in one training set only: {skipped})", len(skipped), MAX_PAIRS_SKIPPED)
+    return failures
+
+
+def run_comparison(args: argparse.Namespace) -> Dict[str, object]:
+    """Write the COCO set, run it through mmdetection's pipeline and the three Detectron2
+    pipelines, print the summary and write ``data_parity.json``; returns what it wrote.
+
+    Args:
+        args: the parsed command line of :func:`main`.
+    """
     from detectron2.data.datasets import register_coco_instances
 
     start = time.time()
@@ -428,7 +498,7 @@ def main(argv=None) -> int:
     # pairs where an image is missing from one side do not count in the summary
     compared = {p: {k: v for k, v in runs.items() if "skipped" not in v} for p, runs in results.items()}
     summary = {
-        "mmdet": mmdet.__version__, "mmcv": mmcv.__version__, "torch": torch.__version__, "opencv": cv2.__version__,
+        **library_versions(), "opencv": cv2.__version__,
         "data": counts, "training images kept": image_sets,
         "plain_with_polygon_masks": plain_polygon_masks_error(dataset_name), "size rounding (800, max 1333)": size_rounding_scan(),
         "summary": summarize(compared), "results": results, "seconds": round(time.time() - start, 1),
@@ -436,7 +506,16 @@ def main(argv=None) -> int:
     with open(os.path.join(args.output_dir, "data_parity.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)
     print(json.dumps({k: summary[k] for k in ("data", "training images kept", "plain_with_polygon_masks", "size rounding (800, max 1333)", "summary")}, indent=1, default=str))
-    return 0
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, output_dir="/tmp/mmdet_data_parity", detectors=False)
+    args = parser.parse_args(argv)
+    prepare_run(args)
+    report = run_comparison(args)
+    return exit_status(failed_checks(report), check=args.check, logger=logger)
 
 
 if __name__ == "__main__":

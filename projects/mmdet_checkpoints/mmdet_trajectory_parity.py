@@ -25,6 +25,14 @@ the same way: how far float32 rounding alone carries the two trajectories apart.
 Needs mmdetection 2.x (mmdet_env/setup_mmdet_env.sh); run with that environment's python:
 
     /tmp/mmenv/bin/python projects/mmdet_checkpoints/mmdet_trajectory_parity.py --output-dir /tmp/mmdet_trajectory_parity
+
+The script exits 1 (after its output; ``--no-check``: 0 whatever the figures) when a figure lies
+outside what docs/mmdet_parity.md states (the thresholds below, ``failed_checks``): the learning
+rates and weight decays equal, the loss terms equal to float32 rounding before the runs drift,
+every trained tensor moved, and, with ``--control``, the parameters no farther from mmdetection's
+than float32 rounding alone carries Detectron2 from itself. Without ``--control`` the parameters'
+drift is reported, not checked: the docs show it exceeds ``TOLERANCE`` from these weights whatever
+the library, so only the control gives it a scale.
 """
 
 import argparse
@@ -38,24 +46,54 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-for path in (REPO_ROOT, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-from mmdet_parity import MMDET_CONFIGS  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # parity_common.py lives beside this script
+from parity_common import (  # noqa: E402
+    REPO_ROOT,
+    add_common_arguments,
+    check_at_most,
+    exit_status,
+    failure_line,
+    library_versions,
+    mmdet_config,
+    prepare_run,
+)
 from mmdet_train_parity import GROUPS, d2_inputs, d2_model, loss_pairs, mmdet_inputs, mmdet_model, scenes  # noqa: E402
 
-from rsb_backbone.mmdet_conversion import DETECTORS, convert_mmdet_checkpoint, map_key  # noqa: E402
+from rsb_backbone.mmdet_conversion import convert_mmdet_checkpoint, map_key  # noqa: E402
 from rsb_backbone.mmdet_conversion.key_maps import TENSOR_TRANSFORMS  # noqa: E402
+
+logger = logging.getLogger("rsb_detectron2.mmdet_trajectory_parity")
 
 STEPS = 30
 WARMUP_STEPS = 10
 DROP_AT = 20  # the learning rate is x0.1 from this step on
 WARMUP_RATIO = 0.001
 LAYOUTS = ((224, 288, 5), (256, 208, 4))  # (height, width, objects) of the two images of a batch
-TOLERANCE = 1e-4  # relative difference a parameter must stay within
+# Relative difference above which a parameter is listed ("over_tolerance", the "over 1e-4" columns
+# of the docs). Reported, not a pass/fail threshold: "From these weights a 1e-4 tolerance after 30
+# steps is out of reach whenever two float32 computations differ in the order of their
+# operations: a one-step perturbation of the weights already exceeds it."
+TOLERANCE = 1e-4
+
+# ---- thresholds (docs/mmdet_parity.md, "Training: 30 steps, the optimizer trajectory")
+# "Every trained parameter gets the same learning rate at every step (relative difference at most
+# 7.9e-16, the float64 arithmetic of the two schedulers)": float64 rounding, 1e-15.
+MAX_LR_RELATIVE_DIFFERENCE = 1e-15
+# "[...] and the same weight decay": no parameter with another weight decay.
+MAX_PARAMETERS_WITH_OTHER_WEIGHT_DECAY = 0
+# "The loss terms agree to float32 rounding (under 1e-6 relative) for the first 2 (Cascade Mask
+# R-CNN [...]) to 13 (Faster R-CNN) steps": every term, every detector, the first 2 steps.
+LOSS_AGREEMENT_STEPS = 2
+MAX_LOSS_RELATIVE_DIFFERENCE_BEFORE_DRIFT = 1e-6
+# "the smallest relative change of a trained tensor from its start (training moved every one of
+# them)": each group's smallest change must be above 0.
+MIN_RELATIVE_CHANGE_OF_TRAINED = 0.0
+# "The drift is float32 rounding amplified by training, not a difference between the libraries:
+# Detectron2 run twice, from weights one float32 step apart, drifts as far or farther": with
+# --control, the largest parameter difference to mmdetection must stay within this factor of the
+# control's. "As far" is the same size, not at most: RetinaNet's 5.6e-3 against its control's
+# 5.1e-3 (1.1 times) is the closest documented case; twice the control is no longer as far.
+MAX_DRIFT_OVER_CONTROL = 2.0
 
 
 def batches(seed: int) -> List[List[Dict[str, np.ndarray]]]:
@@ -67,13 +105,10 @@ def batches(seed: int) -> List[List[Dict[str, np.ndarray]]]:
 def mmdet_training(detector: str, model, data, work_dir: str) -> Dict[str, object]:
     """Train ``model`` STEPS steps with mmcv's runner, the RSB optimizer and the compressed step
     schedule; returns per step the loss terms and each parameter's (lr, weight decay)."""
-    from mmcv import Config
     from mmcv.runner import HOOKS, Hook, IterBasedRunner
     from mmdet.core import build_optimizer
 
-    import mmdet
-
-    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", MMDET_CONFIGS[detector]))
+    cfg = mmdet_config(detector)
     optimizer = build_optimizer(model, cfg.optimizer)
     names = {id(p): n for n, p in model.named_parameters()}
     record = {"losses": [], "lr": [], "weight_decay": {}}
@@ -248,26 +283,77 @@ def run_detector(detector: str, data, output_dir: str, seed: int, control: bool 
     return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default="/tmp/mmdet_trajectory_parity")
-    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--control", action="store_true", help="also the float32-rounding control (one more Detectron2 run)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    os.makedirs(args.output_dir, exist_ok=True)
+def failed_checks(report: Dict[str, object]) -> List[str]:
+    """The figures of ``report`` outside the thresholds of this module, one line each.
 
-    import mmcv
-    import mmdet
+    The parameters after 30 steps are checked only against the float32-rounding control (a
+    detector run with ``--control``); without it their drift is reported, not checked.
 
+    Args:
+        report: what :func:`run_comparison` writes to ``trajectory_parity.json``; only its
+            ``"results"`` is read: detector -> the record of :func:`compare`, with
+            ``"float32_rounding_control"`` (:func:`rounding_control`) when run with ``--control``.
+
+    Returns:
+        One line per failed figure naming the detector, the figure, the measured value and the
+        threshold; empty when every figure is within its threshold.
+    """
+    failures: List[str] = []
+    for detector, result in report["results"].items():
+        lr_differences = result["learning_rate"]["max_relative_difference_per_step"]
+        check_at_most(
+            failures, detector, "learning rate max relative difference", max(lr_differences, default=None),
+            MAX_LR_RELATIVE_DIFFERENCE,
+        )
+        other_decay = result["weight_decay"]["parameters_with_other_weight_decay"]
+        check_at_most(
+            failures, detector, "parameters with another weight decay", len(other_decay),
+            MAX_PARAMETERS_WITH_OTHER_WEIGHT_DECAY,
+        )
+        for term, loss in result["losses"].items():
+            first_steps = loss["relative_difference"][:LOSS_AGREEMENT_STEPS]
+            check_at_most(
+                failures, detector, f"{term} max relative difference over steps 0-{LOSS_AGREEMENT_STEPS - 1}",
+                max(first_steps, default=None), MAX_LOSS_RELATIVE_DIFFERENCE_BEFORE_DRIFT,
+            )
+        for group, figures in result["parameters"]["per_group"].items():
+            smallest_change = figures.get("min_relative_change_from_start_of_trained")
+            moved = smallest_change is not None and smallest_change > MIN_RELATIVE_CHANGE_OF_TRAINED
+            if figures.get("trained") and not moved:
+                failures.append(
+                    failure_line(
+                        detector, f"{group} smallest relative change of a trained tensor", smallest_change,
+                        f"> {MIN_RELATIVE_CHANGE_OF_TRAINED!r}",
+                    )
+                )
+        control = result.get("float32_rounding_control")
+        if control is not None:
+            drift = result["parameters"]["max_relative_difference"]
+            control_drift = control["parameters"]["max_relative_difference"]
+            limit = MAX_DRIFT_OVER_CONTROL * control_drift
+            check_at_most(
+                failures, detector,
+                f"parameters max relative difference (limit {MAX_DRIFT_OVER_CONTROL:g} x the control's {control_drift!r})",
+                drift, limit,
+            )
+    return failures
+
+
+def run_comparison(args: argparse.Namespace) -> Dict[str, object]:
+    """Train every detector of ``args.detectors`` 30 steps in both libraries (and, with
+    ``--control``, the control), print each one's brief and update ``trajectory_parity.json``,
+    where detectors run earlier stay; returns what it wrote.
+
+    Args:
+        args: the parsed command line of :func:`main`.
+    """
     data = batches(args.seed)
     path = os.path.join(args.output_dir, "trajectory_parity.json")
     results = {}
     if os.path.exists(path):  # detectors run earlier (--detectors) stay in the file
         with open(path) as f:
             results = json.load(f).get("results", {})
+    summary: Dict[str, object] = {}
     for detector in args.detectors:
         results[detector] = run_detector(detector, data, args.output_dir, args.seed, args.control)
         brief = {k: results[detector][k] for k in ("seconds", "weight_decay")}
@@ -282,13 +368,27 @@ def main(argv=None) -> int:
                                             "over_tolerance": len(control["parameters"]["over_tolerance"])}  # fmt: skip
         print(json.dumps({detector: brief}, indent=1), flush=True)
         summary = {
-            "mmdet": mmdet.__version__, "mmcv": mmcv.__version__, "torch": torch.__version__,
+            **library_versions(),
             "steps": STEPS, "warmup_steps": WARMUP_STEPS, "drop_at": DROP_AT, "warmup_ratio": WARMUP_RATIO,
             "image_layouts (h, w, objects)": [list(layout) for layout in LAYOUTS], "tolerance": TOLERANCE, "results": results,
         }
         with open(path, "w") as f:
             json.dump(summary, f, indent=1)
-    return 0
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, output_dir="/tmp/mmdet_trajectory_parity")
+    parser.add_argument("--control", action="store_true", help="also the float32-rounding control (one more Detectron2 run)")
+    args = parser.parse_args(argv)
+    prepare_run(args)
+    report = run_comparison(args)
+    if not args.control:
+        logger.warning("without --control the parameters' drift after %d steps is reported, not checked", STEPS)
+    # the detectors of this run only: those of earlier runs stay in the file, checked when they ran
+    this_run = {**report, "results": {d: report["results"][d] for d in args.detectors}}
+    return exit_status(failed_checks(this_run), check=args.check, logger=logger)
 
 
 if __name__ == "__main__":
