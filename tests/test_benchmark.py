@@ -223,7 +223,7 @@ def test_benchmark_command_prints_the_side_by_side_table(tmp_path):
     command = [
         sys.executable, SCRIPT, "--device", "cpu", "--detectors", "faster_rcnn",
         "--image-size", "64", "--batch-size", "2", "--iters", "1", "--warmup", "0",
-        "--threads", "1", "--json", str(out),  # one thread: the figures do not matter, only the run
+        "--threads", "1", "--json", str(out), "--no-check",  # one thread: the figures do not matter, only the run
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -304,7 +304,7 @@ def test_both_benchmarks_measure_a_trained_model_on_a_real_image(trained_detecto
     command = [
         sys.executable, SCRIPT, "--device", "cpu", "--detectors", *trained, "--image-size", "128",
         "--iters", "1", "--warmup", "0", "--no-train", "--no-throughput", "--no-flops", "--threads", "1",
-        "--json", str(out),
+        "--json", str(out), "--no-check",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -317,7 +317,7 @@ def test_both_benchmarks_measure_a_trained_model_on_a_real_image(trained_detecto
     command = [
         sys.executable, os.path.join(BENCHMARK_DIR, "scale_benchmark.py"), "--detectors", *trained,
         "--sizes", "160", "400", "--forms", "predictor", "onnx", "--iters", "1", "--warmup", "0",
-        "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(scale_out),
+        "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(scale_out), "--no-check",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -374,3 +374,49 @@ def test_registration_benchmark_command_prints_both_columns(tmp_path):
         data = json.load(f)
     assert (len(data["images"]), len(data["annotations"]), len(data["categories"])) == (300, 2000, 5)
     assert len(os.listdir(tmp_path / "data" / "images")) == 300
+
+
+def _benchmark_report(precision=None, identical=True, latency=(1.0, 0.98, 1.02), memory=1.02):
+    def timed(ratio):
+        median, q1, q3 = ratio
+        return {"ratio": median, "ratio_q1": q1, "ratio_q3": q3}
+
+    if precision:
+        metrics = {"latency_b1_ms": timed(latency), "train_step_ms": timed((0.65, 0.6, 0.68))}
+        return {"settings": {"precision": precision}, "results": [{"detector": "mask_rcnn", "metrics": metrics}]}
+    metrics = {"latency_b1_ms": timed(latency), "train_peak_mem_mib": {"ratio": memory},
+               "latency_b1_ms_onnx": timed((3.0, 2.9, 3.1))}  # deployment forms: reported, not checked
+    record = {"detector": "mask_rcnn", "outputs_identical": identical, "max_output_difference": 0.0 if identical else 0.5,
+              "metrics": metrics}
+    return {"settings": {}, "results": [record]}
+
+
+def test_benchmark_fails_on_differing_outputs_and_resolved_ratios_only():
+    assert benchmark.failed_checks(_benchmark_report()) == []
+    assert benchmark.failed_checks(_benchmark_report(latency=(1.10, 1.0, 1.2))) == []  # not resolved
+    (slower,) = benchmark.failed_checks(_benchmark_report(latency=(1.12, 1.08, 1.2)))
+    assert slower == "mask_rcnn latency_b1_ms: RSB / built-in = 1.12 (1.08-1.20), above 1.05 for the same network"
+    (larger,) = benchmark.failed_checks(_benchmark_report(memory=1.2))
+    assert larger.startswith("mask_rcnn train_peak_mem_mib: RSB / built-in = 1.20")
+    (differ,) = benchmark.failed_checks(_benchmark_report(identical=False))
+    assert differ.startswith("mask_rcnn: RSB and built-in outputs differ by up to 0.5")
+    assert benchmark.failed_checks(_benchmark_report("bfloat16", latency=(0.55, 0.5, 0.62))) == []
+    (missed,) = benchmark.failed_checks(_benchmark_report("bfloat16", latency=(0.7, 0.66, 0.72)))
+    assert missed == "mask_rcnn latency_b1_ms: bfloat16 / float32 = 0.70 (0.66-0.72), above the goal 0.6"
+
+
+def test_scale_benchmark_fails_on_a_form_resolved_above_the_target():
+    def size(time_q1, memory, detections):
+        predictor = {"detections": 100}
+        onnx = {"time_ratio": {"median": time_q1 + 0.02, "q1": time_q1, "q3": time_q1 + 0.04},
+                "memory_ratio": memory, "detections": detections}
+        return {"image_size": [1536, 2048], "forms": {"predictor": predictor, "onnx": onnx}}
+
+    report = {"results": [{"detector": "mask_rcnn", "sizes": [size(0.7, 1.05, 100)]}]}
+    assert scale_benchmark.failed_checks(report) == []
+    report["results"][0]["sizes"] = [size(1.25, 1.22, 99)]
+    assert scale_benchmark.failed_checks(report) == [
+        "mask_rcnn 2048x1536 onnx: time / predictor = 1.27 (1.25-1.29), above 1.2",
+        "mask_rcnn 2048x1536 onnx: peak memory / predictor = 1.22, above 1.2",
+        "mask_rcnn 2048x1536 onnx: 99 detections, the predictor 100",
+    ]

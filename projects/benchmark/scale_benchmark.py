@@ -21,7 +21,9 @@ grows with the image is the pasting of the masks and the image-sized outputs.
 
 Each form's time is reported as the median of its samples and as the median (IQR) of its
 per-round ratios to the predictor; its memory as the largest peak of its samples and the ratio of
-that to the predictor's. Target: every form at most 1.2x the predictor in both, at every size.
+that to the predictor's. Target: every form at most 1.2x the predictor in both, at every size, with
+the predictor's detections; the exit code is 1 (one line per figure, ``failed_checks``) when a form
+misses it (a time ratio only when its whole interquartile range lies above), unless ``--no-check``.
 
 Example (about 25 minutes per detector on 2 CPU cores)::
 
@@ -347,6 +349,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the results here")
+    parser.add_argument(
+        "--no-check", action="store_true",
+        help=f"exit 0 whatever the figures (default: exit 1, one line each, for a form resolved above "
+        f"{TARGET_RATIO}x the predictor in time or memory, or keeping other detections)",
+    )
     parser.add_argument("--workdir", default=None, help="folder for weights, exports, images (default: temporary)")
     # A worker's own arguments (started by the run, not by users).
     parser.add_argument("--worker", choices=FORMS, help=argparse.SUPPRESS)
@@ -354,6 +361,32 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--export-dir", help=argparse.SUPPRESS)
     return parser
+
+
+def failed_checks(report: Dict) -> List[str]:
+    """One line per figure of ``report`` outside the target: a form whose time ratio to the
+    predictor lies above ``TARGET_RATIO`` over its whole interquartile range (resolved), whose peak
+    memory ratio is above it, or that keeps another number of detections than the predictor.
+
+    Args:
+        report: what :func:`main` writes with ``--json``.
+    """
+    failures = []
+    for record in report["results"]:
+        for size in record["sizes"]:
+            where = f"{record['detector']} {size['image_size'][1]}x{size['image_size'][0]}"
+            reference = size["forms"].get(REFERENCE_FORM)
+            for form, entry in size["forms"].items():
+                if form == REFERENCE_FORM or reference is None:
+                    continue
+                time_ratio = entry["time_ratio"]
+                if time_ratio["q1"] is not None and time_ratio["q1"] > TARGET_RATIO:
+                    failures.append(f"{where} {form}: time / predictor = {format_ratio(time_ratio)}, above {TARGET_RATIO}")
+                if entry["memory_ratio"] > TARGET_RATIO:
+                    failures.append(f"{where} {form}: peak memory / predictor = {entry['memory_ratio']:.2f}, above {TARGET_RATIO}")
+                if entry["detections"] != reference["detections"]:
+                    failures.append(f"{where} {form}: {entry['detections']} detections, the predictor {reference['detections']}")
+    return failures
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -400,7 +433,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(report, indent=1))
     print(format_table(report))
-    return 0
+    failures = failed_checks(report)
+    for line in failures:
+        (logger.warning if args.no_check else logger.error)("scale_benchmark.py: %s", line)
+    return 1 if failures and not args.no_check else 0
 
 
 if __name__ == "__main__":
