@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import Dict, List
 
 from tqdm import tqdm
@@ -28,14 +27,10 @@ from tqdm import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.evaluation import COCOEvaluator, print_csv_format
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "predict_demo"))
-from predict import coco_image_ids, collect_inputs  # noqa: E402
-
-
-from rsb_backbone.utils.errors import run_command  # noqa: E402
-from rsb_backbone.data import register_coco_from_arg  # noqa: E402
-from rsb_backbone.export import ExportedDetector  # noqa: E402
-from rsb_backbone.inference import contiguous_to_dataset_ids, instances_to_coco_results  # noqa: E402
+from rsb_backbone.data import register_coco_from_arg
+from rsb_backbone.export import ExportedDetector
+from rsb_backbone.inference import coco_image_ids, collect_inputs, contiguous_to_dataset_ids, instances_to_coco_results
+from rsb_backbone.utils.errors import run_command
 
 logger = logging.getLogger("rsb_detectron2.run_exported")
 

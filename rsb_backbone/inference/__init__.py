@@ -4,10 +4,15 @@ predictor with the same interface (BGR images in) for LazyConfigs; usage in the 
 from ..config import ARCHITECTURES, get_rsb_cfg, load_yacs_config, set_score_threshold, yacs_config_file
 from ..checkpoint.detection_checkpoint import load_detector_checkpoint
 from .coco_results import contiguous_to_dataset_ids, instances_to_coco_results
+from .input_files import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, coco_image_ids, collect_inputs
 from .lazy_predictor import LazyConfigPredictor
 from .predictors import build_default_predictor, build_predictor
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "coco_image_ids",
+    "collect_inputs",
     "ARCHITECTURES",
     "LazyConfigPredictor",
     "build_default_predictor",
