@@ -1,6 +1,6 @@
 """What the benchmark scripts of this folder share: the description of the machine a run measured,
 a process's resident memory from ``/proc/self/status`` with its high-water mark reset between
-samples, and markdown tables.
+samples, the bytes a model's tensors hold, and markdown tables.
 
 Example::
 
@@ -11,6 +11,8 @@ Example::
 """
 
 import contextlib
+import ctypes
+import gc
 import importlib.metadata
 import os
 import platform
@@ -18,12 +20,14 @@ import re
 from typing import Dict, Iterable, Optional, Sequence
 
 
-def machine_description(packages: Sequence[str] = ("torch",)) -> Dict[str, object]:
-    """What the figures were measured on: CPU model, its cores, the platform and the versions of
-    ``packages`` (as installed; one that is not is reported as missing).
+def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Dict[str, object]:
+    """What the figures were measured on: CPU model, its cores, the platform, the versions of
+    ``packages`` (as installed; one that is not is reported as missing), torch's CPU threads and,
+    for a CUDA ``device``, the GPU with its CUDA and cuDNN versions.
 
     Args:
         packages: distribution names of the Python packages whose versions the figures depend on.
+        device: the ``torch.device`` the figures come from; None: the CPU.
     """
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -41,6 +45,13 @@ def machine_description(packages: Sequence[str] = ("torch",)) -> Dict[str, objec
             info[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             info[name] = "missing"
+    import torch
+
+    info["torch_threads"] = torch.get_num_threads()
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 
@@ -63,6 +74,30 @@ def reset_peak_memory() -> None:
     inherits its parent's ``ru_maxrss``; ``VmHWM`` after this reset is its own."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def release_cpu_memory() -> None:
+    """Give memory that Python and glibc hold but no longer use back to the system, so that the
+    next sample's resident set starts from what is in use."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def cpu_peak_memory_supported() -> bool:
+    """Whether this process's resident high-water mark can be read and reset (Linux 4.0+)."""
+    try:
+        reset_peak_memory()
+        read_memory_mib("VmHWM")
+    except (OSError, RuntimeError):
+        return False
+    return True
+
+
+def tensor_bytes(model) -> int:
+    """Bytes held by the parameters and buffers of a ``torch.nn.Module``."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], right_aligned: Optional[Sequence[bool]] = None) -> str:

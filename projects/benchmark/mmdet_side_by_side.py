@@ -81,11 +81,12 @@ for _path in (REPO_ROOT, HERE, PARITY_SCRIPTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from benchmark import (  # noqa: E402
-    _read_kib,
-    _release_cpu_memory,
+from measuring import (  # noqa: E402
     cpu_peak_memory_supported,
     machine_description,
+    read_memory_mib,
+    release_cpu_memory,
+    reset_peak_memory,
     tensor_bytes,
 )
 from mmdet_parity import (  # noqa: E402
@@ -376,18 +377,17 @@ def timed_with_peak_memory(
         optimizer.zero_grad(set_to_none=True)
         model.zero_grad(set_to_none=True)
         if memory:
-            _release_cpu_memory()
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS
-            before_kib = _read_kib("VmRSS")
+            release_cpu_memory()
+            reset_peak_memory()
+            before_mib = read_memory_mib("VmRSS")
         else:
             gc.collect()
         start = time.perf_counter()
         function()
         result = {"ms": 1000 * (time.perf_counter() - start)}
         if memory:
-            growth = (_read_kib("VmHWM") - before_kib) * 1024
-            result["peak_mib"] = (growth + tensor_bytes(model) + optimizer_state_bytes(optimizer)) / MIB
+            growth = read_memory_mib("VmHWM") - before_mib
+            result["peak_mib"] = growth + (tensor_bytes(model) + optimizer_state_bytes(optimizer)) / MIB
         return result
 
     return measure
@@ -1036,7 +1036,7 @@ def run_side_by_side(args: argparse.Namespace) -> Dict:
     import mmcv
     import mmdet
 
-    machine = machine_description(torch.device("cpu"))
+    machine = machine_description(("torch", "detectron2", "timm"))
     machine.update(mmdet=mmdet.__version__, mmcv=mmcv.__version__)
     report = {
         "settings": {
