@@ -1,7 +1,7 @@
 """One agreed stop on SIGTERM/SIGINT, or on SLURM's time-limit signal, whichever processes of a
 job receive the signal (docs/failure_behaviour.md, docs/slurm.md): the launcher forwards it
-(:func:`forward_stop_signals`), the training processes agree after every iteration
-(:class:`CheckpointOnSignalHook`), and DataLoader workers ignore it
+(:func:`forward_stop_signals`), the training processes agree in every iteration
+(:class:`CheckpointOnSignalHook`; the loss check's collective carries it), and DataLoader workers ignore it
 (:func:`ignore_stop_signals_in_workers`) so that it cannot crash the data loader.
 """
 
@@ -30,12 +30,23 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def max_over_processes(value: int) -> int:
     """The largest ``value`` over all training processes; a collective (all must call it)."""
+    return max_each_over_processes([value])[0]
+
+
+def max_each_over_processes(values: Sequence[int]) -> List[int]:
+    """For each position of ``values``, the largest value over all training processes; one
+    collective for all of them (all processes must call it with as many values)."""
     if comm.get_world_size() == 1:
-        return value
+        return list(values)
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # "cuda": the current device
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    tensor = torch.tensor(list(values), dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
+    return [int(v) for v in tensor.tolist()]
+
+
+def pending_stop_signal() -> int:
+    """The stop signal this process received and training has not acted on yet; 0 if none."""
+    return _received["signum"]
 
 
 # The first stop signal this process received and the training loop has not yet acted on.
@@ -106,7 +117,12 @@ class CheckpointOnSignalHook(HookBase):
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self._signals}
 
     def after_step(self):
-        signum = max_over_processes(_received["signum"])
+        # A trainer that already agreed on the signal in this iteration's collective (the loss check
+        # of rsb_backbone.engine.training) leaves it in agreed_stop_signal: no second collective.
+        signum = getattr(self.trainer, "agreed_stop_signal", None)
+        self.trainer.agreed_stop_signal = None
+        if signum is None:
+            signum = max_over_processes(_received["signum"])
         if not signum:
             return
         iteration = self.trainer.iter

@@ -25,7 +25,12 @@ from ..utils.file_io import atomic_write_bytes, remove_stale_temporary_files
 from ..utils.mixed_precision import autocast, in_precision, training_precision
 from .outcomes import NonFiniteLossError, user_input_stage
 from .slurm import SlurmRequeue, describe_job, slurm_job
-from .stop_signals import CheckpointOnSignalHook, ignore_stop_signals_in_workers, max_over_processes
+from .stop_signals import (
+    CheckpointOnSignalHook,
+    ignore_stop_signals_in_workers,
+    max_each_over_processes,
+    pending_stop_signal,
+)
 from .watchdog import DEFAULT_WATCHDOG_S, TrainingWatchdog
 
 logger = logging.getLogger(__name__)
@@ -59,11 +64,16 @@ class _FiniteLossCheck:
     """Checks every loss before metrics are written, which is before ``optimizer.step``, so the
     failing iteration's update is never applied. It overrides Detectron2's private
     ``SimpleTrainer._write_metrics``: no public hook sees the loss dict before the optimizer step. The processes agree on the result, so all raise
-    :class:`NonFiniteLossError` at the same iteration instead of waiting for the collective timeout."""
+    :class:`NonFiniteLossError` at the same iteration instead of waiting for the collective timeout.
+    The same collective agrees on a pending stop signal, which :class:`CheckpointOnSignalHook` reads
+    from ``agreed_stop_signal`` after the step: one collective per iteration for both."""
+
+    agreed_stop_signal = None
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
         bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
-        if max_over_processes(int(bool(bad))):
+        any_bad, self.agreed_stop_signal = max_each_over_processes([int(bool(bad)), pending_stop_signal()])
+        if any_bad:
             suffix = " (process {})" if comm.get_world_size() > 1 else ""
             described = "; ".join(
                 ", ".join(f"{k}={v}" for k, v in losses.items()) + suffix.format(rank)
