@@ -360,6 +360,7 @@ def test_registration_benchmark_fails_on_each_figure_outside_its_target():
     assert held.startswith("held_after_registration_mib: 2400 MiB")
 
 
+@pytest.mark.slow
 def test_registration_benchmark_command_prints_both_columns(tmp_path):
     """A small file of the same make: both loaders load the same training images; exit 0 or 1 by the checks."""
     command = [sys.executable, os.path.join(BENCHMARK_DIR, "registration_benchmark.py"), "--data-dir", str(tmp_path / "data"),
