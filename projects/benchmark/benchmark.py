@@ -53,16 +53,12 @@ Examples::
 """
 
 import argparse
-import contextlib
 import copy
-import ctypes
 import gc
 import json
 import logging
 import math
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -83,6 +79,15 @@ from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 from rsb_backbone.utils.mixed_precision import PRECISIONS, autocast as autocast_in, resolve_precision
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
+from measuring import (
+    cpu_peak_memory_supported,
+    machine_description,
+    parse_image_size,
+    read_memory_mib,
+    release_cpu_memory,
+    reset_peak_memory,
+    tensor_bytes,
+)
 from paired_ratios import format_ratio, paired_ratio_statistics
 
 logger = logging.getLogger("rsb_detectron2.benchmark")
@@ -134,18 +139,6 @@ PRECISION_GOALS = {"latency_b1_ms": 0.6, "train_step_ms": 0.7}
 
 
 # ---- inputs ------------------------------------------------------------------------------------
-def parse_image_size(text: str) -> Tuple[int, int]:
-    """``"320"`` -> (320, 320); ``"800x1333"`` -> (800, 1333) as (height, width)."""
-    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 320 or 800x1333")
-    height = int(match.group(1))
-    width = int(match.group(2) or height)
-    if min(height, width) < 32:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: both sides must be at least 32 pixels")
-    return height, width
-
-
 def make_batch(
     num_images: int,
     size: Tuple[int, int],
@@ -263,12 +256,6 @@ def build_deployment_forms(models: Dict[str, torch.nn.Module], image: Dict, devi
     return forms
 
 
-def tensor_bytes(model: torch.nn.Module) -> int:
-    """Bytes held by the parameters and buffers of ``model``."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 # ---- running -----------------------------------------------------------------------------------
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype:
     """``--amp``'s precision: float16 on CUDA (as Detectron2's AMPTrainer), bfloat16 on the CPU."""
@@ -333,29 +320,6 @@ def time_alternately(
     return samples
 
 
-def _read_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-
-def _release_cpu_memory() -> None:
-    """Give memory that Python and glibc hold but no longer use back to the system."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def cpu_peak_memory_supported() -> bool:
-    """Whether the resident-set high-water mark can be read and reset (Linux 4.0+)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _read_kib("VmHWM")
-        return True
-    except (OSError, AttributeError):
-        return False
-
-
 def peak_training_memory(
     step: Callable[[], None], model: torch.nn.Module, others: Sequence[torch.nn.Module], device: torch.device
 ) -> Optional[float]:
@@ -376,14 +340,12 @@ def peak_training_memory(
         return peak / MIB
     if not cpu_peak_memory_supported():
         return None
-    _release_cpu_memory()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    before_kib = _read_kib("VmRSS")
+    release_cpu_memory()
+    reset_peak_memory()
+    before_mib = read_memory_mib("VmRSS")
     for _ in range(MEMORY_STEPS):
         step()
-    growth_kib = _read_kib("VmHWM") - before_kib
-    return (growth_kib * 1024 + tensor_bytes(model)) / MIB
+    return read_memory_mib("VmHWM") - before_mib + tensor_bytes(model) / MIB
 
 
 def _metric(values: Dict[str, Optional[float]]) -> Dict:
@@ -607,28 +569,6 @@ def benchmark_detector(
 
 
 # ---- reporting ---------------------------------------------------------------------------------
-def machine_description(device: torch.device) -> Dict:
-    """What the figures were measured on."""
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            cpu = match.group(1).strip() if match else cpu
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
-
-
 def _fmt(value: Optional[float], digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -894,7 +834,7 @@ def run(args, on_result: Optional[Callable[[Dict], None]] = None) -> Dict:
             "builtin_norm": "Detectron2 ResNet norm='BN' kept in eval mode (trainable affine), "
             "freeze_at=2: stem + res2 FrozenBN",
         },
-        "machine": machine_description(device),
+        "machine": machine_description(("torch", "detectron2", "timm", "onnxruntime"), device),
         "results": [],
     }
     runs = [(detector, None) for detector in args.detectors]

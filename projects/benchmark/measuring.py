@@ -1,6 +1,6 @@
 """What the benchmark scripts of this folder share: the description of the machine a run measured,
 a process's resident memory from ``/proc/self/status`` with its high-water mark reset between
-samples, the bytes a model's tensors hold, and markdown tables.
+samples, the bytes a model's tensors hold, image sizes of the command line, and markdown tables.
 
 Example::
 
@@ -10,6 +10,7 @@ Example::
     True
 """
 
+import argparse
 import contextlib
 import ctypes
 import gc
@@ -17,7 +18,7 @@ import importlib.metadata
 import os
 import platform
 import re
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 
 def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Dict[str, object]:
@@ -98,6 +99,27 @@ def tensor_bytes(model) -> int:
     """Bytes held by the parameters and buffers of a ``torch.nn.Module``."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def parse_image_size(text: str, aspect: Optional[float] = None) -> Tuple[int, int]:
+    """An image size of the command line as (height, width): ``"800x1333"`` -> (800, 1333); a single
+    number N is a square N x N, or with ``aspect`` (height / width) the long side of that aspect
+    (``"512"`` with 800/1333 -> (307, 512)).
+
+    Raises:
+        argparse.ArgumentTypeError: not N or HxW, or a side under 32 pixels.
+    """
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 512 or 800x1333")
+    if match.group(2):
+        height, width = int(match.group(1)), int(match.group(2))
+    else:
+        width = int(match.group(1))
+        height = width if aspect is None else round(width * aspect)
+    if min(height, width) < 32:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: both sides must be at least 32 pixels")
+    return height, width
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], right_aligned: Optional[Sequence[bool]] = None) -> str:

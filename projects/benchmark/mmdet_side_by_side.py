@@ -64,7 +64,6 @@ import gc
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -84,6 +83,7 @@ for _path in (REPO_ROOT, HERE, PARITY_SCRIPTS):
 from measuring import (  # noqa: E402
     cpu_peak_memory_supported,
     machine_description,
+    parse_image_size,
     read_memory_mib,
     release_cpu_memory,
     reset_peak_memory,
@@ -140,19 +140,7 @@ MIB = 2**20
 def parse_size(text: str) -> Tuple[int, int]:
     """``"800x1333"`` -> (800, 1333) as (height, width); ``"512"`` -> (307, 512): the long side of
     an image with the recipe's 800:1333 aspect."""
-    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"size {text!r}: expected N (long side) or HxW, e.g. 512 or 800x1333"
-        )
-    if match.group(2):
-        height, width = int(match.group(1)), int(match.group(2))
-    else:
-        width = int(match.group(1))
-        height = round(width * RECIPE_SIZE[0] / RECIPE_SIZE[1])
-    if min(height, width) < 32:
-        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be at least 32 pixels")
-    return height, width
+    return parse_image_size(text, aspect=RECIPE_SIZE[0] / RECIPE_SIZE[1])
 
 
 def size_name(size: Tuple[int, int]) -> str:

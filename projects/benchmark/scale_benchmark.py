@@ -48,6 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from measuring import machine_description, read_memory_mib, reset_peak_memory
 from paired_ratios import format_ratio, paired_ratio_statistics
 
 logger = logging.getLogger("rsb_detectron2.scale_benchmark")
@@ -64,14 +65,6 @@ TARGET_RATIO = 1.2
 
 
 # ---- the worker: one form of one detector, called image by image --------------------------------
-def _read_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def build_form(form: str, config_file: str, checkpoint: str, export_dir: str, threads: int):
     """The callable detector of ``form``: an (H, W, 3) uint8 BGR image in, ``{"instances"}`` out.
 
@@ -100,11 +93,10 @@ def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, th
     import torch
 
     detector = build_form(form, config_file, checkpoint, export_dir, threads)
-    print(json.dumps({"ready": True, "rss_mib": _read_status_kib("VmRSS") / 1024}), flush=True)
+    print(json.dumps({"ready": True, "rss_mib": read_memory_mib("VmRSS")}), flush=True)
     for line in sys.stdin:
         image = np.load(json.loads(line)["image"])
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
+        reset_peak_memory()
         start = time.perf_counter()
         with torch.no_grad():
             instances = detector(image)["instances"]
@@ -112,7 +104,7 @@ def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, th
         seconds = time.perf_counter() - start
         reply = {
             "seconds": seconds,
-            "peak_rss_mib": _read_status_kib("VmHWM") / 1024,
+            "peak_rss_mib": read_memory_mib("VmHWM"),
             "detections": len(instances),
             "mask_shape": list(masks.shape),
         }
@@ -307,21 +299,6 @@ def format_table(report: Dict) -> str:
     return "\n".join(lines)
 
 
-def machine_description() -> Dict:
-    import platform
-
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
-
-
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -419,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "memory": "per sample: the worker's VmHWM after resetting it through /proc/self/clear_refs "
             "(weights and runtime included); per form: the largest of its samples",
         },
-        "machine": machine_description(),
+        "machine": machine_description(("torch", "detectron2", "onnxruntime")),
         "results": [],
     }
     with tempfile.TemporaryDirectory() as temporary:
