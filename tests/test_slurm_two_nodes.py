@@ -149,7 +149,7 @@ def test_a_hung_node_ends_the_job_within_the_watchdog_time_with_stacks_then_it_r
     try:
         _wait(lambda: int(job.state().get("Restarts", 0)) >= 1, 120, "the requeue", slurm_two_nodes, job.id)
         # The watchdog time, the processes' 5 s for each other, and the iteration that met the freeze.
-        assert time.time() - frozen_at < TEST_WATCHDOG_S + 25
+        assert time.time() - frozen_at < TEST_WATCHDOG_S + 30
     finally:
         for pid in set(frozen) & set(_training_processes(slurm_two_nodes, "node2")):  # SLURM kills them; to be sure
             try:

@@ -500,8 +500,8 @@ def test_one_stalled_process_ends_the_job_with_every_stack_within_the_watchdog_t
     stderr = job.err()
     assert returncode == 124, stderr[-3000:]
     # Both processes stop within the watchdog time (plus the pass of 4 iterations that reaches the
-    # image and the 5 s the processes give each other), not after the 30-minute collective timeout.
-    assert elapsed < TEST_WATCHDOG_S + 25, elapsed
+    # image and the 10 s the processes give each other), not after the 30-minute collective timeout.
+    assert elapsed < TEST_WATCHDOG_S + 30, elapsed
     _assert_one_line(stderr, f"train_net.py: error: training stalled: no iteration finished for {TEST_WATCHDOG_S} s "
                      "(the last was iteration ", "train.watchdog_s)", "the newest checkpoint is kept; continue with --resume")
     for rank in (0, 1):

@@ -31,11 +31,13 @@ logger = logging.getLogger(__name__)
 # train.watchdog_s when a config has none: well above an iteration plus a checkpoint save of the
 # largest model here (a 3x Cascade R-152 iteration takes about 2 s on a GPU, its save about 30 s).
 DEFAULT_WATCHDOG_S = 900.0
-# After a process detects the stall it waits this fraction of watchdog_s (5 to 20 s) before it
+# After a process detects the stall it waits this fraction of watchdog_s (10 to 20 s) before it
 # ends, so that the other stalled processes, whose clocks started up to an iteration later, write
-# their stacks before its end breaks their collectives. Under 30 s: torch's launcher kills the
-# processes 30 s after the first one ends.
-_GRACE_FRACTION, _MIN_GRACE_S, _MAX_GRACE_S = 0.1, 5.0, 20.0
+# their stacks before its end breaks their collectives: process 0's clock restarts after each
+# checkpoint save it writes, while the others' do not wait for it (a save of a few hundred MB takes
+# seconds on a busy disk). Under 30 s: torch's launcher kills the processes 30 s after the first
+# one ends.
+_GRACE_FRACTION, _MIN_GRACE_S, _MAX_GRACE_S = 0.1, 10.0, 20.0
 
 
 def _print_outcome(outcome: RunOutcome) -> None:
