@@ -1,4 +1,5 @@
-"""projects/benchmark/paired_ratios.py and the pure helpers of mmdet_side_by_side.py (no mmdetection needed)."""
+"""projects/benchmark/measuring.py's alternating runs and paired ratios, and the pure helpers of
+mmdet_side_by_side.py (no mmdetection needed)."""
 
 import os
 import sys
@@ -13,7 +14,13 @@ if BENCHMARK_DIR not in sys.path:
     sys.path.insert(0, BENCHMARK_DIR)
 
 import mmdet_side_by_side  # noqa: E402  (lives in projects/benchmark)
-from paired_ratios import format_ratio, paired_ratio_statistics, quartiles, within_tolerance  # noqa: E402
+from measuring import (
+    alternate,
+    format_ratio,
+    paired_ratio_statistics,
+    quartiles,
+    within_tolerance,
+)  # noqa: E402
 
 
 def test_ratios_are_taken_pair_by_pair():
@@ -74,3 +81,46 @@ def test_group_times_are_exclusive_of_nested_groups():
     assert times == pytest.approx(
         {"other": 1.5, "neck": 1.0, "backbone": 3.0, "postprocess": 1.0, "backward": 2.0, "optimizer": 1.5}
     )
+
+
+def test_alternate_flips_the_order_every_round_and_drops_the_warmup():
+    calls = []
+    functions = {name: (lambda name=name: calls.append(name) or len(calls)) for name in ("a", "b")}
+    samples = alternate(functions, rounds=2, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert samples == {"a": [4, 5], "b": [3, 6]}  # sample i of each side from round i
+
+
+def test_profile_groups_mark_submodules_methods_and_module_lists():
+    import torch
+
+    class Head(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+        def postprocess(self, x):
+            return x.sum()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(4, 4)
+            self.heads = torch.nn.ModuleList([Head(), Head()])
+
+        def forward(self, x):
+            x = self.backbone(x)
+            return sum(head.postprocess(head.forward(x)) for head in self.heads)  # forward called directly
+
+    model = Model()
+    groups = {"backbone": "backbone", "head": "heads", "postprocess": "heads.postprocess", "neck": "neck"}
+    targets = [mmdet_side_by_side.group_targets(model, path) for path in groups.values()]
+    assert targets[0] == [(model.backbone, "forward")]
+    assert targets[1] == [(head, "forward") for head in model.heads]
+    assert targets[2] == [(head, "postprocess") for head in model.heads] and targets[3] == []
+    profile = {}
+    with mmdet_side_by_side.marked_groups(model, groups), torch.profiler.profile() as profile["run"]:
+        with torch.profiler.record_function("group:total"):
+            model(torch.ones(2, 4))
+    assert "forward" not in vars(model.heads[0])  # the patches are undone
+    times = mmdet_side_by_side.group_times(profile["run"].events(), "group:total")
+    assert set(times) == {"backbone", "head", "postprocess", "other"}

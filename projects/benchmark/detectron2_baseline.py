@@ -1,22 +1,10 @@
 """The reference for the benchmark: an RSB detector with Detectron2's own ResNet as its trunk.
 
-The baseline is the same LazyConfig model with ``model.backbone.bottom_up`` replaced by
-Detectron2's torchvision-style ResNet (``BasicStem`` and ``BottleneckBlock`` with the stride on
-the 3x3 conv), holding the RSB model's weights. Both then compute the same function and do the
-same work, so any difference in time or memory comes from the trunk's implementation.
-
-The norm layers match in cost as well as in value:
-
-==================  ==============================================  ===============================
-RSB ``norm``        :class:`rsb_backbone.TimmResNet`                Detectron2 ``ResNet`` here
-==================  ==============================================  ===============================
-``FrozenStatsBN``   ``BatchNorm2d`` kept in eval mode, trainable     ``norm="BN"``, kept in eval
-                    gamma/beta                                      mode (:class:`EvalStatsResNet`)
-``FrozenBN``,       the same layer type                             the same layer type
-``BN``, ``SyncBN``
-frozen stages       ``FrozenBatchNorm2d``, no gradients              ``ResNet.freeze(freeze_at)``:
-(``freeze_at``)                                                     the same
-==================  ==============================================  ===============================
+The baseline is the same LazyConfig model with ``model.backbone.bottom_up`` replaced by Detectron2's
+torchvision-style ResNet (``BasicStem``, ``BottleneckBlock`` with the stride on the 3x3 conv) holding
+the RSB model's weights, its norm layers matched in cost as well as in value (``FrozenStatsBN``:
+``norm="BN"`` kept in eval mode; see projects/benchmark/README.md, "How the comparison is kept fair").
+Both compute the same function with the same work: a difference in time or memory is the trunk's.
 """
 
 import copy
@@ -34,15 +22,6 @@ from detectron2.utils.registry import locate
 
 from rsb_backbone import FROZEN_STATS_BN, NORM_MODES, TimmResNet
 from rsb_backbone.modeling.backbone.timm_resnet import set_batchnorm_eval
-
-__all__ = [
-    "EvalStatsResNet",
-    "build_detectron2_resnet",
-    "baseline_model_config",
-    "timm_to_detectron2_key",
-    "copy_rsb_weights",
-    "max_output_difference",
-]
 
 # timm ResNet names that Detectron2's ResNet.make_default_stages builds (plain 7x7 stem, no
 # "d"/"s" variants): architecture name -> depth.
@@ -145,7 +124,7 @@ def copy_rsb_weights(rsb_model: nn.Module, baseline_model: nn.Module) -> None:
     renamed = {}
     for key, value in rsb_model.state_dict().items():
         if key.startswith(_BOTTOM_UP):
-            key = _BOTTOM_UP + timm_to_detectron2_key(key[len(_BOTTOM_UP):])
+            key = _BOTTOM_UP + timm_to_detectron2_key(key[len(_BOTTOM_UP) :])
         renamed[key] = value
     baseline_model.load_state_dict(renamed, strict=True)
 

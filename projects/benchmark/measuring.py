@@ -1,13 +1,17 @@
-"""What the benchmark scripts of this folder share: the description of the machine a run measured,
-a process's resident memory from ``/proc/self/status`` with its high-water mark reset between
-samples, the bytes a model's tensors hold, image sizes of the command line, and markdown tables.
+"""What the benchmark scripts of this folder share: alternating runs and the paired ratios of their
+samples, peak memory, the machine's description, image sizes, FLOP counts, tables, options, output.
+
+Two models timed in one alternating run (sample i of A, then sample i of B, the order flipped from
+round to round) share the machine's load pair by pair: a busy second slows both samples of a pair.
+The ratio of the two samples of each pair therefore cancels most of that load, and the median of
+the per-pair ratios with their interquartile range (IQR) says both how large the difference is and
+how well the run resolved it; the ratio of two medians, each from another moment, says neither.
 
 Example::
 
-    >>> reset_peak_memory()
-    >>> data = bytearray(64 << 20)
-    >>> read_memory_mib("VmHWM") - read_memory_mib("VmRSS") < 1
-    True
+    >>> stats = paired_ratio_statistics([104, 220, 90, 300, 98], [100, 200, 100, 250, 100])
+    >>> format_ratio(stats)
+    '1.04 (0.98-1.10)'
 """
 
 import argparse
@@ -15,53 +19,110 @@ import contextlib
 import ctypes
 import gc
 import importlib.metadata
+import json
+import math
 import os
 import platform
 import re
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+MIB = 2**20
 
 
-def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Dict[str, object]:
-    """What the figures were measured on: CPU model, its cores, the platform, the versions of
-    ``packages`` (as installed; one that is not is reported as missing), torch's CPU threads and,
-    for a CUDA ``device``, the GPU with its CUDA and cuDNN versions.
+# ---- alternating runs and paired ratios ----------------------------------------------------------
+def alternate(
+    functions: Dict[str, Callable], *, rounds: int, warmup: int = 0, on_round: Optional[Callable] = None
+) -> Dict[str, List]:
+    """Call each function once per round, ``warmup`` rounds first, the order flipped every round
+    (A B, B A, ...) so that neither always runs first.
 
     Args:
-        packages: distribution names of the Python packages whose versions the figures depend on.
-        device: the ``torch.device`` the figures come from; None: the CPU.
+        functions: name -> a measurement (e.g. :func:`timed_ms`).
+        rounds: rounds whose results are kept.
+        warmup: rounds before them whose results are dropped.
+        on_round: called with each round's index (warm-up rounds included) and its results.
+
+    Returns:
+        name -> the results of its kept rounds (sample i of every name from round i).
     """
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            cpu = match.group(1).strip() if match else cpu
-    info: Dict[str, object] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    for name in packages:
-        try:
-            info[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            info[name] = "missing"
-    import torch
-
-    info["torch_threads"] = torch.get_num_threads()
-    if device is not None and device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
+    names, samples = list(functions), {name: [] for name in functions}
+    for index in range(warmup + rounds):
+        results = {name: functions[name]() for name in (names if index % 2 == 0 else names[::-1])}
+        for name in names if index >= warmup else ():
+            samples[name].append(results[name])
+        if on_round is not None:
+            on_round(index, results)
+    return samples
 
 
+def timed_ms(function: Callable, synchronize: Callable = lambda: None) -> Callable[[], float]:
+    """A measurement of ``function``: its wall time in ms after a garbage collection, ``synchronize``
+    (waiting for a device's queued work) called before and after it."""
+
+    def measure() -> float:
+        gc.collect()
+        synchronize()
+        start = time.perf_counter()
+        function()
+        synchronize()
+        return 1000 * (time.perf_counter() - start)
+
+    return measure
+
+
+def quartiles(values: Sequence[float]) -> List[float]:
+    """First quartile, median and third quartile, linearly interpolated between the sorted values
+    (numpy's default; :func:`statistics.quantiles`' ``inclusive``). One value is its own three."""
+    if not values:
+        raise ValueError("quartiles of no values")
+    if len(values) == 1:
+        return [float(values[0])] * 3
+    return [float(q) for q in statistics.quantiles(values, n=4, method="inclusive")]
+
+
+def paired_ratio_statistics(numerators: Sequence[float], denominators: Sequence[float]) -> Dict:
+    """Median and interquartile range of the per-pair ratios ``numerators[i] / denominators[i]``.
+
+    Args:
+        numerators: one sample per pair of the model in the numerator (e.g. this repository's).
+        denominators: the other model's sample of the same pairs, in the same order.
+
+    Returns:
+        ``n`` (usable pairs), ``ratios``, ``median``, ``q1``, ``q3``, ``iqr``, ``min``, ``max``; the
+        figures are None where no pair has two usable samples (not None, finite, denominator not 0).
+    """
+    if len(numerators) != len(denominators):
+        raise ValueError(f"{len(numerators)} numerators for {len(denominators)} denominators: must pair up")
+    pairs = [(n, d) for n, d in zip(numerators, denominators) if n is not None and d is not None]
+    ratios = [n / d for n, d in pairs if d != 0 and math.isfinite(n) and math.isfinite(d)]
+    if not ratios:
+        return {"n": 0, "ratios": [], **dict.fromkeys(("median", "q1", "q3", "iqr", "min", "max"))}
+    q1, median, q3 = quartiles(ratios)
+    stats = dict(n=len(ratios), ratios=ratios, median=median, q1=q1, q3=q3, iqr=q3 - q1)
+    return {**stats, "min": min(ratios), "max": max(ratios)}
+
+
+def within_tolerance(stats: Dict, tolerance: float = 0.05) -> bool:
+    """Whether both quartiles of a :func:`paired_ratio_statistics` result lie within ``tolerance``
+    of its median, i.e. whether the run resolved the ratio to that precision."""
+    if stats["median"] is None:
+        return False
+    return stats["q3"] - stats["median"] <= tolerance and stats["median"] - stats["q1"] <= tolerance
+
+
+def format_ratio(stats: Dict, digits: int = 2) -> str:
+    """``"median (q1-q3)"`` of a :func:`paired_ratio_statistics` result, or ``"n/a"``."""
+    if stats["median"] is None:
+        return "n/a"
+    return f"{stats['median']:.{digits}f} ({stats['q1']:.{digits}f}-{stats['q3']:.{digits}f})"
+
+
+# ---- memory ------------------------------------------------------------------------------------
 def read_memory_mib(field: str) -> float:
-    """One memory figure of this process from ``/proc/self/status``, in MiB.
-
-    Args:
-        field: ``VmRSS`` (resident set now) or ``VmHWM`` (its high-water mark).
-    """
+    """``VmRSS`` (resident set now) or ``VmHWM`` (its high-water mark) of this process, in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -70,19 +131,10 @@ def read_memory_mib(field: str) -> float:
 
 
 def reset_peak_memory() -> None:
-    """Reset this process's resident high-water mark (``VmHWM``) to its resident set now, so that
-    ``read_memory_mib("VmHWM")`` covers what comes after. A process started by ``subprocess``
-    inherits its parent's ``ru_maxrss``; ``VmHWM`` after this reset is its own."""
+    """Reset this process's ``VmHWM`` to its resident set now (a process started by ``subprocess``
+    inherits its parent's ``ru_maxrss``; ``VmHWM`` after this reset is its own)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-
-
-def release_cpu_memory() -> None:
-    """Give memory that Python and glibc hold but no longer use back to the system, so that the
-    next sample's resident set starts from what is in use."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def cpu_peak_memory_supported() -> bool:
@@ -95,10 +147,46 @@ def cpu_peak_memory_supported() -> bool:
     return True
 
 
+def peak_growth_mib(function: Callable) -> float:
+    """How far this process's resident set rises while ``function`` runs, in MiB, above its level
+    before: memory that Python and glibc hold unused given back first (``malloc_trim``)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    reset_peak_memory()
+    before = read_memory_mib("VmRSS")
+    function()
+    return read_memory_mib("VmHWM") - before
+
+
 def tensor_bytes(model) -> int:
     """Bytes held by the parameters and buffers of a ``torch.nn.Module``."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+# ---- the run: machine, options, FLOPs, tables, output --------------------------------------------
+def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Dict[str, object]:
+    """CPU model, cores, platform, the installed versions of ``packages`` ("missing" for one that
+    is not), torch's CPU threads and, for a CUDA ``device`` (a ``torch.device``), the GPU."""
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = match.group(1).strip() if match else cpu
+    info = dict(
+        cpu=cpu, cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version()
+    )
+    for name in packages:
+        try:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            info[name] = "missing"
+    import torch
+
+    info["torch_threads"] = torch.get_num_threads()
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
 
 
 def parse_image_size(text: str, aspect: Optional[float] = None) -> Tuple[int, int]:
@@ -112,27 +200,155 @@ def parse_image_size(text: str, aspect: Optional[float] = None) -> Tuple[int, in
     match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 512 or 800x1333")
-    if match.group(2):
-        height, width = int(match.group(1)), int(match.group(2))
-    else:
-        width = int(match.group(1))
-        height = width if aspect is None else round(width * aspect)
+    width = int(match.group(2) or match.group(1))
+    height = int(match.group(1)) if match.group(2) or aspect is None else round(width * aspect)
     if min(height, width) < 32:
         raise argparse.ArgumentTypeError(f"image size {text!r}: both sides must be at least 32 pixels")
     return height, width
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], right_aligned: Optional[Sequence[bool]] = None) -> str:
-    """A markdown table.
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"-?\d+", text.strip()) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least {minimum}")
+        return int(text)
+
+    return parse
+
+
+def script_parser(description: str, *, threads: bool = True) -> argparse.ArgumentParser:
+    """An argument parser showing ``description`` (a script's docstring) as written, with the options
+    every script has: ``--seed``, ``--json``, ``--no-check`` and, with ``threads``, ``--threads``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and generated inputs")
+    parser.add_argument("--json", metavar="OUT", help="also write the report, every sample included, to OUT")
+    parser.add_argument("--no-check", dest="check", action="store_false", help="exit 0 whatever the figures")
+    if threads:
+        parser.add_argument("--threads", type=at_least(1), help="torch CPU threads (default: torch's)")
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser, detectors: Sequence[str]) -> None:
+    """``--detectors`` (with random weights), ``--trained NAME CONFIG CHECKPOINT`` and ``--image``."""
+    add = parser.add_argument
+    # fmt: off
+    add("--detectors", nargs="*", choices=list(detectors), default=list(detectors), metavar="NAME",
+        help=f"detectors with random weights (default: all of {', '.join(detectors)}; none: --trained only)")
+    add("--trained", nargs=3, action="append", default=[], metavar=("NAME", "CONFIG", "CHECKPOINT"),
+        help="also measure a trained model (a train_net.py run's config.yaml and checkpoint) as rows NAME")
+    add("--image", metavar="FILE", help="measure on this image, resized, instead of random pixels")
+    # fmt: on
+
+
+def models_to_measure(parser: argparse.ArgumentParser, args) -> List[Tuple[str, Optional[Tuple[str, str]]]]:
+    """(name, None) for each of ``--detectors``, (name, (config, checkpoint)) for each ``--trained``;
+    a usage error when there is none or a file is missing."""
+    if not args.detectors and not args.trained:
+        parser.error("nothing to measure: name --detectors or give --trained")
+    for path in [args.image] * bool(args.image) + [p for _, *paths in args.trained for p in paths]:
+        if not os.path.isfile(path):
+            parser.error(f"{path}: no such file")
+    return [(detector, None) for detector in args.detectors] + [(n, (c, w)) for n, c, w in args.trained]
+
+
+def count_flops(make_analysis: Callable, logger=None, what: str = "the model") -> Dict:
+    """fvcore's count of one traced run (one multiply-add = one FLOP).
 
     Args:
-        headers: column titles.
-        rows: one sequence of cells per row (converted with ``str``).
-        right_aligned: per column, whether its cells are right-aligned (numbers); default: all
-            but the first.
+        make_analysis: builds the ``FlopCountAnalysis`` (fvcore's, or Detectron2's with its input
+            adapter); called under ``torch.no_grad``.
+        logger: where a tracing failure is reported as a warning.
+        what: the model's name in that warning.
+
+    Returns:
+        ``{"gflops", "uncounted_ops": {op: count}}``, or ``{"gflops": None, "error"}``.
     """
-    if right_aligned is None:
-        right_aligned = [False] + [True] * (len(headers) - 1)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if r else "---" for r in right_aligned) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    import torch
+
+    try:
+        with torch.no_grad():
+            analysis = make_analysis()
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            return {"gflops": analysis.total() / 1e9, "uncounted_ops": dict(analysis.unsupported_ops())}
+    except Exception as error:  # noqa: BLE001 - a tracing failure is reported, not fatal
+        if logger is not None:
+            logger.warning("fvcore could not count the FLOPs of %s: %s", what, error)
+        return {"gflops": None, "error": f"{type(error).__name__}: {error}"}
+
+
+def fmt(value: Optional[float], digits: int = 1) -> str:
+    """A figure with thousands separators, or ``n/a``."""
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], align: Optional[str] = None) -> str:
+    """A markdown table; ``align`` has an ``l`` or ``r`` per column (default: the first column
+    left-aligned, the others, numbers, right-aligned); cells are converted with ``str``."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    lines = ["| " + " | ".join(map(str, row)) + " |" for row in [headers, *rows]]
+    lines.insert(1, "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|")
     return "\n".join(lines)
+
+
+def figure_table(
+    rows: Iterable[Sequence], columns: Sequence[str], ratio_title: str, tolerance: float = 0.05
+) -> str:
+    """The markdown table of two models' figures, a row each, and a note on unresolved ratios.
+
+    Args:
+        rows: (detector, figure, value, the other model's value, ratio); the ratio a
+            :func:`paired_ratio_statistics` result (shown as median (IQR), ``*`` where not resolved
+            to ``tolerance``, with its number of pairs), a plain number or None.
+        columns: titles of the two value columns.
+        ratio_title: title of the ratio column.
+        tolerance: see :func:`within_tolerance`.
+    """
+    body = []
+    for detector, figure, value, other, ratio in rows:
+        if isinstance(ratio, dict):
+            cells = [format_ratio(ratio) + ("" if within_tolerance(ratio, tolerance) else " *"), ratio["n"]]
+        else:
+            cells = ["n/a" if ratio is None else f"{ratio:.3f}", "-"]
+        body.append([detector, figure, fmt(value), fmt(other), *cells])
+    table = markdown_table(["detector", "figure", *columns, ratio_title, "pairs"], body, align="llrrlr")
+    note = f"a quartile of the ratios lies more than {tolerance} from their median: not resolved to that precision"
+    return f"{table}\n\n\\* {note} by this run."
+
+
+def measure_each(names: Sequence, measure: Callable, report: Dict, json_path: Optional[str], logger) -> Dict:
+    """``report["results"]`` += ``measure(name)`` for each name, each record with its ``seconds``
+    and logged; ``report`` written to ``json_path`` (if given) after each. Returns ``report``."""
+    for name in names:
+        start = time.perf_counter()
+        logger.info(
+            "Measuring %s (load %.2f)", name[0] if isinstance(name, tuple) else name, os.getloadavg()[0]
+        )
+        record = measure(name)
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        logger.info("%s done in %.0f s", record.get("detector", name), record["seconds"])
+        report["results"].append(record)
+        write_json(json_path, report)
+    return report
+
+
+def write_json(path: Optional[str], report: Dict) -> None:
+    """Write ``report`` to ``path`` (its folder created), if a path is given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=1))
+
+
+def exit_status(failures: List[str], *, check: bool, logger) -> int:
+    """Log each line of a script's ``failed_checks`` and return its exit status: 1 when ``check``
+    (no ``--no-check``) and a figure failed (lines logged as errors), else 0 (as warnings)."""
+    for line in failures:
+        if check:
+            logger.error("FAILED %s", line)
+        else:
+            logger.warning("not checked (--no-check): %s", line)
+    return 1 if check and failures else 0

@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
-# Fills a folder (default .whl/, git-ignored) with what run_on_gpu.sh installs on a GPU machine
-# that has PyTorch, torchvision, numpy and OpenCV but no internet:
-#   * wheels of the other Python packages, at the versions installed here, for the target's
-#     Python (default 3.12, x86-64 Linux); sdist-only pure-Python packages are built here;
-#   * detectron2's Python package as installed here, without its compiled _C extension (built
-#     for this machine's Python and torch, useless there). The four detectors never call _C:
-#     RoIAlign and NMS come from torchvision; _C holds deformable convs, rotated boxes and a fast
-#     COCO evaluation, for which detectron2 falls back to pycocotools.
-#
-# Usage: bash projects/benchmark/prepare_offline.sh [DEST] ; PYTHON_VERSION=3.11 for another target.
+# Fills a folder (default .whl/, git-ignored) with what run_on_gpu.sh installs on a GPU machine that
+# has PyTorch, torchvision, numpy and OpenCV but no internet: wheels of the other packages at the
+# versions installed here, for the target's Python, and detectron2's Python package without its _C
+# (projects/benchmark/README.md). Usage: bash projects/benchmark/prepare_offline.sh [DEST];
+# PYTHON_VERSION=3.11 for another target than 3.12.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dest=${1:-.whl}

@@ -1,23 +1,8 @@
 #!/usr/bin/env python3
 """Registering a COCO-train-sized data set: ``--register-coco`` (``register_coco_instances_checked``)
-against Detectron2's own ``register_coco_instances``, in time and memory.
-
-The script writes (once, into ``--data-dir``) a COCO instances file of COCO train2017's size:
-118,287 images, 860,001 polygon annotations, 80 categories, with an empty file per image (the
-checked registration looks each image file up). Each loader then runs in a fresh worker process,
-the two alternately (the order flipped every round), from registration to the serialised training
-set, which is what a training process holds: ``register*``, then Detectron2's
-``get_detection_dataset_dicts`` (``filter_empty=True``) and ``DatasetFromList(serialize=True)``, as
-``build_detection_train_loader`` does. Per worker: the registration's time and the resident memory
-it leaves behind, the time to the serialised set and the peak resident set (``VmHWM``, reset after
-the imports).
-
-The table gives both loaders' medians and the median (IQR) of the per-round ratios checked /
-Detectron2. Exit code 1, with one line naming the figure, when the checked registration takes more
-than ``TARGET_RATIO`` of Detectron2's time or peak memory, or holds more than ``HELD_LIMIT_MIB``
-between registration and first use; ``--no-check`` only prints the figures.
-
-Example (about 12 minutes on 2 CPU cores, the file's generation included)::
+against Detectron2's own ``register_coco_instances``, in time and memory, each loader in fresh worker
+processes, alternately. What it measures and the figures: docs/benchmark.md, "Registering a
+COCO-train-sized set"; the exit code is 1 when a figure misses its target (``failed_checks``).
 
     python3 projects/benchmark/registration_benchmark.py --data-dir /tmp/coco_sized \\
         --json projects/benchmark/results/cpu_registration.json
@@ -32,12 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from measuring import machine_description, markdown_table, read_memory_mib, reset_peak_memory
-from paired_ratios import format_ratio, paired_ratio_statistics
+from measuring import alternate, at_least, exit_status, format_ratio, machine_description, markdown_table
+from measuring import paired_ratio_statistics, read_memory_mib, reset_peak_memory, script_parser, write_json
 
 logger = logging.getLogger("rsb_detectron2.registration_benchmark")
 
@@ -45,122 +31,6 @@ LOADERS = ("detectron2", "checked")
 TARGET_RATIO = 1.2
 HELD_LIMIT_MIB = 64.0  # resident memory a registration may leave behind until the set's first use
 DATASET_NAME = "coco_sized_train"
-
-
-# ---- the data set -------------------------------------------------------------------------------
-def write_coco_sized_file(data_dir: str, num_images: int, num_annotations: int, num_categories: int, seed: int) -> Dict[str, str]:
-    """Write the COCO instances file and the empty image files into ``data_dir``, unless a file of
-    the same size and seed is there already.
-
-    Args:
-        data_dir: output folder (``instances.json`` and ``images/``).
-        num_images, num_annotations, num_categories: the file's size.
-        seed: of the random boxes and polygons.
-
-    Returns:
-        ``json_file`` and ``image_root``.
-    """
-    json_file, image_root = os.path.join(data_dir, "instances.json"), os.path.join(data_dir, "images")
-    spec = {"images": num_images, "annotations": num_annotations, "categories": num_categories, "seed": seed}
-    spec_file = os.path.join(data_dir, "spec.json")
-    if os.path.isfile(spec_file) and os.path.isfile(json_file):
-        with open(spec_file) as f:
-            if json.load(f) == spec:
-                return {"json_file": json_file, "image_root": image_root}
-    os.makedirs(image_root, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    widths = rng.integers(320, 641, num_images)
-    heights = rng.integers(240, 481, num_images)
-    owner = np.sort(rng.integers(0, num_images, num_annotations))  # each annotation's image
-    logger.info("Writing %s: %d images, %d annotations", json_file, num_images, num_annotations)
-    with open(json_file + ".tmp", "w") as f:
-        f.write('{"info": {"description": "COCO-train-sized generated set"}, "images": [')
-        for i in range(num_images):
-            file_name = f"{i + 1:012d}.jpg"
-            open(os.path.join(image_root, file_name), "wb").close()
-            entry = {"id": i + 1, "file_name": file_name, "height": int(heights[i]), "width": int(widths[i])}
-            f.write(("," if i else "") + json.dumps(entry))
-        f.write('], "annotations": [')
-        for a in range(num_annotations):
-            image = owner[a]
-            w, h = int(widths[image]), int(heights[image])
-            bw, bh = rng.uniform(8, w / 2), rng.uniform(8, h / 2)
-            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            # A star-shaped polygon of 8-20 vertices inside the box, as labelling tools draw them.
-            n = int(rng.integers(8, 21))
-            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-            radii = rng.uniform(0.6, 1.0, n)
-            xs = x + bw / 2 * (1 + radii * np.cos(angles))
-            ys = y + bh / 2 * (1 + radii * np.sin(angles))
-            polygon = np.round(np.stack([xs, ys], 1).reshape(-1), 2).tolist()
-            entry = {
-                "id": a + 1,
-                "image_id": int(image) + 1,
-                "category_id": int(rng.integers(1, num_categories + 1)),
-                "bbox": [round(float(v), 2) for v in (x, y, bw, bh)],
-                "area": round(float(bw * bh * 0.7), 2),
-                "iscrowd": 0,
-                "segmentation": [polygon],
-            }
-            f.write(("," if a else "") + json.dumps(entry))
-        categories = [{"id": c + 1, "name": f"class_{c + 1}", "supercategory": "thing"} for c in range(num_categories)]
-        f.write('], "categories": ' + json.dumps(categories) + "}")
-    os.replace(json_file + ".tmp", json_file)
-    with open(spec_file, "w") as f:
-        json.dump(spec, f)
-    return {"json_file": json_file, "image_root": image_root}
-
-
-# ---- the worker: one loader, from registration to the serialised training set ----------------------
-def run_worker(loader: str, json_file: str, image_root: str) -> Dict[str, float]:
-    """Register the file with ``loader`` and build the serialised training set; the measured figures.
-
-    Args:
-        loader: ``detectron2`` (``register_coco_instances``) or ``checked`` (``--register-coco``).
-        json_file, image_root: the data set.
-    """
-    from detectron2.data import get_detection_dataset_dicts
-    from detectron2.data.common import DatasetFromList
-    from detectron2.data.datasets import register_coco_instances
-
-    from rsb_backbone.data import register_coco_instances_checked
-
-    reset_peak_memory()
-    start_mib = read_memory_mib("VmRSS")
-    start = time.perf_counter()
-    if loader == "detectron2":
-        register_coco_instances(DATASET_NAME, {}, json_file, image_root)
-    else:
-        register_coco_instances_checked(DATASET_NAME, json_file, image_root)
-    registered = time.perf_counter()
-    held_mib = read_memory_mib("VmRSS") - start_mib
-    dicts = get_detection_dataset_dicts([DATASET_NAME], filter_empty=True)
-    dataset = DatasetFromList(dicts, copy=False, serialize=True)  # as build_detection_train_loader
-    num_images = len(dicts)
-    del dicts
-    done = time.perf_counter()
-    return {
-        "registration_s": registered - start,
-        "to_serialised_s": done - start,
-        "held_after_registration_mib": held_mib,
-        "peak_mib": read_memory_mib("VmHWM"),
-        "peak_over_start_mib": read_memory_mib("VmHWM") - start_mib,
-        "serialised_mib": read_memory_mib("VmRSS") - start_mib,
-        "training_images": num_images,
-        "dataset_length": len(dataset),
-    }
-
-
-def call_worker(loader: str, files: Dict[str, str]) -> Dict[str, float]:
-    """Run :func:`run_worker` in a fresh interpreter; its figures."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", loader, "--json-file", files["json_file"], "--image-root", files["image_root"]]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"the {loader} worker failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-# ---- the report ------------------------------------------------------------------------------------
 FIGURES = (  # key, row title, digits, whether a ratio is reported
     ("registration_s", "registration (s)", 1, False),
     ("to_serialised_s", "time to the serialised training set (s)", 1, True),
@@ -170,14 +40,110 @@ FIGURES = (  # key, row title, digits, whether a ratio is reported
 )
 
 
+def write_coco_sized_file(data_dir: str, images: int, annotations: int, categories: int, seed: int) -> Dict:
+    """Write ``instances.json`` (``images`` of random sizes, ``annotations`` spread over them at random
+    with random boxes and star-shaped polygons of 8-20 vertices, ``categories``) and an empty file per
+    image into ``data_dir``, unless its ``spec.json`` says they are there; their ``json_file`` and
+    ``image_root``."""
+    files = {
+        "json_file": os.path.join(data_dir, "instances.json"),
+        "image_root": os.path.join(data_dir, "images"),
+    }
+    spec, spec_file = (
+        dict(images=images, annotations=annotations, categories=categories, seed=seed),
+        f"{data_dir}/spec.json",
+    )
+    if (
+        os.path.isfile(files["json_file"])
+        and os.path.isfile(spec_file)
+        and json.load(open(spec_file)) == spec
+    ):
+        return files
+    os.makedirs(files["image_root"], exist_ok=True)
+    rng = np.random.default_rng(seed)
+    widths, heights = rng.integers(320, 641, images), rng.integers(240, 481, images)
+    owners = np.sort(rng.integers(0, images, annotations))  # each annotation's image
+    logger.info("Writing %s: %d images, %d annotations", files["json_file"], images, annotations)
+    with open(files["json_file"] + ".tmp", "w") as f:
+        f.write('{"info": {"description": "COCO-train-sized generated set"}, "images": [')
+        for i in range(images):
+            name = f"{i + 1:012d}.jpg"
+            open(os.path.join(files["image_root"], name), "wb").close()
+            entry = {"id": i + 1, "file_name": name, "height": int(heights[i]), "width": int(widths[i])}
+            f.write(("," if i else "") + json.dumps(entry))
+        f.write('], "annotations": [')
+        for a, owner in enumerate(owners):
+            w, h = int(widths[owner]), int(heights[owner])
+            bw, bh = rng.uniform(8, w / 2), rng.uniform(8, h / 2)
+            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            n = int(rng.integers(8, 21))
+            angles, radii = np.sort(rng.uniform(0, 2 * np.pi, n)), rng.uniform(0.6, 1.0, n)
+            xs, ys = x + bw / 2 * (1 + radii * np.cos(angles)), y + bh / 2 * (1 + radii * np.sin(angles))
+            entry = {
+                "id": a + 1,
+                "image_id": int(owner) + 1,
+                "category_id": int(rng.integers(1, categories + 1)),
+            }
+            entry.update(
+                bbox=[round(float(v), 2) for v in (x, y, bw, bh)], area=round(float(bw * bh * 0.7), 2)
+            )
+            entry.update(iscrowd=0, segmentation=[np.round(np.stack([xs, ys], 1).reshape(-1), 2).tolist()])
+            f.write(("," if a else "") + json.dumps(entry))
+        names = [{"id": c + 1, "name": f"class_{c + 1}", "supercategory": "thing"} for c in range(categories)]
+        f.write('], "categories": ' + json.dumps(names) + "}")
+    os.replace(files["json_file"] + ".tmp", files["json_file"])
+    Path(spec_file).write_text(json.dumps(spec))
+    return files
+
+
+def run_worker(loader: str, json_file: str, image_root: str) -> Dict[str, float]:
+    """The figures of registering the file with ``loader`` (``detectron2``: ``register_coco_instances``,
+    ``checked``: ``--register-coco``) and building the serialised training set as
+    ``build_detection_train_loader`` does, ``VmHWM`` reset after the imports."""
+    from detectron2.data import get_detection_dataset_dicts
+    from detectron2.data.common import DatasetFromList
+    from detectron2.data.datasets import register_coco_instances
+
+    from rsb_backbone.data import register_coco_instances_checked
+
+    reset_peak_memory()
+    start_mib, start = read_memory_mib("VmRSS"), time.perf_counter()
+    if loader == "detectron2":
+        register_coco_instances(DATASET_NAME, {}, json_file, image_root)
+    else:
+        register_coco_instances_checked(DATASET_NAME, json_file, image_root)
+    registered, held_mib = time.perf_counter(), read_memory_mib("VmRSS") - start_mib
+    dicts = get_detection_dataset_dicts([DATASET_NAME], filter_empty=True)
+    dataset = DatasetFromList(dicts, copy=False, serialize=True)
+    num_images = len(dicts)
+    del dicts
+    figures = dict(registration_s=registered - start, to_serialised_s=time.perf_counter() - start)
+    figures.update(held_after_registration_mib=held_mib, peak_mib=read_memory_mib("VmHWM"))
+    figures.update(
+        peak_over_start_mib=figures["peak_mib"] - start_mib,
+        serialised_mib=read_memory_mib("VmRSS") - start_mib,
+    )
+    return {**figures, "training_images": num_images, "dataset_length": len(dataset)}
+
+
+def call_worker(loader: str, files: Dict[str, str]) -> Dict[str, float]:
+    """Run :func:`run_worker` in a fresh interpreter; its figures."""
+    command = [sys.executable, os.path.abspath(__file__), "--worker", loader]
+    command += ["--json-file", files["json_file"], "--image-root", files["image_root"]]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the {loader} worker failed ({result.returncode}): {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def summarize(samples: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict]:
     """Per figure: each loader's median and the paired ratio checked / Detectron2."""
     summary = {}
     for key, _, _, with_ratio in FIGURES:
-        entry = {loader: statistics.median(s[key] for s in samples[loader]) for loader in LOADERS}
+        values = {loader: [s[key] for s in samples[loader]] for loader in LOADERS}
+        summary[key] = {loader: statistics.median(values[loader]) for loader in LOADERS}
         if with_ratio:
-            entry["ratio"] = paired_ratio_statistics([s[key] for s in samples["checked"]], [s[key] for s in samples["detectron2"]])
-        summary[key] = entry
+            summary[key]["ratio"] = paired_ratio_statistics(values["checked"], values["detectron2"])
     return summary
 
 
@@ -185,9 +151,10 @@ def format_table(summary: Dict[str, Dict]) -> str:
     """The markdown table of :func:`summarize`'s figures."""
     rows = []
     for key, title, digits, with_ratio in FIGURES:
-        entry = summary[key]
-        rows.append([title, f"{entry['detectron2']:,.{digits}f}", f"{entry['checked']:,.{digits}f}", format_ratio(entry["ratio"]) if with_ratio else "-"])
-    return markdown_table(["", "Detectron2 `register_coco_instances`", "`--register-coco` (checked)", "checked / Detectron2"], rows)
+        values = [f"{summary[key][loader]:,.{digits}f}" for loader in LOADERS]
+        rows.append([title, *values, format_ratio(summary[key]["ratio"]) if with_ratio else "-"])
+    loaders = ["Detectron2 `register_coco_instances`", "`--register-coco` (checked)"]
+    return markdown_table(["", *loaders, "checked / Detectron2"], rows)
 
 
 def failed_checks(summary: Dict[str, Dict]) -> List[str]:
@@ -200,23 +167,22 @@ def failed_checks(summary: Dict[str, Dict]) -> List[str]:
             failures.append(f"{key}: checked / Detectron2 = {ratio}, above the target {TARGET_RATIO}")
     held = summary["held_after_registration_mib"]["checked"]
     if held > HELD_LIMIT_MIB:
-        failures.append(f"held_after_registration_mib: {held:.0f} MiB held after registration, above {HELD_LIMIT_MIB:.0f}")
+        failures.append(
+            f"held_after_registration_mib: {held:.0f} MiB held after registration, above {HELD_LIMIT_MIB:.0f}"
+        )
     return failures
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help="where the generated data set is written (kept for reruns)")
-    parser.add_argument("--images", type=int, default=118287)
-    parser.add_argument("--annotations", type=int, default=860001)
-    parser.add_argument("--categories", type=int, default=80)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (a worker per loader each)")
-    parser.add_argument("--json", help="write the samples and the summary to this file")
-    parser.add_argument("--no-check", action="store_true", help="print the figures; exit 0 whatever they are")
-    parser.add_argument("--worker", choices=LOADERS, help=argparse.SUPPRESS)
-    parser.add_argument("--json-file", help=argparse.SUPPRESS)
-    parser.add_argument("--image-root", help=argparse.SUPPRESS)
+    parser = script_parser(__doc__, threads=False)
+    add = parser.add_argument
+    add("--data-dir", help="where the generated data set is written (kept for reruns)")
+    add("--images", type=at_least(1), default=118287)
+    add("--annotations", type=at_least(1), default=860001)
+    add("--categories", type=at_least(1), default=80)
+    add("--rounds", type=at_least(1), default=3, help="alternating rounds (a worker per loader each)")
+    for name in ("--worker", "--json-file", "--image-root"):  # a worker's own
+        add(name, help=argparse.SUPPRESS)
     return parser
 
 
@@ -230,29 +196,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--data-dir is required: the folder for the generated data set")
     started = time.time()
     files = write_coco_sized_file(args.data_dir, args.images, args.annotations, args.categories, args.seed)
-    samples: Dict[str, List[Dict[str, float]]] = {loader: [] for loader in LOADERS}
-    for round_index in range(args.rounds):
-        for loader in LOADERS if round_index % 2 == 0 else LOADERS[::-1]:
-            samples[loader].append(call_worker(loader, files))
-            logger.info("round %d %s: %s", round_index + 1, loader, samples[loader][-1])
+    calls = {loader: lambda loader=loader: call_worker(loader, files) for loader in LOADERS}
+    log = lambda index, results: logger.info("round %d: %s", index + 1, results)  # noqa: E731
+    samples = alternate(calls, rounds=args.rounds, on_round=log)
     summary = summarize(samples)
-    report = {
-        "machine": machine_description(("torch", "detectron2", "pycocotools")),
-        "data_set": {"images": args.images, "annotations": args.annotations, "categories": args.categories, "json_mib": os.path.getsize(files["json_file"]) / 2**20},
-        "rounds": args.rounds,
-        "minutes": (time.time() - started) / 60,
-        "samples": samples,
-        "summary": summary,
-    }
-    print(f"\n{args.images:,} images, {args.annotations:,} annotations, a {report['data_set']['json_mib']:.0f} MiB file; {args.rounds} rounds\n")
-    print(format_table(summary))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    failures = [] if args.no_check else failed_checks(summary)
-    for line in failures:
-        logger.error("registration_benchmark: %s", line)
-    return 1 if failures else 0
+    data_set = dict(images=args.images, annotations=args.annotations, categories=args.categories)
+    data_set["json_mib"] = os.path.getsize(files["json_file"]) / 2**20
+    machine = machine_description(("torch", "detectron2", "pycocotools"))
+    report = dict(
+        machine=machine, data_set=data_set, rounds=args.rounds, minutes=(time.time() - started) / 60
+    )
+    report.update(samples=samples, summary=summary)
+    size = f"{args.images:,} images, {args.annotations:,} annotations, a {data_set['json_mib']:.0f} MiB file"
+    print(f"\n{size}; {args.rounds} rounds\n\n{format_table(summary)}")
+    write_json(args.json, report)
+    return exit_status(failed_checks(summary), check=args.check, logger=logger)
 
 
 if __name__ == "__main__":

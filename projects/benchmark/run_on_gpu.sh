@@ -1,18 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark on a CUDA machine without internet, in under 10 minutes:
-#   1. installs the packages that prepare_offline.sh put in .whl/ (into a temporary folder);
-#   2. benchmark.py at the seed's scale (800x1333, 2 training images, fp32: the figure to compare
-#      with mmdetection's "Mem (GB)"), then again with --amp --channels-last;
-#   3. the RSB models in fp32 against fp16 and against bf16 (benchmark.py --precision): training
-#      memory and step time at 2 images per GPU, and batch-1 latency, for the four detectors;
-#   4. 300 mixed precision (bf16) training iterations of Mask R-CNN on the generated shapes data
-#      (train_net.py train.amp.precision=bfloat16), with the evaluation at the end;
-#   5. prints the tables. Results go to $OUT (default output/gpu_benchmark).
-#
-# Usage, from a checkout with .whl/ filled by prepare_offline.sh on a machine with internet:
-#     bash projects/benchmark/run_on_gpu.sh
-# Needs: python3 with CUDA PyTorch, torchvision, numpy and OpenCV (PYTHON=... for another one).
-# A quick rehearsal of the whole script on a CPU:
+# The benchmark on a CUDA machine without internet, in under 10 minutes (projects/benchmark/README.md):
+# installs what prepare_offline.sh put in .whl/, runs benchmark.py in fp32, with --amp --channels-last
+# and with --precision, trains Mask R-CNN on the shapes data in bf16 and prints the tables ($OUT).
+# Needs python3 with CUDA PyTorch, torchvision, numpy and OpenCV (PYTHON=... for another). On a CPU:
 #     DEVICE=cpu TRAIN_ITERS=2 BENCH_ARGS="--image-size 64 --batch-size 2 --iters 1 --warmup 1 \
 #         --detectors faster_rcnn" bash projects/benchmark/run_on_gpu.sh
 set -uo pipefail
