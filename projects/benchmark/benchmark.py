@@ -33,23 +33,16 @@ from rsb_backbone.utils.mixed_precision import PRECISIONS, autocast, resolve_pre
 
 from detectron2_baseline import baseline_model_config, copy_rsb_weights, max_output_difference
 from measuring import MIB, add_model_options, alternate, at_least, count_flops, cpu_peak_memory_supported
-from measuring import (
-    exit_status,
-    figure_table,
-    format_ratio,
-    machine_description,
-    measure_each,
-    models_to_measure,
-)
-from measuring import paired_ratio_statistics, parse_image_size, peak_growth_mib, script_parser, tensor_bytes
-from measuring import timed_ms, within_tolerance
+from measuring import exit_status, figure_table, format_ratio, machine_description, measure_each
+from measuring import models_to_measure, paired_ratio_statistics, parse_image_size, peak_growth_mib
+from measuring import read_image, script_parser, tensor_bytes, timed_ms, within_tolerance
 
 logger = logging.getLogger("rsb_detectron2.benchmark")
 
 DETECTORS = {
-    d: f"configs/COCO/{d}_rsb_r50_fpn_1x.py"
-    for d in ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
+    d: f"configs/COCO/{d}_rsb_r50_fpn_1x.py" for d in ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn")
 }
+DETECTORS["retinanet"] = "configs/COCO/retinanet_rsb_r50_fpn_1x.py"
 # mmdetection's "Mem (GB)" for these RSB-A1 detectors (2 images per GPU, fp32, 1333x800):
 # torch.cuda.max_memory_allocated() in MiB / 1024, i.e. GiB.
 MMDET_MEMORY_GIB = {"faster_rcnn": 3.9, "mask_rcnn": 4.5, "cascade_mask_rcnn": 6.2, "retinanet": 3.8}
@@ -111,12 +104,7 @@ def make_batch(
 
 def load_image(path: str, size: Tuple[int, int], input_format: str) -> torch.Tensor:
     """The image file at ``path`` resized to ``size``: (3, H, W) uint8 in the model's channel order."""
-    import cv2
-
-    image = cv2.imread(path)
-    if image is None:
-        raise ValueError(f"--image {path}: not a readable image file")
-    image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    image = read_image(path, *size)
     return torch.as_tensor((image[:, :, ::-1] if input_format == "RGB" else image).transpose(2, 0, 1).copy())
 
 
@@ -393,7 +381,8 @@ def format_table(report: Dict) -> str:
     columns = [precision, "float32"] if precision else ["RSB", "built-in"]
     where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
     size = "x".join(map(str, settings["image_size"]))
-    inference = f"batch 1{' and ' + str(settings['batch_size']) if settings.get('throughput', True) else ''}"
+    throughput = settings.get("throughput", True) and not precision
+    inference = f"batch 1{' and ' + str(settings['batch_size']) if throughput else ''}"
     training = f", {settings['train_batch_size']} for training" if settings.get("train", True) else ""
     compared = (
         f"the RSB model in float32 and in {precision} (torch.autocast)" if precision else "RSB and built-in"

@@ -36,18 +36,9 @@ MIB = 2**20
 def alternate(
     functions: Dict[str, Callable], *, rounds: int, warmup: int = 0, on_round: Optional[Callable] = None
 ) -> Dict[str, List]:
-    """Call each function once per round, ``warmup`` rounds first, the order flipped every round
-    (A B, B A, ...) so that neither always runs first.
-
-    Args:
-        functions: name -> a measurement (e.g. :func:`timed_ms`).
-        rounds: rounds whose results are kept.
-        warmup: rounds before them whose results are dropped.
-        on_round: called with each round's index (warm-up rounds included) and its results.
-
-    Returns:
-        name -> the results of its kept rounds (sample i of every name from round i).
-    """
+    """Call each of ``functions`` (name -> measurement, e.g. :func:`timed_ms`) once per round, the
+    order flipped every round (A B, B A, ...); ``on_round(index, results)`` after each. Returns name
+    -> the results of the ``rounds`` kept rounds (sample i of each from round i), ``warmup`` dropped."""
     names, samples = list(functions), {name: [] for name in functions}
     for index in range(warmup + rounds):
         results = {name: functions[name]() for name in (names if index % 2 == 0 else names[::-1])}
@@ -207,6 +198,16 @@ def parse_image_size(text: str, aspect: Optional[float] = None) -> Tuple[int, in
     return height, width
 
 
+def read_image(path: str, height: int, width: int):
+    """The image file at ``path`` resized to ``height`` x ``width``: (H, W, 3) uint8 BGR (OpenCV)."""
+    import cv2
+
+    image = cv2.imread(path)
+    if image is None:
+        raise ValueError(f"--image {path}: not a readable image file")
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type``: a whole number of at least ``minimum``."""
 
@@ -256,17 +257,9 @@ def models_to_measure(parser: argparse.ArgumentParser, args) -> List[Tuple[str, 
 
 
 def count_flops(make_analysis: Callable, logger=None, what: str = "the model") -> Dict:
-    """fvcore's count of one traced run (one multiply-add = one FLOP).
-
-    Args:
-        make_analysis: builds the ``FlopCountAnalysis`` (fvcore's, or Detectron2's with its input
-            adapter); called under ``torch.no_grad``.
-        logger: where a tracing failure is reported as a warning.
-        what: the model's name in that warning.
-
-    Returns:
-        ``{"gflops", "uncounted_ops": {op: count}}``, or ``{"gflops": None, "error"}``.
-    """
+    """fvcore's count (one multiply-add = one FLOP) of the ``FlopCountAnalysis`` that ``make_analysis``
+    builds under ``torch.no_grad``: ``{"gflops", "uncounted_ops": {op: count}}``, or where the tracing
+    fails ``{"gflops": None, "error"}`` and a warning naming ``what`` to ``logger``."""
     import torch
 
     try:
@@ -298,16 +291,10 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], align: Opti
 def figure_table(
     rows: Iterable[Sequence], columns: Sequence[str], ratio_title: str, tolerance: float = 0.05
 ) -> str:
-    """The markdown table of two models' figures, a row each, and a note on unresolved ratios.
-
-    Args:
-        rows: (detector, figure, value, the other model's value, ratio); the ratio a
-            :func:`paired_ratio_statistics` result (shown as median (IQR), ``*`` where not resolved
-            to ``tolerance``, with its number of pairs), a plain number or None.
-        columns: titles of the two value columns.
-        ratio_title: title of the ratio column.
-        tolerance: see :func:`within_tolerance`.
-    """
+    """The markdown table of two models' figures, and a note on unresolved ratios. ``rows``: (detector,
+    figure, value, the other model's value, ratio), the ratio a :func:`paired_ratio_statistics`
+    result (median (IQR), ``*`` where not resolved to ``tolerance``, and its pairs), a number or None;
+    ``columns``: titles of the two value columns."""
     body = []
     for detector, figure, value, other, ratio in rows:
         if isinstance(ratio, dict):

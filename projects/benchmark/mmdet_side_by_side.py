@@ -18,6 +18,7 @@ import functools
 import gc
 import importlib
 import logging
+import math
 import os
 import statistics
 import sys
@@ -115,33 +116,39 @@ def here_input(image: np.ndarray) -> Dict:
     return {"image": chw, "height": image.shape[0], "width": image.shape[1]}
 
 
-def training_batch(seed: int, size: Tuple[int, int], *, with_masks: bool) -> List[Dict[str, np.ndarray]]:
-    """Two generated images of ``size`` with ``TRAIN_OBJECTS`` objects (``mmdet_train_parity.scenes``).
+def training_batches(
+    seed: int, size: Tuple[int, int], *, with_masks: bool, polygons: bool
+) -> Dict[str, List]:
+    """Each side's two generated training images of ``size`` with ``TRAIN_OBJECTS`` objects
+    (``mmdet_train_parity.scenes``), the same on both sides.
 
     Args:
         seed: seed of the generated scenes.
         size: (height, width) of both images.
         with_masks: keep the bitmap masks (the mask detectors; neither recipe loads masks for the
             others, and Detectron2 would copy one full-image mask per sampled proposal).
+        polygons: give this repository's model each mask's outer contours as ``PolygonMasks``, the
+            format of Detectron2's COCO mapper (``--here-mask-format polygon``).
     """
-    batch = scenes(seed, layouts=tuple((size[0], size[1], count) for count in TRAIN_OBJECTS))
-    return batch if with_masks else [{k: v for k, v in scene.items() if k != "masks"} for scene in batch]
-
-
-def with_polygon_masks(batch: List[Dict[str, np.ndarray]]) -> List[Dict]:
-    """``batch`` with each image's bitmap masks as Detectron2 ``PolygonMasks`` (each mask's outer
-    contours), the format Detectron2's COCO mapper gives (``--here-mask-format polygon``)."""
     import cv2
     from detectron2.structures import PolygonMasks
 
-    converted = []
-    for scene in batch:
-        polygons = []
-        for mask in scene["masks"]:
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            polygons.append([c.reshape(-1).astype(np.float64) + 0.5 for c in contours if len(c) >= 3])
-        converted.append({**scene, "masks": PolygonMasks(polygons)})
-    return converted
+    batch = scenes(seed, layouts=tuple((size[0], size[1], count) for count in TRAIN_OBJECTS))
+    if not with_masks:
+        batch = [{k: v for k, v in scene.items() if k != "masks"} for scene in batch]
+    here = batch
+    if with_masks and polygons:
+        here = []
+        for scene in batch:
+            contours = [
+                cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+                for m in scene["masks"]
+            ]
+            outlines = [
+                [c.reshape(-1).astype(np.float64) + 0.5 for c in cs if len(c) >= 3] for cs in contours
+            ]
+            here.append({**scene, "masks": PolygonMasks(outlines)})
+    return {MMDET: batch, HERE_SIDE: here}
 
 
 def build_models(detector: str, seed: int, workdir: str) -> Tuple[torch.nn.Module, torch.nn.Module, str]:
@@ -165,26 +172,6 @@ def build_models(detector: str, seed: int, workdir: str) -> Tuple[torch.nn.Modul
     return mm, here, summary
 
 
-def build_optimizers(detector: str, mm: torch.nn.Module, here: torch.nn.Module) -> Dict:
-    """The recipe's AdamW of each side: mmcv's ``build_optimizer`` with the mmdetection config's
-    ``optimizer`` (a parameter group per parameter), and the LazyConfig's ``optimizer`` here."""
-    from detectron2.config import LazyConfig, instantiate
-    from mmcv.runner import build_optimizer
-
-    here_cfg = LazyConfig.load(os.path.join(REPO_ROOT, DEFAULT_CONFIGS[detector]))
-    here_cfg.optimizer.params.model = here
-    return {
-        MMDET: build_optimizer(mm, mmdet_config(detector).optimizer),
-        HERE_SIDE: instantiate(here_cfg.optimizer),
-    }
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held by the tensors of ``optimizer``'s state (AdamW: exp_avg, exp_avg_sq, step)."""
-    state = optimizer.state.values()
-    return sum(v.numel() * v.element_size() for s in state for v in s.values() if torch.is_tensor(v))
-
-
 # ---- what is measured --------------------------------------------------------------------------
 def inference_functions(mm: torch.nn.Module, here: torch.nn.Module, image: np.ndarray) -> Dict[str, Callable]:
     """Batch-1 inference of each side (eval mode) on ``image`` (RGB uint8, at the test size), from
@@ -203,40 +190,57 @@ def inference_functions(mm: torch.nn.Module, here: torch.nn.Module, image: np.nd
     return {MMDET: run_mmdet, HERE_SIDE: run_here}
 
 
-def training_functions(detector: str, models: Dict, optimizers: Dict, batches: Dict, seed: int) -> Dict:
-    """One training iteration of each side (mmcv's ``OptimizerHook`` order): zero_grad, forward with
-    losses, backward, AdamW step; the torch seed set first, so that the samplers draw alike every
-    step. Arguments: side -> model (training mode), its optimizer, its batch (the same images)."""
+def training_steps(detector: str, models: Dict, batches: Dict, seed: int, memory: bool) -> Tuple[Dict, Dict]:
+    """Each side's training iteration (mmcv's ``OptimizerHook`` order: zero_grad, forward with losses,
+    backward, AdamW step, the torch seed set first so that the samplers draw alike every step) and
+    its measurement: ``ms`` and, with ``memory``, ``peak_mib``, the resident set's growth during the
+    step (gradients freed first) plus the model's parameters and buffers and the AdamW state.
 
-    def step(side: str, run: Callable) -> Callable:
-        def function():
-            torch.manual_seed(seed)
-            optimizers[side].zero_grad(set_to_none=True)
-            terms = run()
-            optimizers[side].step()
-            return terms
+    Args:
+        detector: one of ``DETECTORS``.
+        models: side -> model in training mode.
+        batches: side -> the training images with their objects (the same on both sides).
+        seed: torch seed of every step.
+        memory: whether to measure the peak memory.
 
-        return function
+    Returns:
+        (side -> step returning the loss terms, side -> measurement).
+    """
+    from detectron2.config import LazyConfig, instantiate
+    from mmcv.runner import build_optimizer
 
-    return {
-        MMDET: step(MMDET, lambda: mmdet_step(models[MMDET], detector, batches[MMDET])),
-        HERE_SIDE: step(HERE_SIDE, lambda: d2_step(models[HERE_SIDE], batches[HERE_SIDE])),
+    # The recipe's AdamW: mmcv's build_optimizer with the mmdetection config's optimizer (a parameter
+    # group per parameter), the LazyConfig's optimizer here.
+    here_cfg = LazyConfig.load(os.path.join(REPO_ROOT, DEFAULT_CONFIGS[detector]))
+    here_cfg.optimizer.params.model = models[HERE_SIDE]
+    optimizers = {MMDET: build_optimizer(models[MMDET], mmdet_config(detector).optimizer)}
+    optimizers[HERE_SIDE] = instantiate(here_cfg.optimizer)
+    forward_backward = {
+        MMDET: lambda: mmdet_step(models[MMDET], detector, batches[MMDET]),
+        HERE_SIDE: lambda: d2_step(models[HERE_SIDE], batches[HERE_SIDE]),
     }
 
+    def step(side: str) -> Dict[str, float]:
+        torch.manual_seed(seed)
+        optimizers[side].zero_grad(set_to_none=True)
+        terms = forward_backward[side]()
+        optimizers[side].step()
+        return terms
 
-def with_peak_memory(function: Callable, model: torch.nn.Module, optimizer) -> Callable[[], Dict[str, float]]:
-    """A measurement of a training step: ``ms`` and ``peak_mib``, the resident set's growth during
-    the step (gradients freed first) plus the model's parameters and buffers and the optimizer state."""
-
-    def measure() -> Dict[str, float]:
-        optimizer.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
+    def measure(side: str) -> Dict[str, float]:
+        optimizers[side].zero_grad(set_to_none=True)
+        models[side].zero_grad(set_to_none=True)
+        if not memory:
+            return {"ms": timed_ms(lambda: step(side))()}
         ms = []
-        growth = peak_growth_mib(lambda: ms.append(timed_ms(function)()))
-        held = tensor_bytes(model) + optimizer_state_bytes(optimizer)
+        growth = peak_growth_mib(lambda: ms.append(timed_ms(lambda: step(side))()))
+        state = [v for s in optimizers[side].state.values() for v in s.values() if torch.is_tensor(v)]
+        held = tensor_bytes(models[side]) + sum(v.numel() * v.element_size() for v in state)
         return {"ms": ms[0], "peak_mib": growth + held / MIB}
 
-    return measure
+    return {side: functools.partial(step, side) for side in SIDES}, {
+        side: functools.partial(measure, side) for side in SIDES
+    }
 
 
 class _MMDetTracingWrapper(torch.nn.Module):
@@ -325,9 +329,7 @@ def marked_groups(model: torch.nn.Module, groups: Dict[str, str]):
 
     with contextlib.ExitStack() as stack:
         for group, paths in groups.items():
-            for owner, attribute in (
-                target for path in paths.split() for target in group_targets(model, path)
-            ):
+            for owner, attribute in [t for path in paths.split() for t in group_targets(model, path)]:
                 patched = ranged(getattr(owner, attribute), GROUP_PREFIX + group)
                 stack.enter_context(mock.patch.object(owner, attribute, patched))
         yield
@@ -359,16 +361,16 @@ def group_times(events, total_name: str) -> Dict[str, float]:
         spans.append((event.time_range.start, event.time_range.end, group, event.thread))
     thread = next(span[3] for span in spans if span[2] == "other")
     exclusive: Dict[str, float] = {}
-    stack: List[list] = []  # [end, group, duration, nested duration]
-    for start, end, group, _ in sorted((s for s in spans if s[3] == thread), key=lambda s: (s[0], -s[1])):
+    stack: List[list] = []  # [end, group, duration, nested duration] of the open spans
+    for start, end, group, _ in sorted((s for s in spans if s[3] == thread), key=lambda s: (s[0], -s[1])) + [
+        (math.inf, 0, None, None)  # closes every span
+    ]:
         while stack and stack[-1][0] <= start:
-            closed = stack.pop()
-            exclusive[closed[1]] = exclusive.get(closed[1], 0.0) + (closed[2] - closed[3]) / 1000
+            _, closed, duration, nested = stack.pop()
+            exclusive[closed] = exclusive.get(closed, 0.0) + (duration - nested) / 1000
         if stack:
             stack[-1][3] += end - start
         stack.append([end, group, end - start, 0.0])
-    for closed in stack:
-        exclusive[closed[1]] = exclusive.get(closed[1], 0.0) + (closed[2] - closed[3]) / 1000
     return exclusive
 
 
@@ -400,9 +402,8 @@ def measured(label: str, functions: Dict[str, Callable], pairs: int, warmup: int
     each pair logged with the load average."""
 
     def log(index: int, results: Dict) -> None:
-        ms = ", ".join(
-            f"{side} {r['ms'] if isinstance(r, dict) else r:.0f} ms" for side, r in results.items()
-        )
+        ms = [results[side]["ms"] if isinstance(results[side], dict) else results[side] for side in SIDES]
+        ms = ", ".join(f"{side} {value:.0f} ms" for side, value in zip(SIDES, ms))
         kind = f"warm-up {index + 1}/{warmup}" if index < warmup else f"pair {index + 1 - warmup}/{pairs}"
         logger.info("%s %s: %s (load %.2f)", label, kind, ms, os.getloadavg()[0])
 
@@ -420,11 +421,7 @@ def benchmark_detector(detector: str, args, workdir: str) -> Dict:
     with_masks = detector in MASK_DETECTORS
     mm, here, conversion = build_models(detector, args.seed, workdir)
     models = {MMDET: mm, HERE_SIDE: here}
-    record = {
-        "detector": detector,
-        "mmdet_config": MMDET_CONFIGS[detector],
-        "config": DEFAULT_CONFIGS[detector],
-    }
+    record = dict(detector=detector, mmdet_config=MMDET_CONFIGS[detector], config=DEFAULT_CONFIGS[detector])
     record.update(conversion=conversion, load_average_start=os.getloadavg(), figures={}, flops={}, outputs={})
     profiles = {}
 
@@ -454,29 +451,18 @@ def benchmark_detector(detector: str, args, workdir: str) -> Dict:
     if args.train:
         for model in models.values():
             model.train()  # norm_eval / FrozenStatsBN: BatchNorm statistics stay frozen
-        optimizers = build_optimizers(detector, mm, here)
-        batch = training_batch(args.seed, args.train_size, with_masks=with_masks)
-        polygons = with_masks and args.here_mask_format == "polygon"
-        batches = {MMDET: batch, HERE_SIDE: with_polygon_masks(batch) if polygons else batch}
-        functions = training_functions(detector, models, optimizers, batches, args.seed)
+        polygons = args.here_mask_format == "polygon"
+        batches = training_batches(args.seed, args.train_size, with_masks=with_masks, polygons=polygons)
+        functions, steps = training_steps(detector, models, batches, args.seed, cpu_peak_memory_supported())
         first_losses = {side: function() for side, function in functions.items()}  # AdamW state created
         record["first_step_losses"] = {side: sum(terms.values()) for side, terms in first_losses.items()}
-        memory = cpu_peak_memory_supported()
-        steps = {
-            side: (
-                with_peak_memory(functions[side], models[side], optimizers[side])
-                if memory
-                else timed_ms(functions[side])
-            )
-            for side in SIDES
-        }
         name = size_name(args.train_size)
         samples = measured(f"{detector} training b2 {name}", steps, args.train_pairs, args.warmup)
-        ms = {side: [s["ms"] if memory else s for s in samples[side]] for side in SIDES}
-        record["figures"][f"train_step_b2_{name}_ms"] = figure_summary(ms)
-        if memory:
-            peaks = {side: [s["peak_mib"] for s in samples[side]] for side in SIDES}
-            record["figures"][f"train_peak_mem_b2_{name}_mib"] = figure_summary(peaks)
+        for key, unit in (("ms", "ms"), ("peak_mib", "mib")):
+            values = {side: [sample[key] for sample in samples[side] if key in sample] for side in SIDES}
+            if values[MMDET]:
+                figure = "train_step" if key == "ms" else "train_peak_mem"
+                record["figures"][f"{figure}_b2_{name}_{unit}"] = figure_summary(values)
         profile(f"train_step_b2_{name}", functions)
     if profiles:
         record["profile"] = profiles
@@ -515,11 +501,8 @@ def format_table(report: Dict) -> str:
     for record in report["results"]:
         detector = record["detector"]
         for key, figure in record["figures"].items():
-            *words, unit = key.split("_")
-            title = (
-                " ".join(words).replace("train peak mem", "train peak memory")
-                + f" ({unit.replace('mib', 'MiB')})"
-            )
+            *words, unit = key.replace("peak_mem", "peak_memory").split("_")
+            title = f"{' '.join(words)} ({unit.replace('mib', 'MiB')})"
             rows.append([detector, title, figure[MMDET], figure[HERE_SIDE], figure["ratio"]])
         for size, flops in record["flops"].items():
             mm, here = flops[MMDET]["gflops"], flops[HERE_SIDE]["gflops"]
@@ -527,12 +510,8 @@ def format_table(report: Dict) -> str:
         for figure, sides in record.get("profile", {}).items():
             groups = sorted(set(sides[MMDET]["groups_ms"]) | set(sides[HERE_SIDE]["groups_ms"]))
             for group in groups + ["total"]:
-                get = (
-                    (lambda s: s["total_ms"])
-                    if group == "total"
-                    else (lambda s: s["groups_ms"].get(group, 0.0))
-                )
-                mm, here = get(sides[MMDET]), get(sides[HERE_SIDE])
+                times = [sides[side]["groups_ms"].get(group, 0.0) for side in SIDES]
+                mm, here = [sides[side]["total_ms"] for side in SIDES] if group == "total" else times
                 profile_rows.append(
                     [detector, figure, group, f"{mm:,.0f}", f"{here:,.0f}", f"{here - mm:+,.0f}"]
                 )

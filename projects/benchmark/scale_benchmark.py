@@ -23,14 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from measuring import add_model_options, alternate, at_least, exit_status, format_ratio, machine_description
-from measuring import (
-    markdown_table,
-    measure_each,
-    models_to_measure,
-    paired_ratio_statistics,
-    read_memory_mib,
-)
-from measuring import reset_peak_memory, script_parser
+from measuring import markdown_table, measure_each, models_to_measure, paired_ratio_statistics, read_image
+from measuring import read_memory_mib, reset_peak_memory, script_parser
 
 logger = logging.getLogger("rsb_detectron2.scale_benchmark")
 
@@ -42,8 +36,9 @@ REFERENCE_FORM = "predictor"
 TARGET_RATIO = 1.2
 
 
-def build_form(form: str, config_file: str, checkpoint: str, export_dir: str, threads: int):
-    """The detector of ``form`` (score threshold 0): an (H, W, 3) uint8 BGR image in, ``{"instances"}`` out.
+def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, threads: int) -> None:
+    """Serve requests from stdin (a JSON line per image: ``{"image": path of a .npy}``) with a JSON
+    line each: ``seconds``, ``peak_rss_mib`` (``VmHWM``, reset before the call), ``detections``.
 
     Args:
         form: one of ``FORMS``.
@@ -54,22 +49,14 @@ def build_form(form: str, config_file: str, checkpoint: str, export_dir: str, th
     """
     import torch
 
+    from rsb_backbone.export import ExportedDetector
+    from rsb_backbone.inference import LazyConfigPredictor
+
     torch.set_num_threads(threads)
     if form in ("predictor", "folded"):
-        from rsb_backbone.inference import LazyConfigPredictor
-
-        return LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0, fuse=form == "folded")
-    from rsb_backbone.export import ExportedDetector
-
-    return ExportedDetector(os.path.join(export_dir, form), num_threads=threads)
-
-
-def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, threads: int) -> None:
-    """Serve requests from stdin (a JSON line per image: ``{"image": path of a .npy}``) with a JSON
-    line each: ``seconds``, ``peak_rss_mib`` (``VmHWM``, reset before the call), ``detections``."""
-    import torch
-
-    detector = build_form(form, config_file, checkpoint, export_dir, threads)
+        detector = LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0, fuse=form == "folded")
+    else:
+        detector = ExportedDetector(os.path.join(export_dir, form), num_threads=threads)
     print(json.dumps({"ready": True, "rss_mib": read_memory_mib("VmRSS")}), flush=True)
     for line in sys.stdin:
         image = np.load(json.loads(line)["image"])
@@ -85,7 +72,7 @@ def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, th
 
 
 class Worker:
-    """A process of :func:`run_worker`, kept alive across requests (arguments: :func:`build_form`)."""
+    """A process of :func:`run_worker` (its arguments), kept alive across requests."""
 
     def __init__(self, form: str, config_file: str, checkpoint: str, export_dir: str, threads: int):
         self.form = form
@@ -109,23 +96,16 @@ class Worker:
         self.process.wait(timeout=60)
 
 
-def load_image(path: Optional[str], long_side: int, rng=None) -> np.ndarray:
+def load_image(path: Optional[str], long_side: int, rng) -> np.ndarray:
     """A 4:3 landscape (H, W, 3) uint8 BGR image with this long side: the file at ``path`` resized,
     or random pixels."""
     height, width = round(long_side * 3 / 4), long_side
-    if path is None:
-        return (rng or np.random.default_rng(0)).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    import cv2
-
-    image = cv2.imread(path)
-    if image is None:
-        raise ValueError(f"--image {path}: not a readable image file")
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return (
+        read_image(path, height, width) if path else rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    )
 
 
-def prepare_detector(
-    detector: str, args, workdir: str, trained: Optional[Tuple[str, str]]
-) -> Tuple[str, str, str]:
+def prepare_detector(detector: str, args, workdir: str, trained: Optional[Tuple]) -> Tuple[str, str, str]:
     """The config and checkpoint of a ``--trained`` model, or random weights for ``detector``'s config
     saved as a checkpoint; and the folded model exported to TorchScript and ONNX.
 
