@@ -388,9 +388,9 @@ def format_table(report: Dict) -> str:
         f"the RSB model in float32 and in {precision} (torch.autocast)" if precision else "RSB and built-in"
     )
     lines = [
-        f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {size}; "
-        f"{inference} for inference{training}; amp={settings['amp']}, channels_last={settings['channels_last']}; "
-        f"{compared}, median of {settings['iters']} runs after {settings['warmup']} warm-up, alternated run by run. "
+        f"Device: {settings['device']} ({where}); torch {machine['torch']}; images {size}; {inference} for "
+        f"inference{training}; amp={settings['amp']}, channels_last={settings['channels_last']}; {compared}, "
+        f"median of {settings['iters']} runs after {settings['warmup']} warm-up, alternated run by run. "
         "Lower is better; ratios of times: median (IQR) of the per-pair ratios.",
         "",
         figure_table(rows, columns, f"ratio {columns[0]} / {columns[1]}"),
@@ -409,12 +409,12 @@ def format_table(report: Dict) -> str:
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = script_parser(__doc__)
     add_model_options(parser, DETECTORS)
-    add = parser.add_argument
+    add, on_off = parser.add_argument, argparse.BooleanOptionalAction
     # fmt: off
     add("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     add("--image-size", type=parse_image_size, metavar="N|HxW",
         help="square N or HxW (default: 800x1333 on CUDA, the COCO training scale; 320 on the CPU)")
-    add("--batch-size", type=at_least(1), default=4, help="images per inference batch for throughput")
+    add("--batch-size", type=at_least(1), default=4, help="images per inference batch for throughput (bN)")
     add("--train-batch-size", type=at_least(1), default=2, help="images per training step")
     add("--iters", type=at_least(1), default=10, help="timed runs per figure (the median is reported)")
     add("--warmup", type=at_least(0), default=2, help="untimed runs before them")
@@ -422,10 +422,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
     add("--precision", choices=["bfloat16", "float16"],
         help="measure the RSB models in float32 and in this precision (torch.autocast) instead")
     add("--channels-last", action="store_true", help="models in channels_last memory format")
-    for name, what in (("train", "training step time and peak memory"), ("throughput", "inference at --batch-size"),
+    for name, what in (("train", "training step time and peak memory"), ("throughput", "inference at bN"),
                        ("deploy", "the folded RSB model and (CPU) its ONNX Runtime export"),
                        ("flops", "each model's inference FLOPs with fvcore")):
-        add(f"--{name}", action=argparse.BooleanOptionalAction, default=True, help=f"measure {what} (default: yes)")
+        add(f"--{name}", action=on_off, default=True, help=f"measure {what} (default: yes)")
     add("--score-thresh", type=float, default=0.0,
         help="test-time score threshold; 0 keeps 100 detections per image with random weights")
     # fmt: on
@@ -448,8 +448,8 @@ def run(args, runs: Sequence[Tuple[str, Optional[Tuple[str, str]]]]) -> Dict:
         image=args.image or "random pixels",
         instances_per_image=INSTANCES_PER_IMAGE,
         memory=MEMORY_METHODS[args.device == "cuda"],
-        builtin_norm="Detectron2 ResNet norm='BN' kept in eval mode (trainable affine), freeze_at=2: stem + res2 "
-        "FrozenBN",
+        builtin_norm="Detectron2 ResNet norm='BN' kept in eval mode (trainable affine), freeze_at=2: "
+        "stem + res2 FrozenBN",
     )
     machine = machine_description(("torch", "detectron2", "timm", "onnxruntime"), device)
     report = {"settings": settings, "machine": machine, "results": []}

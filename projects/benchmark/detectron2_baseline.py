@@ -13,7 +13,6 @@ import math
 import re
 from typing import Dict, List, Sequence
 
-import torch
 from torch import nn
 
 from detectron2.config import LazyCall as L
@@ -129,14 +128,6 @@ def copy_rsb_weights(rsb_model: nn.Module, baseline_model: nn.Module) -> None:
     baseline_model.load_state_dict(renamed, strict=True)
 
 
-def _instance_fields(output: Dict) -> Dict[str, torch.Tensor]:
-    instances = output["instances"]
-    fields = {}
-    for name, value in instances.get_fields().items():
-        fields[name] = value.tensor if hasattr(value, "tensor") else value
-    return fields
-
-
 def max_output_difference(outputs_a: List[Dict], outputs_b: List[Dict]) -> float:
     """Largest absolute difference between two detectors' inference outputs.
 
@@ -151,7 +142,9 @@ def max_output_difference(outputs_a: List[Dict], outputs_b: List[Dict]) -> float
         return math.inf
     worst = 0.0
     for a, b in zip(outputs_a, outputs_b):
-        fields_a, fields_b = _instance_fields(a), _instance_fields(b)
+        fields_a, fields_b = (
+            {k: getattr(v, "tensor", v) for k, v in o["instances"].get_fields().items()} for o in (a, b)
+        )
         if fields_a.keys() != fields_b.keys():
             return math.inf
         for name, value_a in fields_a.items():
@@ -159,6 +152,5 @@ def max_output_difference(outputs_a: List[Dict], outputs_b: List[Dict]) -> float
             if value_a.shape != value_b.shape:
                 return math.inf
             if value_a.numel():
-                diff = (value_a.double() - value_b.double()).abs().max().item()
-                worst = max(worst, diff)
+                worst = max(worst, (value_a.double() - value_b.double()).abs().max().item())
     return worst

@@ -303,8 +303,8 @@ def figure_table(
             cells = ["n/a" if ratio is None else f"{ratio:.3f}", "-"]
         body.append([detector, figure, fmt(value), fmt(other), *cells])
     table = markdown_table(["detector", "figure", *columns, ratio_title, "pairs"], body, align="llrrlr")
-    note = f"a quartile of the ratios lies more than {tolerance} from their median: not resolved to that precision"
-    return f"{table}\n\n\\* {note} by this run."
+    note = f"a quartile of the ratios lies more than {tolerance} from their median: not resolved to that"
+    return f"{table}\n\n\\* {note} precision by this run."
 
 
 def measure_each(names: Sequence, measure: Callable, report: Dict, json_path: Optional[str], logger) -> Dict:

@@ -73,8 +73,8 @@ PROFILE_GROUPS = {
         "box_head": "roi_head._bbox_forward",  # RoIAlign and the box head's layers
         "mask_head": "roi_head._mask_forward",  # RoIAlign and the mask head's layers
         "postprocess": "bbox_head.get_bboxes roi_head.bbox_head.get_bboxes roi_head.mask_head.get_seg_masks "
-        "mmdet.models.detectors.single_stage:bbox2result mmdet.models.roi_heads.standard_roi_head:bbox2result "
-        "mmdet.models.roi_heads.cascade_roi_head:bbox2result",
+        "mmdet.models.detectors.single_stage:bbox2result mmdet.models.roi_heads.cascade_roi_head:bbox2result "
+        "mmdet.models.roi_heads.standard_roi_head:bbox2result",
     },
     HERE_SIDE: {
         "preprocess": "preprocess_image",
@@ -87,7 +87,8 @@ PROFILE_GROUPS = {
         "mask_head": "roi_heads.mask_pooler roi_heads.mask_head.layers",
         "postprocess": "forward_inference roi_heads.box_predictor.inference "
         "detectron2.modeling.meta_arch.dense_detector:detector_postprocess "
-        "rsb_backbone.modeling.mmdet_cascade:fast_rcnn_inference detectron2.modeling.meta_arch.rcnn:detector_postprocess",
+        "rsb_backbone.modeling.mmdet_cascade:fast_rcnn_inference "
+        "detectron2.modeling.meta_arch.rcnn:detector_postprocess",
     },
 }
 
@@ -538,7 +539,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
     # fmt: off
     add("--detectors", nargs="+", choices=list(DETECTORS), default=list(DETECTORS), metavar="NAME",
         help=f"detectors to measure (default: all of {', '.join(DETECTORS)})")
-    add("--sizes", nargs="+", type=parse_size, default=[parse_size("800x1333"), parse_size("512")], metavar="N|HxW",
+    add("--sizes", nargs="+", type=parse_size, default=[parse_size("800x1333"), parse_size("512")],
+        metavar="N|HxW",
         help="inference image sizes: HxW, or N for the long side of the recipe's 800:1333 aspect "
         "(default: 800x1333 512, i.e. 800x1333 and 307x512)")
     add("--train-size", type=parse_size, default=parse_size("512"), metavar="N|HxW",

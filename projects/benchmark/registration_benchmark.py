@@ -6,7 +6,8 @@ COCO-train-sized set"; the exit code is 1 when a figure misses its target (``fai
 
     python3 projects/benchmark/registration_benchmark.py --data-dir /tmp/coco_sized \\
         --json projects/benchmark/results/cpu_registration.json
-    python3 projects/benchmark/registration_benchmark.py --data-dir /tmp/small --images 2000 --annotations 15000
+    python3 projects/benchmark/registration_benchmark.py --data-dir /tmp/small --images 2000 \\
+        --annotations 15000
 """
 
 import argparse

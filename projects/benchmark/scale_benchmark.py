@@ -206,9 +206,10 @@ def format_table(report: Dict) -> str:
             rows.append(row)
     return (
         f"CPU: {machine['cpu']}, {settings['threads']} threads; torch {machine['torch']}, ONNX Runtime "
-        f"{machine['onnxruntime']}; score threshold 0 (at most 100 detections); median of {settings['iters']} "
-        f"alternating rounds after {settings['warmup']} warm-up. Ratios are to the PyTorch predictor: time as "
-        f"median (IQR) of the per-round ratios, memory as the ratio of the peaks (target <= {TARGET_RATIO}).\n\n"
+        f"{machine['onnxruntime']}; score threshold 0 (at most 100 detections); median of "
+        f"{settings['iters']} alternating rounds after {settings['warmup']} warm-up. Ratios are to the "
+        "PyTorch predictor: time as median (IQR) of the per-round ratios, memory as the ratio of the peaks "
+        f"(target <= {TARGET_RATIO}).\n\n"
         + markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
     )
 
