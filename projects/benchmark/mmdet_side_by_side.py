@@ -58,6 +58,14 @@ DETECTIONS_MATCHED = 100
 MAX_BOX_DIFF_PX = 2.0**-13  # 1.2e-4 px: one float32 step at the 800x1333 size's coordinates (1024-2048)
 MAX_SCORE_DIFF = 4.2e-7
 MAX_MASK_PIXELS_DIFFERING = 0
+MEMORY = (  # the JSON's description of the figures
+    "growth of VmHWM (reset via /proc/self/clear_refs after malloc_trim) during one training step, plus the "
+    "model's parameter and buffer bytes and the optimizer state"
+)
+FLOPS = (
+    "fvcore FlopCountAnalysis of one batch-1 inference; one multiply-add = 1 FLOP; ops without a handle "
+    "(RoIAlign, NMS, element-wise) not counted"
+)
 # --profile: group -> paths of each side. A path names a submodule (its forward; ModuleLists, the
 # cascade's stages, expand), a method ("module.method") or a Python module's function
 # ("package.module:function"), marked while profiling; paths a model lacks are skipped.
@@ -117,39 +125,29 @@ def here_input(image: np.ndarray) -> Dict:
     return {"image": chw, "height": image.shape[0], "width": image.shape[1]}
 
 
-def training_batches(
-    seed: int, size: Tuple[int, int], *, with_masks: bool, polygons: bool
-) -> Dict[str, List]:
-    """Each side's two generated training images of ``size`` with ``TRAIN_OBJECTS`` objects
-    (``mmdet_train_parity.scenes``), the same on both sides.
-
-    Args:
-        seed: seed of the generated scenes.
-        size: (height, width) of both images.
-        with_masks: keep the bitmap masks (the mask detectors; neither recipe loads masks for the
-            others, and Detectron2 would copy one full-image mask per sampled proposal).
-        polygons: give this repository's model each mask's outer contours as ``PolygonMasks``, the
-            format of Detectron2's COCO mapper (``--here-mask-format polygon``).
-    """
+def training_batches(seed: int, size: Tuple[int, int], *, with_masks: bool, polygons: bool) -> Dict:
+    """Each side's two generated images of ``size`` with ``TRAIN_OBJECTS`` objects (``scenes``), with
+    the bitmap masks for the mask detectors only (neither recipe loads masks for the others) and,
+    with ``polygons``, here each mask's outer contours as ``PolygonMasks`` (Detectron2's COCO format)."""
     import cv2
     from detectron2.structures import PolygonMasks
 
     batch = scenes(seed, layouts=tuple((size[0], size[1], count) for count in TRAIN_OBJECTS))
-    if not with_masks:
-        batch = [{k: v for k, v in scene.items() if k != "masks"} for scene in batch]
-    here = batch
-    if with_masks and polygons:
-        here = []
-        for scene in batch:
-            contours = [
-                cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-                for m in scene["masks"]
-            ]
-            outlines = [
-                [c.reshape(-1).astype(np.float64) + 0.5 for c in cs if len(c) >= 3] for cs in contours
-            ]
-            here.append({**scene, "masks": PolygonMasks(outlines)})
-    return {MMDET: batch, HERE_SIDE: here}
+    batch = [{k: v for k, v in scene.items() if k != "masks" or with_masks} for scene in batch]
+    if not (with_masks and polygons):
+        return {MMDET: batch, HERE_SIDE: batch}
+    contours = [
+        [
+            cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+            for m in scene["masks"]
+        ]
+        for scene in batch
+    ]
+    polygons = [
+        [[c.reshape(-1).astype(np.float64) + 0.5 for c in cs if len(c) >= 3] for cs in scene]
+        for scene in contours
+    ]
+    return {MMDET: batch, HERE_SIDE: [{**s, "masks": PolygonMasks(p)} for s, p in zip(batch, polygons)]}
 
 
 def build_models(detector: str, seed: int, workdir: str) -> Tuple[torch.nn.Module, torch.nn.Module, str]:
@@ -583,11 +581,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_side_by_side(args: argparse.Namespace) -> Dict:
     """Measure every detector of ``args.detectors`` in both libraries, print the table and write
-    ``--json`` (after each detector); returns the report.
-
-    Args:
-        args: the parsed command line of :func:`build_argument_parser`.
-    """
+    ``--json`` (after each detector); returns the report."""
     import mmcv
     import mmdet
 
@@ -595,23 +589,14 @@ def run_side_by_side(args: argparse.Namespace) -> Dict:
     machine.update(mmdet=mmdet.__version__, mmcv=mmcv.__version__)
     settings = {"sizes": [list(size) for size in args.sizes], "train_size": list(args.train_size)}
     settings.update(train_batch_size=len(TRAIN_OBJECTS), train_objects=list(TRAIN_OBJECTS))
-    for name in ("here_mask_format", "pairs", "train_pairs", "warmup"):
-        settings[name] = getattr(args, name)
+    settings.update(
+        {name: getattr(args, name) for name in ("here_mask_format", "pairs", "train_pairs", "warmup")}
+    )
     settings.update(score_threshold=SCORE_THRESHOLD, tolerance=args.tolerance, seed=args.seed)
-    settings["ratio"] = "here / mmdet per pair; median, q1, q3 of the pairs"
-    settings["memory"] = (
-        "growth of VmHWM (reset via /proc/self/clear_refs after malloc_trim) during one training step, "
-        "plus the model's parameter and buffer bytes and the optimizer state"
-    )
-    settings["flops"] = (
-        "fvcore FlopCountAnalysis of one batch-1 inference; one multiply-add = 1 FLOP; "
-        "ops without a handle (RoIAlign, NMS, element-wise) not counted"
-    )
+    settings.update(ratio="here / mmdet per pair; median, q1, q3 of the pairs", memory=MEMORY, flops=FLOPS)
     report = {"settings": settings, "machine": machine, "results": []}
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="mmdet_side_by_side_")
-        )
+    with tempfile.TemporaryDirectory(prefix="mmdet_side_by_side_") as temporary:
+        workdir = args.workdir or temporary
         os.makedirs(workdir, exist_ok=True)
         measure_each(
             args.detectors, lambda d: benchmark_detector(d, args, workdir), report, args.json, logger
