@@ -464,29 +464,22 @@ def failed_checks(report: Dict) -> List[str]:
     Args:
         report: what :func:`run` returns (and ``--json`` writes).
     """
-    failures = []
-    precision = report["settings"].get("precision")
+    failures, precision = [], report["settings"].get("precision")
+    limits = PRECISION_GOALS if precision else {key: SAME_NETWORK_LIMIT for key, _, _ in METRICS}
     for record in report["results"]:
         name, metrics = record["detector"], record["metrics"]
-        if precision:
-            for key, goal in PRECISION_GOALS.items():
-                metric = metrics.get(key)
-                if metric and metric.get("ratio_q1") is not None and metric["ratio_q1"] > goal:
-                    failures.append(
-                        f"{name} {key}: {precision} / float32 = {ratio_text(metric)}, above the goal {goal}"
-                    )
-            continue
         if not record.get("outputs_identical", True):
+            difference = f"differ by up to {record['max_output_difference']}"
             failures.append(
-                f"{name}: RSB and built-in outputs differ by up to {record['max_output_difference']} "
-                "(same weights: they must be identical)"
+                f"{name}: RSB and built-in outputs {difference} (same weights: they must be identical)"
             )
-        for key, _, _ in METRICS:
+        for key, limit in limits.items():
             metric = metrics.get(key) or {"ratio": None}
             lowest = metric.get("ratio_q1", metric["ratio"])  # memory: one ratio, no spread
-            if lowest is not None and lowest > SAME_NETWORK_LIMIT:
-                ratio = f"RSB / built-in = {ratio_text(metric)}"
-                failures.append(f"{name} {key}: {ratio}, above {SAME_NETWORK_LIMIT} for the same network")
+            if lowest is not None and lowest > limit:
+                ratio = f"{precision} / float32" if precision else "RSB / built-in"
+                above = f"the goal {limit}" if precision else f"{limit} for the same network"
+                failures.append(f"{name} {key}: {ratio} = {ratio_text(metric)}, above {above}")
     return failures
 
 
