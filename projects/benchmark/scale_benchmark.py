@@ -105,12 +105,14 @@ def load_image(path: Optional[str], long_side: int, rng) -> np.ndarray:
     )
 
 
-def prepare_detector(detector: str, args, workdir: str, trained: Optional[Tuple]) -> Tuple[str, str, str]:
-    """The config and checkpoint of a ``--trained`` model, or random weights for ``detector``'s config
-    saved as a checkpoint; and the folded model exported to TorchScript and ONNX.
+def measure_detector(detector: str, trained: Optional[Tuple[str, str]], args, workdir: str) -> Dict:
+    """One alternating run of the forms of ``detector`` over ``args.sizes``; its JSON record.
 
-    Returns:
-        (config file, checkpoint, export folder).
+    Args:
+        detector: a key of ``DETECTORS`` (random weights, saved as a checkpoint), or a trained model's name.
+        trained: ``(config file, checkpoint)`` of a ``--trained`` model; None: random weights.
+        args: the parsed command line.
+        workdir: folder for weights, exports (the folded model in TorchScript and ONNX) and images.
     """
     import torch
     from detectron2.config import LazyConfig, instantiate
@@ -133,22 +135,8 @@ def prepare_detector(detector: str, args, workdir: str, trained: Optional[Tuple]
     for fmt in ("torchscript", "onnx"):
         predictor = LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0)
         export_predictor(predictor, sample, os.path.join(export_dir, fmt), fmt)
-    return config_file, checkpoint, export_dir
-
-
-def measure_detector(detector: str, trained: Optional[Tuple[str, str]], args, workdir: str) -> Dict:
-    """One alternating run of the forms of ``detector`` over ``args.sizes``; its JSON record.
-
-    Args:
-        detector: a key of ``DETECTORS``, or a trained model's name.
-        trained: ``(config file, checkpoint)`` of a ``--trained`` model; None: random weights.
-        args: the parsed command line.
-        workdir: folder for weights, exports and images.
-    """
-    config_file, checkpoint, export_dir = prepare_detector(detector, args, workdir, trained)
     record = {"detector": detector, "config": trained[0] if trained else DETECTORS[detector], "sizes": []}
-    if trained:
-        record["checkpoint"] = checkpoint
+    record.update({"checkpoint": checkpoint} if trained else {})
     workers = {form: Worker(form, config_file, checkpoint, export_dir, args.threads) for form in args.forms}
     rng = np.random.default_rng(args.seed)
     try:
