@@ -25,6 +25,39 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
 
 
+# Under pytest-xdist (pyproject.toml runs the suite on two workers), each worker and every process
+# it starts uses one thread: two workers with torch's default of one thread per core would put
+# twice as many busy threads as cores on the machine, and OpenMP's waiting threads then spin.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Fixtures made once per session and shared by several test files: the tests that use them form
+# one xdist group each (``--dist loadgroup``), so that one worker makes them, and the other worker
+# takes the rest. Each other test file is a group of its own (its module fixtures made once).
+_SHARED_SESSION_GROUPS = (
+    ("trained_checkpoints", {"trained_detectors", "quick_demo"}),
+    ("slurm_clusters", {"slurm_cluster", "slurm_two_nodes"}),
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its xdist group and run the two long groups first (with
+    ``--no-loadscope-reorder`` each worker starts with one of them)."""
+
+    def group_of(item):
+        for rank, (group, fixtures) in enumerate(_SHARED_SESSION_GROUPS):
+            if fixtures & set(item.fixturenames):
+                return rank, group
+        return len(_SHARED_SESSION_GROUPS), item.nodeid.split("::")[0]
+
+    ranked = {item.nodeid: group_of(item) for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(ranked[item.nodeid][1]))
+    items.sort(key=lambda item: ranked[item.nodeid][0])  # stable: file order within each rank
+
+
 def pytest_report_header(config):
     """Name the temporary folder and its free space: trained checkpoints need a few GB there."""
     import shutil
