@@ -15,13 +15,13 @@ Options of every parity script (:func:`add_common_arguments`):
   float32 reductions, and with it the last digits the documented figures were measured with;
 - ``--no-check``: print and write the figures and exit 0 whatever they are. Without it a script
   exits 1, after its usual output, when a figure lies outside the threshold the docs state, and
-  logs one line per such figure (:func:`exit_status`).
+  logs one line per such figure (``exit_status``, from projects/benchmark/measuring.py).
 
 Each script keeps its thresholds as module constants citing the docs, and a pure function
 ``failed_checks(report)`` that turns the report it writes to its JSON into those lines.
 
-Importing this module puts the repository root (``rsb_backbone``, ``configs``) and this folder
-(the scripts import each other) on ``sys.path``; it needs neither mmdetection nor mmcv.
+Importing this module puts the repository root (``rsb_backbone``, ``configs``), this folder
+(the scripts import each other) and projects/benchmark on ``sys.path``; it needs neither mmdetection nor mmcv.
 """
 
 import argparse
@@ -34,10 +34,12 @@ import torch
 
 PARITY_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(PARITY_DIR))
-for _path in (REPO_ROOT, PARITY_DIR):
+BENCHMARK_DIR = os.path.join(REPO_ROOT, "projects", "benchmark")  # measuring.py: the scripts' exit status
+for _path in (REPO_ROOT, PARITY_DIR, BENCHMARK_DIR):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from measuring import exit_status  # noqa: E402,F401  (the parity scripts import it from here)
 from rsb_backbone.mmdet_conversion import DETECTORS  # noqa: E402
 
 # The thread count of the documented runs ("torch 2.14.1 CPU (2 threads)", docs/mmdet_parity.md).
@@ -162,20 +164,3 @@ def check_equal(failures: List[str], subject: str, quantity: str, measured: obje
         failures.append(failure_line(subject, quantity, measured, f"== {_shown(expected)}"))
 
 
-def exit_status(failures: List[str], *, check: bool, logger: logging.Logger) -> int:
-    """Log one line per figure outside its threshold and return the script's exit status.
-
-    Args:
-        failures: the lines of the script's ``failed_checks``.
-        check: False with ``--no-check``: the lines are logged as warnings and the status is 0.
-        logger: the script's logger.
-
-    Returns:
-        1 when ``check`` and a figure failed, else 0.
-    """
-    for line in failures:
-        if check:
-            logger.error("FAILED %s", line)
-        else:
-            logger.warning("not checked (--no-check): %s", line)
-    return 1 if check and failures else 0
