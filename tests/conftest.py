@@ -65,7 +65,7 @@ def pytest_report_header(config):
 
     folder = str(config.option.basetemp or tempfile.gettempdir())
     free_gb = shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free / 2**30
-    return f"temporary files under {folder}: {free_gb:.1f} GB free (the suite needs about 10 GB)"
+    return f"temporary files under {folder}: {free_gb:.1f} GB free (the suite needs about 11 GB)"
 
 
 class CreatesFileWhenUnpickled:
