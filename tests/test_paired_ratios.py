@@ -63,26 +63,6 @@ def test_sizes_default_to_the_recipe_aspect():
     assert mmdet_side_by_side.parse_size("1333") == (800, 1333)
 
 
-def test_group_times_are_exclusive_of_nested_groups():
-    def event(name, start, end, thread=1):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), thread=thread)
-
-    events = [
-        event("group:total", 0, 10_000),
-        event("group:neck", 0, 4_000),
-        event("group:backbone", 500, 3_500),
-        event("aten::conv2d", 600, 900),  # not a group: counted in its enclosing group
-        event("group:postprocess", 5_000, 6_000),
-        event("autograd::engine::evaluate_function: ConvolutionBackward0", 6_000, 8_000),
-        event("Optimizer.step#AdamW.step", 8_000, 9_500),
-        event("group:backbone", 0, 50_000, thread=2),  # another thread: ignored
-    ]
-    times = mmdet_side_by_side.group_times(events, "group:total")
-    assert times == pytest.approx(
-        {"other": 1.5, "neck": 1.0, "backbone": 3.0, "postprocess": 1.0, "backward": 2.0, "optimizer": 1.5}
-    )
-
-
 def test_alternate_flips_the_order_every_round_and_drops_the_warmup():
     calls = []
     functions = {name: (lambda name=name: calls.append(name) or len(calls)) for name in ("a", "b")}
@@ -91,25 +71,40 @@ def test_alternate_flips_the_order_every_round_and_drops_the_warmup():
     assert samples == {"a": [4, 5], "b": [3, 6]}  # sample i of each side from round i
 
 
-def test_profile_groups_mark_submodules_methods_and_module_lists():
+def test_profile_groups_mark_submodules_methods_and_module_lists(monkeypatch):
     import torch
+
+    clock = [0.0]  # seconds: the models below spend a set time in each call
+    monkeypatch.setattr(mmdet_side_by_side, "perf_counter", lambda: clock[0])
+
+    def spend(ms):
+        clock[0] += ms / 1000
 
     class Head(torch.nn.Module):
         def forward(self, x):
-            return x * 2
+            spend(2)
+            return self.postprocess(x * 2)  # a group called inside another
 
         def postprocess(self, x):
+            spend(1)
             return x.sum()
+
+    class Backbone(torch.nn.Linear):
+        def forward(self, x):
+            spend(3)
+            return super().forward(x)
 
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = torch.nn.Linear(4, 4)
+            self.backbone = Backbone(4, 4)
             self.heads = torch.nn.ModuleList([Head(), Head()])
 
         def forward(self, x):
+            spend(0.5)
             x = self.backbone(x)
-            return sum(head.postprocess(head.forward(x)) for head in self.heads)  # forward called directly
+            x.register_hook(lambda grad: spend(4))  # runs in the backward pass
+            return sum(head.forward(x) for head in self.heads)  # forward called directly
 
     model = Model()
     groups = {"backbone": "backbone", "head": "heads", "postprocess": "heads.postprocess", "neck": "neck"}
@@ -117,10 +112,22 @@ def test_profile_groups_mark_submodules_methods_and_module_lists():
     assert targets[0] == [(model.backbone, "forward")]
     assert targets[1] == [(head, "forward") for head in model.heads]
     assert targets[2] == [(head, "postprocess") for head in model.heads] and targets[3] == []
-    profile = {}
-    with mmdet_side_by_side.marked_groups(model, groups), torch.profiler.profile() as profile["run"]:
-        with torch.profiler.record_function("group:total"):
-            model(torch.ones(2, 4))
+    assert mmdet_side_by_side.group_targets(model, "torch:Tensor.backward") == [(torch.Tensor, "backward")]
+    assert mmdet_side_by_side.group_targets(model, "os.path:join") == [(os.path, "join")]
+    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer.register_step_pre_hook(lambda *args: spend(1.5))
+    backward, step = torch.Tensor.backward, torch.optim.AdamW.step
+
+    def train_step():
+        optimizer.zero_grad()
+        model(torch.ones(2, 4)).backward()
+        optimizer.step()
+
+    times, groups = {}, {**groups, **mmdet_side_by_side.TRAIN_GROUPS}
+    with mmdet_side_by_side.marked_groups(model, groups, times) as mark:
+        mark("other", train_step)()
+    # Exclusive of the groups inside: the heads' 2 x 2 ms without their postprocess; "other" the model's own.
+    expected = dict(other=0.5, backbone=3.0, head=4.0, postprocess=2.0, backward=4.0, optimizer=1.5)
+    assert times == pytest.approx(expected)
     assert "forward" not in vars(model.heads[0])  # the patches are undone
-    times = mmdet_side_by_side.group_times(profile["run"].events(), "group:total")
-    assert set(times) == {"backbone", "head", "postprocess", "other"}
+    assert torch.Tensor.backward is backward and torch.optim.AdamW.step is step

@@ -1,10 +1,8 @@
 #!/usr/bin/env python3
-"""Side by side with mmdetection 2.28 itself: each RSB detector built in both libraries with the same
-random weights, their outputs compared (exit 1 beyond the thresholds below: ``failed_checks``), then
-batch-1 latency, a training step at batch 2 and its peak memory in one alternating run per figure,
-fvcore's FLOP counts and, with ``--profile``, a torch.profiler breakdown per module group. What each
-figure is and the measured tables: docs/benchmark.md, "Side by side with mmdetection 2.28 (CPU)".
-Run with the mmdetection environment's python (projects/mmdet_checkpoints/mmdet_env)::
+"""Side by side with mmdetection 2.28: each RSB detector in both libraries with the same random weights,
+their outputs compared (exit 1 beyond the thresholds; --no-check: 0), batch-1 latency, a batch-2 training
+step and its peak memory, FLOPs and, with --profile, the time per module group; docs/benchmark.md,
+"Side by side with mmdetection 2.28 (CPU)". Run with the python of projects/mmdet_checkpoints/mmdet_env::
 
     /tmp/mmenv/bin/python projects/benchmark/mmdet_side_by_side.py --threads 2 \\
         --json projects/benchmark/results/cpu_mmdet_side_by_side.json
@@ -16,13 +14,13 @@ import argparse
 import contextlib
 import functools
 import gc
-import importlib
 import logging
-import math
 import os
+import pkgutil
 import statistics
 import sys
 import tempfile
+from time import perf_counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from unittest import mock
 
@@ -33,10 +31,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from measuring import MIB, alternate, at_least, count_flops, cpu_peak_memory_supported  # noqa: E402
 from measuring import exit_status, figure_table, machine_description, markdown_table  # noqa: E402
-from measuring import paired_ratio_statistics, parse_image_size, peak_growth_mib, script_parser  # noqa: E402
-from measuring import measure_each, tensor_bytes, timed_ms  # noqa: E402
-from mmdet_parity import compare, d2_detections, mmdet_detections, mmdet_inputs  # noqa: E402
-from mmdet_parity import synthetic_images  # noqa: E402
+from measuring import measure_each, paired_ratio_statistics, parse_image_size, peak_growth_mib  # noqa: E402
+from measuring import script_parser, tensor_bytes, timed_ms  # noqa: E402
+import mmdet_parity  # noqa: E402
+from mmdet_parity import compare, d2_detections, mmdet_detections, synthetic_images  # noqa: E402
 from mmdet_train_parity import d2_model, d2_step, mmdet_model, mmdet_step, scenes  # noqa: E402
 from parity_common import MMDET_CONFIGS, REPO_ROOT, check_at_most, check_equal, mmdet_config  # noqa: E402
 
@@ -52,8 +50,7 @@ MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
 RECIPE_SIZE = (800, 1333)
 TRAIN_OBJECTS = (8, 7)  # objects in the two training images (COCO train2017: 7.3 instances per image)
 SCORE_THRESHOLD = 0.0  # both sides: every image keeps the full 100 detections
-# Thresholds of the check run (docs/benchmark.md, "Side by side with mmdetection 2.28 (CPU)"):
-# all 100 detections matched, boxes within 1.2e-4 px, scores within 4.2e-7, masks identical.
+# The check run's thresholds (docs/benchmark.md, "Side by side with mmdetection 2.28 (CPU)"):
 DETECTIONS_MATCHED = 100
 MAX_BOX_DIFF_PX = 2.0**-13  # 1.2e-4 px: one float32 step at the 800x1333 size's coordinates (1024-2048)
 MAX_SCORE_DIFF = 4.2e-7
@@ -66,13 +63,12 @@ FLOPS = (
     "fvcore FlopCountAnalysis of one batch-1 inference; one multiply-add = 1 FLOP; ops without a handle "
     "(RoIAlign, NMS, element-wise) not counted"
 )
-# --profile: group -> paths of each side. A path names a submodule (its forward; ModuleLists, the
-# cascade's stages, expand), a method ("module.method") or a Python module's function
-# ("package.module:function"), marked while profiling; paths a model lacks are skipped.
-# What no group holds is "other"; autograd's backward functions are "backward", AdamW "optimizer".
-GROUP_PREFIX = "group:"
+# --profile: group -> paths of each side; a group's time excludes the groups called in it, the rest of a
+# run is "other". A path names a submodule (its forward; a ModuleList's modules), a method ("module.method")
+# or a Python module's attribute ("package.module:function", "package:Class.method"); missing: skipped.
 PROFILE_GROUPS = {
     MMDET: {
+        "preprocess": "mmdet_parity:mmdet_inputs",  # Normalize, Pad, ImageToTensor
         "backbone": "backbone",
         "neck": "neck",
         "dense_head": "bbox_head",
@@ -99,24 +95,14 @@ PROFILE_GROUPS = {
         "detectron2.modeling.meta_arch.rcnn:detector_postprocess",
     },
 }
+TRAIN_GROUPS = dict(
+    backward="torch:Tensor.backward", optimizer="torch.optim:AdamW.step torch.optim:Optimizer.zero_grad"
+)
 
 
-# ---- inputs and models -------------------------------------------------------------------------
 def parse_size(text: str) -> Tuple[int, int]:
     """``"800x1333"`` -> (800, 1333); ``"512"`` -> (307, 512), the long side of the recipe's aspect."""
     return parse_image_size(text, aspect=RECIPE_SIZE[0] / RECIPE_SIZE[1])
-
-
-def size_name(size: Tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
-def inference_image(seed: int, size: Tuple[int, int]) -> np.ndarray:
-    """The RGB uint8 image of ``mmdet_parity.synthetic_images`` resized to ``size`` (height, width)
-    as mmcv resizes, so that neither library's resize step changes it."""
-    import mmcv
-
-    return mmcv.imresize(synthetic_images(seed)[0], (size[1], size[0]), backend="cv2")
 
 
 def here_input(image: np.ndarray) -> Dict:
@@ -132,31 +118,21 @@ def training_batches(seed: int, size: Tuple[int, int], *, with_masks: bool, poly
     import cv2
     from detectron2.structures import PolygonMasks
 
+    def outlines(mask: np.ndarray) -> List[np.ndarray]:
+        contours = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        return [c.reshape(-1).astype(np.float64) + 0.5 for c in contours if len(c) >= 3]
+
     batch = scenes(seed, layouts=tuple((size[0], size[1], count) for count in TRAIN_OBJECTS))
     batch = [{k: v for k, v in scene.items() if k != "masks" or with_masks} for scene in batch]
-    if not (with_masks and polygons):
-        return {MMDET: batch, HERE_SIDE: batch}
-    contours = [
-        [
-            cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-            for m in scene["masks"]
-        ]
-        for scene in batch
-    ]
-    polygons = [
-        [[c.reshape(-1).astype(np.float64) + 0.5 for c in cs if len(c) >= 3] for cs in scene]
-        for scene in contours
-    ]
-    return {MMDET: batch, HERE_SIDE: [{**s, "masks": PolygonMasks(p)} for s, p in zip(batch, polygons)]}
+    here = batch
+    if with_masks and polygons:
+        here = [{**scene, "masks": PolygonMasks([outlines(m) for m in scene["masks"]])} for scene in batch]
+    return {MMDET: batch, HERE_SIDE: here}
 
 
-def build_models(detector: str, seed: int, workdir: str) -> Tuple[torch.nn.Module, torch.nn.Module, str]:
-    """mmdetection's model with random weights (saved with mmcv), this repository's ``_mmdet`` model
-    holding them (converted), both with their configs' training settings, score threshold 0.
-
-    Returns:
-        (mmdetection model, this repository's model, the conversion's summary).
-    """
+def build_models(detector: str, seed: int, workdir: str) -> Tuple[Dict[str, torch.nn.Module], str]:
+    """(side -> model, the conversion's summary): mmdetection's model with random weights and this
+    repository's ``_mmdet`` model holding them (converted); their training settings, score threshold 0."""
     import mmdet
     from mmcv.runner import save_checkpoint
 
@@ -168,78 +144,54 @@ def build_models(detector: str, seed: int, workdir: str) -> Tuple[torch.nn.Modul
     head = mm.roi_head if getattr(mm, "with_roi_head", False) else mm.bbox_head
     head.test_cfg.score_thr = SCORE_THRESHOLD
     set_score_threshold(here, SCORE_THRESHOLD)
-    return mm, here, summary
+    return {MMDET: mm, HERE_SIDE: here}, summary
 
 
-# ---- what is measured --------------------------------------------------------------------------
-def inference_functions(mm: torch.nn.Module, here: torch.nn.Module, image: np.ndarray) -> Dict[str, Callable]:
+def inference_functions(models: Dict[str, torch.nn.Module], image: np.ndarray) -> Dict[str, Callable]:
     """Batch-1 inference of each side (eval mode) on ``image`` (RGB uint8, at the test size), from
     the uint8 image to the detections: side -> function returning the raw output."""
 
+    @torch.no_grad()
     def run_mmdet():
-        with torch.no_grad():
-            with torch.profiler.record_function(GROUP_PREFIX + "preprocess"):
-                img, metas = mmdet_inputs(image, image.shape)  # Normalize, Pad, ImageToTensor
-            return mm.simple_test(img, metas, rescale=True)[0]
+        img, metas = mmdet_parity.mmdet_inputs(image, image.shape)  # --profile's "preprocess"
+        return models[MMDET].simple_test(img, metas, rescale=True)[0]
 
-    def run_here():
-        with torch.no_grad():
-            return here([here_input(image)])
-
+    run_here = torch.no_grad()(lambda: models[HERE_SIDE]([here_input(image)]))
     return {MMDET: run_mmdet, HERE_SIDE: run_here}
 
 
 def training_steps(detector: str, models: Dict, batches: Dict, seed: int, memory: bool) -> Tuple[Dict, Dict]:
-    """Each side's training iteration (mmcv's ``OptimizerHook`` order: zero_grad, forward with losses,
-    backward, AdamW step, the torch seed set first so that the samplers draw alike every step) and
-    its measurement: ``ms`` and, with ``memory``, ``peak_mib``, the resident set's growth during the
-    step (gradients freed first) plus the model's parameters and buffers and the AdamW state.
-
-    Args:
-        detector: one of ``DETECTORS``.
-        models: side -> model in training mode.
-        batches: side -> the training images with their objects (the same on both sides).
-        seed: torch seed of every step.
-        memory: whether to measure the peak memory.
-
-    Returns:
-        (side -> step returning the loss terms, side -> measurement).
-    """
+    """(side -> training iteration returning the loss terms, side -> its measurement: ``{"ms"}`` and,
+    with ``memory``, ``"peak_mib"`` (``MEMORY``; gradients freed first)) of the models in training mode
+    on ``batches`` (:func:`training_batches`). The iteration in mmcv's ``OptimizerHook`` order, ``seed``
+    set first so that the samplers draw alike: zero_grad, forward with losses, backward, AdamW's step."""
     from detectron2.config import LazyConfig, instantiate
     from mmcv.runner import build_optimizer
 
-    # The recipe's AdamW: mmcv's build_optimizer with the mmdetection config's optimizer (a parameter
-    # group per parameter), the LazyConfig's optimizer here.
     here_cfg = LazyConfig.load(os.path.join(REPO_ROOT, DEFAULT_CONFIGS[detector]))
     here_cfg.optimizer.params.model = models[HERE_SIDE]
     optimizers = {MMDET: build_optimizer(models[MMDET], mmdet_config(detector).optimizer)}
     optimizers[HERE_SIDE] = instantiate(here_cfg.optimizer)
-    forward_backward = {
-        MMDET: lambda: mmdet_step(models[MMDET], detector, batches[MMDET]),
-        HERE_SIDE: lambda: d2_step(models[HERE_SIDE], batches[HERE_SIDE]),
-    }
 
     def step(side: str) -> Dict[str, float]:
+        model, batch = models[side], batches[side]
         torch.manual_seed(seed)
         optimizers[side].zero_grad(set_to_none=True)
-        terms = forward_backward[side]()
+        terms = mmdet_step(model, detector, batch) if side == MMDET else d2_step(model, batch)
         optimizers[side].step()
         return terms
 
     def measure(side: str) -> Dict[str, float]:
-        optimizers[side].zero_grad(set_to_none=True)
         models[side].zero_grad(set_to_none=True)
+        timed, ms = timed_ms(lambda: step(side)), []
         if not memory:
-            return {"ms": timed_ms(lambda: step(side))()}
-        ms = []
-        growth = peak_growth_mib(lambda: ms.append(timed_ms(lambda: step(side))()))
+            return {"ms": timed()}
+        growth = peak_growth_mib(lambda: ms.append(timed()))
         state = [v for s in optimizers[side].state.values() for v in s.values() if torch.is_tensor(v)]
         held = tensor_bytes(models[side]) + sum(v.numel() * v.element_size() for v in state)
         return {"ms": ms[0], "peak_mib": growth + held / MIB}
 
-    return {side: functools.partial(step, side) for side in SIDES}, {
-        side: functools.partial(measure, side) for side in SIDES
-    }
+    return {s: functools.partial(step, s) for s in SIDES}, {s: functools.partial(measure, s) for s in SIDES}
 
 
 class _MMDetTracingWrapper(torch.nn.Module):
@@ -256,52 +208,39 @@ class _MMDetTracingWrapper(torch.nn.Module):
 
         kept, paste = [img.sum()], fcn_mask_head._do_paste_mask
 
-        def keep(output) -> None:
+        def keep(output):  # returns ``output`` unchanged
             if torch.is_tensor(output):
                 kept.append(output.float().sum())
             elif isinstance(output, (list, tuple, dict)):
                 for item in output.values() if isinstance(output, dict) else output:
                     keep(item)
+            return output
 
-        def kept_paste(*args, **kwargs):
-            result = paste(*args, **kwargs)
-            keep(result)
-            return result
-
-        handles = [m.register_forward_hook(lambda m, i, output: keep(output)) for m in self.model.modules()]
-        try:
-            with mock.patch.object(fcn_mask_head, "_do_paste_mask", kept_paste):
+        with torch.nn.modules.module.register_module_forward_hook(lambda m, i, output: keep(output)):
+            with mock.patch.object(fcn_mask_head, "_do_paste_mask", lambda *a, **k: keep(paste(*a, **k))):
                 self.model.simple_test(img, self.metas, rescale=True)
-        finally:
-            for handle in handles:
-                handle.remove()
         return torch.stack(kept).sum() * 0
 
 
-def flop_counts(mm: torch.nn.Module, here: torch.nn.Module, image: np.ndarray) -> Dict[str, Dict]:
+def flop_counts(models: Dict[str, torch.nn.Module], image: np.ndarray) -> Dict[str, Dict]:
     """fvcore's count of one inference of each side on ``image`` (:func:`measuring.count_flops`);
     mmdetection's traced through :class:`_MMDetTracingWrapper`, here through Detectron2's adapter."""
     import fvcore.nn
     from detectron2.utils.analysis import FlopCountAnalysis
 
-    img, metas = mmdet_inputs(image, image.shape)
-    wrapper = _MMDetTracingWrapper(mm, metas)
-    mm_flops = count_flops(
-        lambda: fvcore.nn.FlopCountAnalysis(wrapper, (img,)), logger, "mmdetection's model"
-    )
-    return {
-        MMDET: mm_flops,
-        HERE_SIDE: count_flops(lambda: FlopCountAnalysis(here, [here_input(image)]), logger),
-    }
+    img, metas = mmdet_parity.mmdet_inputs(image, image.shape)
+    wrapper = _MMDetTracingWrapper(models[MMDET], metas)
+    mm = count_flops(lambda: fvcore.nn.FlopCountAnalysis(wrapper, (img,)), logger, "mmdetection's model")
+    here = count_flops(lambda: FlopCountAnalysis(models[HERE_SIDE], [here_input(image)]), logger)
+    return {MMDET: mm, HERE_SIDE: here}
 
 
-# ---- profiling ---------------------------------------------------------------------------------
 def group_targets(model: torch.nn.Module, path: str) -> List[Tuple[object, str]]:
     """(owner, attribute) of what a path of ``PROFILE_GROUPS`` names on ``model``: a submodule's
-    ``forward``, a method, a Python module's function; empty where the model lacks it."""
+    ``forward``, a method, a Python module's attribute; empty where the model lacks it."""
     if ":" in path:
-        module, function = path.split(":")
-        return [(importlib.import_module(module), function)]
+        owner, attribute = path.rsplit(".", 1) if "." in path.split(":")[1] else path.split(":")
+        return [(pkgutil.resolve_name(owner), attribute)]
     owners = [model]
     for part in path.split("."):
         values = [getattr(owner, part, None) for owner in owners]
@@ -313,156 +252,113 @@ def group_targets(model: torch.nn.Module, path: str) -> List[Tuple[object, str]]
 
 
 @contextlib.contextmanager
-def marked_groups(model: torch.nn.Module, groups: Dict[str, str]):
-    """Run what ``groups`` name on ``model`` inside ``torch.profiler`` ranges ``"group:<group>"``: the
-    attributes are replaced while the context lasts (not forward hooks: mmdetection's dense heads
-    call ``self.forward`` directly)."""
+def marked_groups(model: torch.nn.Module, groups: Dict[str, str], times: Dict[str, float]):
+    """Time what ``groups`` (group -> paths) name on ``model`` while the context lasts, adding each group's
+    exclusive ms (less the timed calls in it) to ``times``; yields ``mark(group, function)``, which times
+    more. Attributes replaced, not forward hooks: mmdetection's dense heads call ``self.forward`` directly."""
+    nested: List[float] = []  # per timed call in progress: the ms of the timed calls in it
 
-    def ranged(function: Callable, name: str) -> Callable:
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            with torch.profiler.record_function(name):
+    def mark(group: str, function: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            nested.append(0.0)
+            start = perf_counter()
+            try:
                 return function(*args, **kwargs)
+            finally:
+                ms = (perf_counter() - start) * 1000
+                times[group] = times.get(group, 0.0) + ms - nested.pop()
+                if nested:
+                    nested[-1] += ms
 
-        return wrapper
+        return timed
 
     with contextlib.ExitStack() as stack:
         for group, paths in groups.items():
             for owner, attribute in [t for path in paths.split() for t in group_targets(model, path)]:
-                patched = ranged(getattr(owner, attribute), GROUP_PREFIX + group)
-                stack.enter_context(mock.patch.object(owner, attribute, patched))
-        yield
+                timed = mark(group, getattr(owner, attribute))
+                stack.enter_context(mock.patch.object(owner, attribute, timed))
+        yield mark
 
 
-def group_times(events, total_name: str) -> Dict[str, float]:
-    """Exclusive time in ms of each module group in a profile: a span's time less that of the spans
-    nested in it. Spans: the ``"group:*"`` ranges, autograd's backward functions (``backward``),
-    the optimizer's ``step`` and ``zero_grad`` (``optimizer``); ``total_name`` spans the whole run
-    and what no other group holds is ``other``. Only the thread of ``total_name`` counts.
-
-    Args:
-        events: ``torch.profiler.profile().events()``.
-        total_name: name of the outermost range.
-    """
-    spans = []
-    for event in events:
-        name = event.name
-        if name == total_name:
-            group = "other"
-        elif name.startswith(GROUP_PREFIX):
-            group = name[len(GROUP_PREFIX) :]
-        elif name.startswith("autograd::engine::evaluate_function"):
-            group = "backward"
-        elif name.startswith(("Optimizer.step#", "Optimizer.zero_grad#")):
-            group = "optimizer"
-        else:
-            continue
-        spans.append((event.time_range.start, event.time_range.end, group, event.thread))
-    thread = next(span[3] for span in spans if span[2] == "other")
-    exclusive: Dict[str, float] = {}
-    stack: List[list] = []  # [end, group, duration, nested duration] of the open spans
-    for start, end, group, _ in sorted((s for s in spans if s[3] == thread), key=lambda s: (s[0], -s[1])) + [
-        (math.inf, 0, None, None)  # closes every span
-    ]:
-        while stack and stack[-1][0] <= start:
-            _, closed, duration, nested = stack.pop()
-            exclusive[closed] = exclusive.get(closed, 0.0) + (duration - nested) / 1000
-        if stack:
-            stack[-1][3] += end - start
-        stack.append([end, group, end - start, 0.0])
-    return exclusive
+def profile_sides(functions: Dict[str, Callable], models: Dict[str, torch.nn.Module], top_ops: int) -> Dict:
+    """One call of each side's function under ``torch.profiler`` (CPU), the groups of ``PROFILE_GROUPS``
+    and ``TRAIN_GROUPS`` timed: side -> ``{"total_ms", "groups_ms", "top_ops": [{"name", "self_ms",
+    "calls"}]}``, the ``top_ops`` operators of the most self time."""
+    profiles = {}
+    for side in SIDES:
+        gc.collect()
+        groups: Dict[str, float] = {}
+        with marked_groups(models[side], {**PROFILE_GROUPS[side], **TRAIN_GROUPS}, groups) as mark:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+                mark("other", functions[side])()
+        averages = sorted(profile.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)
+        ops = [{"name": a.key, "self_ms": a.self_cpu_time_total / 1000, "calls": a.count} for a in averages]
+        profiles[side] = {"total_ms": sum(groups.values()), "groups_ms": groups, "top_ops": ops[:top_ops]}
+    return profiles
 
 
-def profile_function(function: Callable, model: torch.nn.Module, side: str, top_ops: int) -> Dict:
-    """One call of ``function`` under ``torch.profiler`` (CPU), the module groups of ``model`` marked
-    (``PROFILE_GROUPS[side]``): ``{"total_ms", "groups_ms", "top_ops": [{"name", "self_ms", "calls"}]}``."""
-    total = GROUP_PREFIX + "total"
-    gc.collect()
-    with marked_groups(model, PROFILE_GROUPS[side]):
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            with torch.profiler.record_function(total):
-                function()
-    groups = group_times(profile.events(), total)
-    averages = sorted(profile.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)
-    ops = [a for a in averages if not a.key.startswith(GROUP_PREFIX)][:top_ops]
-    ops = [{"name": a.key, "self_ms": a.self_cpu_time_total / 1000, "calls": a.count} for a in ops]
-    return {"total_ms": sum(groups.values()), "groups_ms": groups, "top_ops": ops}
-
-
-# ---- one detector ------------------------------------------------------------------------------
-def figure_summary(values: Dict[str, List[float]]) -> Dict:
-    """Each side's median and the paired ratio statistics here / mmdetection of one figure."""
-    ratio = paired_ratio_statistics(values[HERE_SIDE], values[MMDET])
-    return {**{side: statistics.median(values[side]) for side in SIDES}, "ratio": ratio, "samples": values}
-
-
-def measured(label: str, functions: Dict[str, Callable], pairs: int, warmup: int) -> Dict[str, List]:
-    """``functions`` (side -> measurement returning ms or a dict with ``ms``) in one alternating run,
-    each pair logged with the load average."""
+def measured(label: str, functions: Dict[str, Callable], pairs: int, warmup: int) -> Dict[str, Dict]:
+    """``functions`` (side -> measurement returning ``{"ms", ...}``) in one alternating run, each pair logged:
+    per key of the measurements, each side's median, the paired ratios here / mmdetection and the samples."""
 
     def log(index: int, results: Dict) -> None:
-        ms = [results[side]["ms"] if isinstance(results[side], dict) else results[side] for side in SIDES]
-        ms = ", ".join(f"{side} {value:.0f} ms" for side, value in zip(SIDES, ms))
+        ms = ", ".join(f"{side} {results[side]['ms']:.0f} ms" for side in SIDES)
         kind = f"warm-up {index + 1}/{warmup}" if index < warmup else f"pair {index + 1 - warmup}/{pairs}"
         logger.info("%s %s: %s (load %.2f)", label, kind, ms, os.getloadavg()[0])
 
-    return alternate(functions, rounds=pairs, warmup=warmup, on_round=log)
+    samples = alternate(functions, rounds=pairs, warmup=warmup, on_round=log)
+    figures = {}
+    for key in samples[MMDET][0]:
+        values = {side: [sample[key] for sample in samples[side]] for side in SIDES}
+        figures[key] = {side: statistics.median(values[side]) for side in SIDES}
+        figures[key].update(ratio=paired_ratio_statistics(values[HERE_SIDE], values[MMDET]), samples=values)
+    return figures
 
 
 def benchmark_detector(detector: str, args, workdir: str) -> Dict:
-    """Every measurement of one detector in both libraries; returns its JSON record.
+    """Every measurement of ``detector`` in both libraries as ``args`` ask, the checkpoints written to
+    ``workdir``; returns its JSON record."""
+    import mmcv
 
-    Args:
-        detector: one of ``DETECTORS``.
-        args: the parsed command line.
-        workdir: folder for the checkpoints.
-    """
     with_masks = detector in MASK_DETECTORS
-    mm, here, conversion = build_models(detector, args.seed, workdir)
-    models = {MMDET: mm, HERE_SIDE: here}
+    models, conversion = build_models(detector, args.seed, workdir)
     record = dict(detector=detector, mmdet_config=MMDET_CONFIGS[detector], config=DEFAULT_CONFIGS[detector])
     record.update(conversion=conversion, load_average_start=os.getloadavg(), figures={}, flops={}, outputs={})
-    profiles = {}
-
-    def profile(name: str, functions: Dict[str, Callable]) -> None:
-        if args.profile:
-            profiles[name] = {
-                side: profile_function(functions[side], models[side], side, args.top_ops) for side in SIDES
-            }
-
+    profiles = {}  # with --profile: figure -> side -> profile
     for model in models.values():
         model.eval()
     for size in args.sizes:
-        name = size_name(size)
-        image = inference_image(args.seed, size)
-        functions = inference_functions(mm, here, image)
+        name = "%dx%d" % size
+        # An RGB uint8 image resized as mmcv resizes, so that neither library's resize step changes it.
+        image = mmcv.imresize(synthetic_images(args.seed)[0], size[::-1], backend="cv2")
+        functions = inference_functions(models, image)
         outputs = {side: function() for side, function in functions.items()}  # the check run: the warm-up too
-        mm_out, here_out = mmdet_detections(outputs[MMDET], with_masks), outputs[HERE_SIDE][0]["instances"]
-        record["outputs"][name] = compare(mm_out, d2_detections(here_out, with_masks), with_masks)
+        here_out = d2_detections(outputs[HERE_SIDE][0]["instances"], with_masks)
+        record["outputs"][name] = compare(mmdet_detections(outputs[MMDET], with_masks), here_out, with_masks)
         logger.info("%s %s outputs: %s", detector, name, record["outputs"][name])
         if args.flops:
-            record["flops"][name] = flop_counts(mm, here, image)
-        timed = {side: timed_ms(function) for side, function in functions.items()}
-        samples = measured(f"{detector} inference {name}", timed, args.pairs, args.warmup)
-        record["figures"][f"latency_b1_{name}_ms"] = figure_summary(samples)
-        profile(f"inference_{name}", functions)
+            record["flops"][name] = flop_counts(models, image)
+        latency = {side: lambda timed=timed_ms(f): {"ms": timed()} for side, f in functions.items()}
+        figures = measured(f"{detector} inference {name}", latency, args.pairs, args.warmup)
+        record["figures"][f"latency_b1_{name}_ms"] = figures["ms"]
+        if args.profile:
+            profiles[f"inference_{name}"] = profile_sides(functions, models, args.top_ops)
 
     if args.train:
         for model in models.values():
             model.train()  # norm_eval / FrozenStatsBN: BatchNorm statistics stay frozen
         polygons = args.here_mask_format == "polygon"
         batches = training_batches(args.seed, args.train_size, with_masks=with_masks, polygons=polygons)
-        functions, steps = training_steps(detector, models, batches, args.seed, cpu_peak_memory_supported())
-        first_losses = {side: function() for side, function in functions.items()}  # AdamW state created
-        record["first_step_losses"] = {side: sum(terms.values()) for side, terms in first_losses.items()}
-        name = size_name(args.train_size)
-        samples = measured(f"{detector} training b2 {name}", steps, args.train_pairs, args.warmup)
-        for key, unit in (("ms", "ms"), ("peak_mib", "mib")):
-            values = {side: [sample[key] for sample in samples[side] if key in sample] for side in SIDES}
-            if values[MMDET]:
-                figure = "train_step" if key == "ms" else "train_peak_mem"
-                record["figures"][f"{figure}_b2_{name}_{unit}"] = figure_summary(values)
-        profile(f"train_step_b2_{name}", functions)
+        steps, measures = training_steps(detector, models, batches, args.seed, cpu_peak_memory_supported())
+        # The first steps create the AdamW state.
+        record["first_step_losses"] = {side: sum(step().values()) for side, step in steps.items()}
+        name = "%dx%d" % args.train_size
+        figures = measured(f"{detector} training b2 {name}", measures, args.train_pairs, args.warmup)
+        record["figures"][f"train_step_b2_{name}_ms"] = figures["ms"]
+        if "peak_mib" in figures:
+            record["figures"][f"train_peak_mem_b2_{name}_mib"] = figures["peak_mib"]
+        if args.profile:
+            profiles[f"train_step_b2_{name}"] = profile_sides(steps, models, args.top_ops)
     if profiles:
         record["profile"] = profiles
     record["load_average_end"] = os.getloadavg()
@@ -470,13 +366,8 @@ def benchmark_detector(detector: str, args, workdir: str) -> Dict:
 
 
 def failed_checks(report: Dict) -> List[str]:
-    """One line per figure of the check run outside its threshold (the module's constants), naming
-    the detector and size, the figure, the measured value and the threshold.
-
-    Args:
-        report: what :func:`run_side_by_side` writes to ``--json``; only each record's
-            ``"detector"`` and ``"outputs"`` (size -> the figures of ``mmdet_parity.compare``) are read.
-    """
+    """One line per figure of the check run outside its threshold, naming the detector and size, the
+    figure, its value and the threshold. Reads each record's ``"detector"`` and ``"outputs"``."""
     failures: List[str] = []
     for record in report["results"]:
         for size, outputs in record["outputs"].items():
@@ -485,11 +376,9 @@ def failed_checks(report: Dict) -> List[str]:
             check_equal(failures, subject, matched, outputs["matched"], DETECTIONS_MATCHED)
             check_at_most(failures, subject, "max box diff (px)", outputs["max_box_diff_px"], MAX_BOX_DIFF_PX)
             check_at_most(failures, subject, "max score diff", outputs["max_score_diff"], MAX_SCORE_DIFF)
-            if "mask_pixels_differing" in outputs:
-                differing = outputs["mask_pixels_differing"]
-                check_at_most(
-                    failures, subject, "mask pixels differing", differing, MAX_MASK_PIXELS_DIFFERING
-                )
+            if "mask_pixels_differing" in outputs:  # the mask detectors
+                differing, limit = outputs["mask_pixels_differing"], MAX_MASK_PIXELS_DIFFERING
+                check_at_most(failures, subject, "mask pixels differing", differing, limit)
     return failures
 
 
@@ -507,13 +396,10 @@ def format_table(report: Dict) -> str:
             mm, here = flops[MMDET]["gflops"], flops[HERE_SIDE]["gflops"]
             rows.append([detector, f"FLOPs {size} (G)", mm, here, here / mm if mm and here else None])
         for figure, sides in record.get("profile", {}).items():
-            groups = sorted(set(sides[MMDET]["groups_ms"]) | set(sides[HERE_SIDE]["groups_ms"]))
-            for group in groups + ["total"]:
-                times = [sides[side]["groups_ms"].get(group, 0.0) for side in SIDES]
-                mm, here = [sides[side]["total_ms"] for side in SIDES] if group == "total" else times
-                profile_rows.append(
-                    [detector, figure, group, f"{mm:,.0f}", f"{here:,.0f}", f"{here - mm:+,.0f}"]
-                )
+            mm, here = ({**sides[side]["groups_ms"], "total": sides[side]["total_ms"]} for side in SIDES)
+            for group in sorted(set(mm) | set(here), key=lambda group: (group == "total", group)):
+                a, b = mm.get(group, 0.0), here.get(group, 0.0)  # ms, "total" last
+                profile_rows.append([detector, figure, group, f"{a:,.0f}", f"{b:,.0f}", f"{b - a:+,.0f}"])
     lines = [
         f"CPU: {machine['cpu']}, {machine['torch_threads']} torch threads; torch {machine['torch']}, "
         f"mmdet {machine['mmdet']}, mmcv {machine['mmcv']}; score threshold {SCORE_THRESHOLD} (100 "
@@ -530,7 +416,6 @@ def format_table(report: Dict) -> str:
     return "\n".join(lines)
 
 
-# ---- command line ------------------------------------------------------------------------------
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = script_parser(__doc__)
     add = parser.add_argument
@@ -538,14 +423,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
     add("--detectors", nargs="+", choices=list(DETECTORS), default=list(DETECTORS), metavar="NAME",
         help=f"detectors to measure (default: all of {', '.join(DETECTORS)})")
     add("--sizes", nargs="+", type=parse_size, default=[parse_size("800x1333"), parse_size("512")],
-        metavar="N|HxW",
-        help="inference image sizes: HxW, or N for the long side of the recipe's 800:1333 aspect "
-        "(default: 800x1333 512, i.e. 800x1333 and 307x512)")
+        metavar="N|HxW", help="inference image sizes: HxW, or N for the long side of the recipe's "
+        "800:1333 aspect (default: 800x1333 512, i.e. 800x1333 and 307x512)")
     add("--train-size", type=parse_size, default=parse_size("512"), metavar="N|HxW",
         help="size of the two training images (default: 512, i.e. 307x512)")
     add("--here-mask-format", choices=["bitmask", "polygon"], default="bitmask",
-        help="ground-truth masks here in training: bitmask (default; the boolean arrays mmdetection gets as "
-        "BitmapMasks) or polygon (their contours as PolygonMasks, what Detectron2's COCO loader gives)")
+        help="training masks here: bitmask (default; mmdetection's BitmapMasks' arrays) or polygon (their "
+        "contours as PolygonMasks, what Detectron2's COCO loader gives)")
     add("--pairs", type=at_least(1), default=7, help="measured inference pairs per size (default: 7)")
     add("--train-pairs", type=at_least(1), default=5, help="measured training pairs (default: 5)")
     add("--warmup", type=at_least(0), default=0,
@@ -554,8 +438,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     add("--flops", action=argparse.BooleanOptionalAction, default=True, help="count FLOPs with fvcore")
     add("--profile", action="store_true", help="also profile one run of each figure per module group")
     add("--top-ops", type=int, default=12, help="operators listed per profile in the JSON")
-    add("--tolerance", type=float, default=0.05,
-        help="a ratio counts as resolved when both quartiles are within this of the median (default: 0.05)")
+    add("--tolerance", type=float, default=0.05, help="resolved: both quartiles within this of the median")
     add("--workdir", help="folder for the checkpoints (default: a temporary one)")
     # fmt: on
     return parser
@@ -587,20 +470,18 @@ def run_side_by_side(args: argparse.Namespace) -> Dict:
 
     machine = machine_description(("torch", "detectron2", "timm"))
     machine.update(mmdet=mmdet.__version__, mmcv=mmcv.__version__)
-    settings = {"sizes": [list(size) for size in args.sizes], "train_size": list(args.train_size)}
+    settings = dict(sizes=[list(size) for size in args.sizes], train_size=list(args.train_size))
     settings.update(train_batch_size=len(TRAIN_OBJECTS), train_objects=list(TRAIN_OBJECTS))
-    settings.update(
-        {name: getattr(args, name) for name in ("here_mask_format", "pairs", "train_pairs", "warmup")}
-    )
-    settings.update(score_threshold=SCORE_THRESHOLD, tolerance=args.tolerance, seed=args.seed)
-    settings.update(ratio="here / mmdet per pair; median, q1, q3 of the pairs", memory=MEMORY, flops=FLOPS)
+    settings.update(here_mask_format=args.here_mask_format, pairs=args.pairs, train_pairs=args.train_pairs)
+    settings.update(warmup=args.warmup, score_threshold=SCORE_THRESHOLD, tolerance=args.tolerance)
+    settings.update(seed=args.seed, ratio="here / mmdet per pair; median, q1, q3 of the pairs")
+    settings.update(memory=MEMORY, flops=FLOPS)
     report = {"settings": settings, "machine": machine, "results": []}
     with tempfile.TemporaryDirectory(prefix="mmdet_side_by_side_") as temporary:
         workdir = args.workdir or temporary
         os.makedirs(workdir, exist_ok=True)
-        measure_each(
-            args.detectors, lambda d: benchmark_detector(d, args, workdir), report, args.json, logger
-        )
+        measure = functools.partial(benchmark_detector, args=args, workdir=workdir)
+        measure_each(args.detectors, measure, report, args.json, logger)
     print(format_table(report))
     return report
 
