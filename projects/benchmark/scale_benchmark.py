@@ -1,19 +1,17 @@
 #!/usr/bin/env python3
-"""Time and peak memory of the mask detectors' four CPU forms (``FORMS``) as the image grows: each form
-in a worker process of its own, the workers called in turn, image by image. What it measures and the
-figures: docs/benchmark.md, "Large images"; the exit code is 1 when a form misses the target
-(``failed_checks``). About 25 minutes per detector on 2 CPU cores at the default sizes::
+"""Time and peak memory of the mask detectors' four CPU forms (``FORMS``), each in a worker process of its
+own, as the image grows. Docs: docs/benchmark.md, "Large images". Exit code 1 when a form misses the
+target (``failed_checks``). About 25 minutes per detector on 2 CPU cores at the default sizes::
 
     python3 projects/benchmark/scale_benchmark.py --json projects/benchmark/results/cpu_scale.json
     python3 projects/benchmark/scale_benchmark.py --detectors mask_rcnn --sizes 640 2048 --iters 2
 """
 
 import argparse
-import json
 import logging
+import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+
+from rsb_backbone.export import ExportedDetector, export_predictor
+from rsb_backbone.inference import LazyConfigPredictor
+from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 
 from measuring import add_model_options, alternate, at_least, exit_status, format_ratio, machine_description
 from measuring import markdown_table, measure_each, models_to_measure, paired_ratio_statistics, read_image
@@ -34,32 +39,23 @@ DETECTORS = {d: f"configs/COCO/{d}_rsb_r50_fpn_1x.py" for d in ("mask_rcnn", "ca
 FORMS = ("predictor", "folded", "torchscript", "onnx")
 REFERENCE_FORM = "predictor"
 TARGET_RATIO = 1.2
+MEMORY = (
+    "per sample: the worker's VmHWM after resetting it through /proc/self/clear_refs (weights and "
+    "runtime included); per form: the largest of its samples"
+)
 
 
-def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, threads: int) -> None:
-    """Serve requests from stdin (a JSON line per image: ``{"image": path of a .npy}``) with a JSON
-    line each: ``seconds``, ``peak_rss_mib`` (``VmHWM``, reset before the call), ``detections``.
-
-    Args:
-        form: one of ``FORMS``.
-        config_file: the detector's LazyConfig.
-        checkpoint: its weights.
-        export_dir: folder holding ``torchscript/`` and ``onnx/`` exports of the folded model.
-        threads: intra-op threads of torch and ONNX Runtime.
-    """
-    import torch
-
-    from rsb_backbone.export import ExportedDetector
-    from rsb_backbone.inference import LazyConfigPredictor
-
+def serve(form: str, config_file: str, checkpoint: str, export_dir: str, threads: int, connection) -> None:
+    """A worker's loop (``threads``: of torch and ONNX Runtime): a first reply once ``form`` is built, then
+    per image received, ``seconds``, ``peak_rss_mib`` (``VmHWM``, reset before the call), ``detections``."""
     torch.set_num_threads(threads)
     if form in ("predictor", "folded"):
         detector = LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0, fuse=form == "folded")
     else:
         detector = ExportedDetector(os.path.join(export_dir, form), num_threads=threads)
-    print(json.dumps({"ready": True, "rss_mib": read_memory_mib("VmRSS")}), flush=True)
-    for line in sys.stdin:
-        image = np.load(json.loads(line)["image"])
+    connection.send({"ready": True, "rss_mib": read_memory_mib("VmRSS")})
+    while True:  # until the parent ends it
+        image = connection.recv()
         reset_peak_memory()
         start = time.perf_counter()
         with torch.no_grad():
@@ -68,59 +64,31 @@ def run_worker(form: str, config_file: str, checkpoint: str, export_dir: str, th
         reply = {"seconds": time.perf_counter() - start, "peak_rss_mib": read_memory_mib("VmHWM")}
         reply.update(detections=len(instances), mask_shape=list(masks.shape))
         del instances, masks
-        print(json.dumps(reply), flush=True)
+        connection.send(reply)
 
 
-class Worker:
-    """A process of :func:`run_worker` (its arguments), kept alive across requests."""
-
-    def __init__(self, form: str, config_file: str, checkpoint: str, export_dir: str, threads: int):
-        self.form = form
-        command = [sys.executable, __file__, "--worker", form, "--config-file", config_file]
-        command += ["--checkpoint", checkpoint, "--export-dir", export_dir, "--threads", str(threads)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.call(None)  # the model is built
-
-    def call(self, image_path: Optional[str]) -> Dict:
-        """The worker's reply on the image saved at ``image_path`` (None: its ready line)."""
-        if image_path is not None:
-            self.process.stdin.write(json.dumps({"image": image_path}) + "\n")
-            self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.form} worker ended (exit code {self.process.wait()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+def ask(form: str, process, connection, image: Optional[np.ndarray] = None) -> Dict:
+    """The reply of the ``form`` worker (:func:`serve`) to ``image`` (None: its first reply)."""
+    try:
+        if image is not None:
+            connection.send(image)
+        return connection.recv()
+    except (EOFError, OSError):  # it ended: its end of the pipe closed
+        process.join(timeout=60)
+        raise RuntimeError(f"the {form} worker ended (exit code {process.exitcode})") from None
 
 
 def load_image(path: Optional[str], long_side: int, rng) -> np.ndarray:
-    """A 4:3 landscape (H, W, 3) uint8 BGR image with this long side: the file at ``path`` resized,
-    or random pixels."""
+    """A 4:3 (H, W, 3) uint8 BGR image with this long side: the file at ``path`` resized, or random pixels."""
     height, width = round(long_side * 3 / 4), long_side
-    return (
-        read_image(path, height, width) if path else rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    )
+    if path:
+        return read_image(path, height, width)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def measure_detector(detector: str, trained: Optional[Tuple[str, str]], args, workdir: str) -> Dict:
-    """One alternating run of the forms of ``detector`` over ``args.sizes``; its JSON record.
-
-    Args:
-        detector: a key of ``DETECTORS`` (random weights, saved as a checkpoint), or a trained model's name.
-        trained: ``(config file, checkpoint)`` of a ``--trained`` model; None: random weights.
-        args: the parsed command line.
-        workdir: folder for weights, exports (the folded model in TorchScript and ONNX) and images.
-    """
-    import torch
-    from detectron2.config import LazyConfig, instantiate
-
-    from rsb_backbone.export import export_predictor
-    from rsb_backbone.inference import LazyConfigPredictor
-    from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
-
+    """The JSON record of one alternating run of ``detector``'s forms over ``args.sizes``: a key of
+    ``DETECTORS`` (random weights) or a ``--trained`` name, ``trained`` its (config file, checkpoint)."""
     if trained:
         config_file, checkpoint = trained
     else:
@@ -132,27 +100,32 @@ def measure_detector(detector: str, trained: Optional[Tuple[str, str]], args, wo
         torch.save({"model": instantiate(cfg.model).state_dict()}, checkpoint)
     export_dir = os.path.join(workdir, f"{detector}_export")
     sample = load_image(args.image, 640, np.random.default_rng(args.seed))
-    for fmt in ("torchscript", "onnx"):
+    for fmt in ("torchscript", "onnx"):  # export_predictor folds the model in place: one each
         predictor = LazyConfigPredictor(config_file, checkpoint, score_threshold=0.0)
         export_predictor(predictor, sample, os.path.join(export_dir, fmt), fmt)
     record = {"detector": detector, "config": trained[0] if trained else DETECTORS[detector], "sizes": []}
     record.update({"checkpoint": checkpoint} if trained else {})
-    workers = {form: Worker(form, config_file, checkpoint, export_dir, args.threads) for form in args.forms}
-    rng = np.random.default_rng(args.seed)
+    spawn, workers, rng = multiprocessing.get_context("spawn"), {}, np.random.default_rng(args.seed)
+    model = (config_file, checkpoint, export_dir, args.threads)
     try:
+        for form in args.forms:  # one at a time, each started once the one before has built its model
+            connection, its_end = spawn.Pipe()
+            workers[form] = (spawn.Process(target=serve, args=(form, *model, its_end)), connection)
+            workers[form][0].start()
+            its_end.close()  # the worker's copy alone left: recv() fails once it has ended
+            ask(form, *workers[form])  # its model built
         for long_side in args.sizes:
             image = load_image(args.image, long_side, rng)
-            image_path = os.path.join(workdir, f"image_{long_side}.npy")
-            np.save(image_path, image)
-            calls = {form: lambda worker=worker: worker.call(image_path) for form, worker in workers.items()}
+            calls = {form: lambda form=form: ask(form, *workers[form], image) for form in workers}
             samples = alternate(calls, rounds=args.iters, warmup=args.warmup)
             record["sizes"].append(summarize_size(long_side, image.shape[:2], samples))
             forms = record["sizes"][-1]["forms"].items()
             line = "; ".join(f"{f} {e['median_ms']:.0f} ms, {e['peak_rss_mib']:.0f} MiB" for f, e in forms)
             logger.info("%s at %d px: %s", detector, long_side, line)
     finally:
-        for worker in workers.values():
-            worker.close()
+        for process, _ in workers.values():
+            process.terminate()  # waiting for its next image, or ended
+            process.join()
     return record
 
 
@@ -174,7 +147,7 @@ def summarize_size(long_side: int, shape: Tuple[int, int], samples: Dict[str, Li
 
 
 def format_table(report: Dict) -> str:
-    """The markdown table: per detector and image size, each form's time and peak memory."""
+    """The markdown table: per detector and image size, each form's time, peak memory and ratios."""
     settings, machine, forms = report["settings"], report["machine"], report["settings"]["forms"]
     header = ["detector", "image", "detections"]
     for form in forms:
@@ -203,13 +176,9 @@ def format_table(report: Dict) -> str:
 
 
 def failed_checks(report: Dict) -> List[str]:
-    """One line per figure outside the target: a form whose time ratio to the predictor lies above
-    ``TARGET_RATIO`` over its whole interquartile range (resolved), whose peak memory ratio is above
-    it, or that keeps another number of detections than the predictor.
-
-    Args:
-        report: what :func:`main` writes with ``--json``.
-    """
+    """One line per figure of ``report`` (as ``--json`` writes it) outside the target: a form whose time
+    ratio to the predictor lies above ``TARGET_RATIO`` over its whole IQR (resolved), whose peak memory
+    ratio is above it, or that keeps other detections."""
     failures, above = [], f"above {TARGET_RATIO}"
     for record in report["results"]:
         for size in record["sizes"]:
@@ -240,32 +209,19 @@ def build_argument_parser() -> argparse.ArgumentParser:
     add("--forms", nargs="+", choices=FORMS, default=list(FORMS), help="ratios need 'predictor' among them")
     add("--iters", type=at_least(1), default=3, help="timed rounds per size")
     add("--warmup", type=at_least(0), default=1, help="untimed rounds before them")
-    add("--workdir", help="folder for weights, exports, images (default: temporary)")
-    for name in ("--worker", "--config-file", "--checkpoint", "--export-dir"):  # a worker's own
-        add(name, help=argparse.SUPPRESS)
+    add("--workdir", help="folder for weights and exports (default: temporary)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_argument_parser()
     args = parser.parse_args(argv)
-    if args.worker:
-        run_worker(args.worker, args.config_file, args.checkpoint, args.export_dir, args.threads)
-        return 0
     runs = models_to_measure(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import torch
-
-    args.threads = args.threads or torch.get_num_threads()
-    settings = dict(
-        sizes=args.sizes, forms=args.forms, iters=args.iters, warmup=args.warmup, threads=args.threads
-    )
-    settings.update(seed=args.seed, score_threshold=0.0, image=args.image or "random pixels")
-    settings["memory"] = (
-        "per sample: the worker's VmHWM after resetting it through /proc/self/clear_refs (weights and "
-        "runtime included); per form: the largest of its samples"
-    )
     machine = machine_description(("torch", "detectron2", "onnxruntime"))
+    args.threads = args.threads or machine["torch_threads"]  # torch's default
+    settings = {key: getattr(args, key) for key in ("sizes", "forms", "iters", "warmup", "threads", "seed")}
+    settings.update(score_threshold=0.0, image=args.image or "random pixels", memory=MEMORY)
     report = {"settings": settings, "machine": machine, "results": []}
     with tempfile.TemporaryDirectory() as temporary:
         workdir = args.workdir or temporary
