@@ -5,13 +5,8 @@ Two models timed in one alternating run (sample i of A, then sample i of B, the 
 round to round) share the machine's load pair by pair: a busy second slows both samples of a pair.
 The ratio of the two samples of each pair therefore cancels most of that load, and the median of
 the per-pair ratios with their interquartile range (IQR) says both how large the difference is and
-how well the run resolved it; the ratio of two medians, each from another moment, says neither.
-
-Example::
-
-    >>> stats = paired_ratio_statistics([104, 220, 90, 300, 98], [100, 200, 100, 250, 100])
-    >>> format_ratio(stats)
-    '1.04 (0.98-1.10)'
+how well the run resolved it (``format_ratio``: ``"1.04 (0.98-1.10)"``); the ratio of two medians,
+each from another moment, says neither.
 """
 
 import argparse
@@ -274,11 +269,6 @@ def count_flops(make_analysis: Callable, logger=None, what: str = "the model") -
         return {"gflops": None, "error": f"{type(error).__name__}: {error}"}
 
 
-def fmt(value: Optional[float], digits: int = 1) -> str:
-    """A figure with thousands separators, or ``n/a``."""
-    return "n/a" if value is None else f"{value:,.{digits}f}"
-
-
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], align: Optional[str] = None) -> str:
     """A markdown table; ``align`` has an ``l`` or ``r`` per column (default: the first column
     left-aligned, the others, numbers, right-aligned); cells are converted with ``str``."""
@@ -301,7 +291,8 @@ def figure_table(
             cells = [format_ratio(ratio) + ("" if within_tolerance(ratio, tolerance) else " *"), ratio["n"]]
         else:
             cells = ["n/a" if ratio is None else f"{ratio:.3f}", "-"]
-        body.append([detector, figure, fmt(value), fmt(other), *cells])
+        values = ["n/a" if v is None else f"{v:,.1f}" for v in (value, other)]
+        body.append([detector, figure, *values, *cells])
     table = markdown_table(["detector", "figure", *columns, ratio_title, "pairs"], body, align="llrrlr")
     note = f"a quartile of the ratios lies more than {tolerance} from their median: not resolved to that"
     return f"{table}\n\n\\* {note} precision by this run."
