@@ -35,11 +35,11 @@ from measuring import measure_each, paired_ratio_statistics, parse_image_size, p
 from measuring import script_parser, tensor_bytes, timed_ms  # noqa: E402
 import mmdet_parity  # noqa: E402
 from mmdet_parity import compare, d2_detections, mmdet_detections, synthetic_images  # noqa: E402
-from mmdet_train_parity import d2_model, d2_step, mmdet_model, mmdet_step, scenes  # noqa: E402
+from mmdet_train_parity import converted_pair, d2_step, mmdet_step, scenes  # noqa: E402
 from parity_common import MMDET_CONFIGS, REPO_ROOT, check_at_most, check_equal, mmdet_config  # noqa: E402
 
 from rsb_backbone.config import set_score_threshold  # noqa: E402
-from rsb_backbone.mmdet_conversion import DEFAULT_CONFIGS, DETECTORS, convert_mmdet_checkpoint  # noqa: E402
+from rsb_backbone.mmdet_conversion import DEFAULT_CONFIGS, DETECTORS  # noqa: E402
 
 logger = logging.getLogger("rsb_detectron2.mmdet_side_by_side")
 
@@ -133,18 +133,11 @@ def training_batches(seed: int, size: Tuple[int, int], *, with_masks: bool, poly
 def build_models(detector: str, seed: int, workdir: str) -> Tuple[Dict[str, torch.nn.Module], str]:
     """(side -> model, the conversion's summary): mmdetection's model with random weights and this
     repository's ``_mmdet`` model holding them (converted); their training settings, score threshold 0."""
-    import mmdet
-    from mmcv.runner import save_checkpoint
-
-    mm = mmdet_model(detector, seed, exhaustive=False)
-    mm_path, here_path = (os.path.join(workdir, f"{detector}_{n}.pth") for n in ("mmdet_random", "converted"))
-    save_checkpoint(mm, mm_path, meta={"mmdet_version": mmdet.__version__, "CLASSES": mm.CLASSES})
-    summary = convert_mmdet_checkpoint(mm_path, here_path, detector=detector).summary()
-    here = d2_model(detector, here_path, exhaustive=False)
+    mm, here, _, conversion = converted_pair(detector, seed, workdir, exhaustive=False)
     head = mm.roi_head if getattr(mm, "with_roi_head", False) else mm.bbox_head
     head.test_cfg.score_thr = SCORE_THRESHOLD
     set_score_threshold(here, SCORE_THRESHOLD)
-    return {MMDET: mm, HERE_SIDE: here}, summary
+    return {MMDET: mm, HERE_SIDE: here}, conversion.summary()
 
 
 def inference_functions(models: Dict[str, torch.nn.Module], image: np.ndarray) -> Dict[str, Callable]:

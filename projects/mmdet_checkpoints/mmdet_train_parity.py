@@ -304,17 +304,33 @@ def gradient_groups(detector: str, mm_model, d2_model) -> Dict[str, Dict[str, fl
     return out
 
 
-def run_detector(detector: str, data, output_dir: str, seed: int) -> Dict[str, object]:
+def converted_pair(detector: str, seed: int, output_dir: str, *, exhaustive: bool = True):
+    """mmdetection's model of ``detector`` with random weights and this repository's ``_mmdet`` model
+    holding them, both in training mode (:func:`mmdet_model`, :func:`d2_model`).
+
+    Args:
+        detector: one of ``DETECTORS``.
+        seed: seed of the random weights.
+        output_dir: where mmdetection's checkpoint (saved with mmcv) and its conversion are written.
+        exhaustive: every anchor and proposal sampled (else the configs' samplers).
+
+    Returns:
+        (mmdetection model, Detectron2 model, the converted checkpoint's path, the conversion's result).
+    """
+    import mmdet
     from mmcv.runner import save_checkpoint
 
     torch.manual_seed(seed)
-    mm = mmdet_model(detector, seed)
+    mm = mmdet_model(detector, seed, exhaustive=exhaustive)
     mm_path = os.path.join(output_dir, f"{detector}_mmdet_random.pth")
-    save_checkpoint(mm, mm_path, meta={"mmdet_version": "2.28.2", "CLASSES": mm.CLASSES})
+    save_checkpoint(mm, mm_path, meta={"mmdet_version": mmdet.__version__, "CLASSES": mm.CLASSES})
     d2_path = os.path.join(output_dir, f"{detector}_d2.pth")
-    convert_mmdet_checkpoint(mm_path, d2_path, detector=detector)
-    d2 = d2_model(detector, d2_path)
+    conversion = convert_mmdet_checkpoint(mm_path, d2_path, detector=detector)
+    return mm, d2_model(detector, d2_path, exhaustive=exhaustive), d2_path, conversion
 
+
+def run_detector(detector: str, data, output_dir: str, seed: int) -> Dict[str, object]:
+    mm, d2, d2_path, _ = converted_pair(detector, seed, output_dir)
     mm_terms = mmdet_step(mm, detector, data)
     d2_terms = d2_step(d2, data)
     control_terms = d2_step(d2_model(detector, d2_path, mmdet_training=False), data)

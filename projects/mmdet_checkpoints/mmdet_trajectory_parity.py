@@ -57,9 +57,9 @@ from parity_common import (  # noqa: E402
     mmdet_config,
     prepare_run,
 )
-from mmdet_train_parity import GROUPS, d2_inputs, d2_model, loss_pairs, mmdet_inputs, mmdet_model, scenes  # noqa: E402
+from mmdet_train_parity import GROUPS, converted_pair, d2_inputs, d2_model, loss_pairs, mmdet_inputs, scenes  # noqa: E402
 
-from rsb_backbone.mmdet_conversion import convert_mmdet_checkpoint, map_key  # noqa: E402
+from rsb_backbone.mmdet_conversion import map_key  # noqa: E402
 from rsb_backbone.mmdet_conversion.key_maps import TENSOR_TRANSFORMS  # noqa: E402
 
 logger = logging.getLogger("rsb_detectron2.mmdet_trajectory_parity")
@@ -261,15 +261,7 @@ def rounding_control(detector: str, d2_path: str, data, reference_record, refere
 
 
 def run_detector(detector: str, data, output_dir: str, seed: int, control: bool = False) -> Dict[str, object]:
-    from mmcv.runner import save_checkpoint
-
-    torch.manual_seed(seed)
-    mm = mmdet_model(detector, seed)
-    mm_path = os.path.join(output_dir, f"{detector}_mmdet_random.pth")
-    save_checkpoint(mm, mm_path, meta={"mmdet_version": "2.28.2", "CLASSES": mm.CLASSES})
-    d2_path = os.path.join(output_dir, f"{detector}_d2.pth")
-    convert_mmdet_checkpoint(mm_path, d2_path, detector=detector)
-    d2 = d2_model(detector, d2_path)
+    mm, d2, d2_path, _ = converted_pair(detector, seed, output_dir)
     initial = {n: p.detach().clone() for n, p in mm.named_parameters()}
 
     start = time.time()
