@@ -37,6 +37,8 @@ from rsb_backbone.inference import (
     ARCHITECTURES,
     LazyConfigPredictor,
     build_default_predictor,
+    coco_image_ids,
+    collect_inputs,
     get_rsb_cfg,
     load_detector_checkpoint,
     load_yacs_config,
@@ -293,6 +295,45 @@ def test_config_file_kind(tmp_path):
         config_file_kind(str(other))
     with pytest.raises(FileNotFoundError, match="missing.py"):
         config_file_kind(str(tmp_path / "missing.py"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("model: x\n")
+    with pytest.raises(ValueError, match="notes.txt.*expected a LazyConfig"):
+        config_file_kind(str(notes))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match="broken.yaml' is not valid YAML"):
+        config_file_kind(str(broken))
+
+
+def test_prediction_inputs_expand_folders_and_patterns_and_name_what_they_cannot_use(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("b.jpg", "a.PNG", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    images, videos = collect_inputs([str(folder), str(video), str(folder / "*.jpg")])
+    assert images == [str(folder / "a.PNG"), str(folder / "b.jpg"), str(folder / "b.jpg")]  # in input order
+    assert videos == [str(video)]
+    (tmp_path / "empty").mkdir()
+    for spec, error, message in (
+        (tmp_path / "empty", ValueError, "empty: the folder has no .jpg"),
+        (folder / "notes.txt", ValueError, "notes.txt: expected an image"),
+        (tmp_path / "*.bmp", ValueError, "the pattern matches no images"),
+        (tmp_path / "missing.jpg", FileNotFoundError, "missing.jpg: no such file or folder"),
+    ):
+        with pytest.raises(error, match=message):
+            collect_inputs([str(images[0]), str(spec)])
+
+    coco = tmp_path / "instances.json"  # results name COCO image ids: matched by file name
+    coco.write_text(json.dumps({"images": [{"id": 7, "file_name": "val/a.PNG"}, {"id": 9, "file_name": "b.jpg"}]}))
+    assert coco_image_ids(str(coco)) == {"a.PNG": 7, "b.jpg": 9}
+    coco.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(ValueError, match="instances.json: no 'images' list"):
+        coco_image_ids(str(coco))
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "x/a.jpg"}, {"id": 2, "file_name": "y/a.jpg"}]}))
+    with pytest.raises(ValueError, match="two images are named a.jpg"):
+        coco_image_ids(str(coco))
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
