@@ -24,10 +24,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
 
 from rsb_backbone import model_zoo
 from rsb_backbone.config import head_config, resolve_device, set_score_threshold
+from rsb_backbone.export import to_deployment_form
+from rsb_backbone.export.exporter import trace_detector
 from rsb_backbone.modeling.backbone.timm_resnet import skip_pretrained_weights
 from rsb_backbone.utils.mixed_precision import PRECISIONS, autocast, resolve_precision
 
@@ -39,13 +42,9 @@ from measuring import read_image, script_parser, tensor_bytes, timed_ms
 
 logger = logging.getLogger("rsb_detectron2.benchmark")
 
-DETECTORS = {
-    d: f"configs/COCO/{d}_rsb_r50_fpn_1x.py"
-    for d in ("faster_rcnn", "mask_rcnn", "cascade_mask_rcnn", "retinanet")
-}
-# mmdetection's "Mem (GB)" for these RSB-A1 detectors (2 images per GPU, fp32, 1333x800):
-# torch.cuda.max_memory_allocated() in MiB / 1024, i.e. GiB.
+# mmdetection's "Mem (GB)" of the RSB-A1 detectors (2 images per GPU, fp32, 1333x800): GiB (MiB / 1024).
 MMDET_MEMORY_GIB = {"faster_rcnn": 3.9, "mask_rcnn": 4.5, "cascade_mask_rcnn": 6.2, "retinanet": 3.8}
+DETECTORS = {d: f"configs/COCO/{d}_rsb_r50_fpn_1x.py" for d in MMDET_MEMORY_GIB}
 INSTANCES_PER_IMAGE = 7  # COCO train2017: 860,001 instances / 118,287 images = 7.3 per image
 MEMORY_STEPS = 2  # the first step creates AdamW's state; the second runs with it, like every later step
 # (JSON key, title, unit) of each figure of both models, all lower-is-better.
@@ -61,10 +60,9 @@ DEPLOY_METRICS = (
     ("latency_b1_ms_onnx", "latency b1 ONNX Runtime", "onnx", "latency_b1_ms"),
     ("time_per_image_bN_ms_folded", "time/img bN folded", "rsb_folded", "time_per_image_bN_ms"),
 )
-# What docs/benchmark.md says the figures show, checked by the exit code: the same weights give
-# identical detections; the RSB model is as fast as its twin, a time ratio failing only when its
-# whole IQR lies above SAME_NETWORK_LIMIT, a memory ratio when it is above (the resident-set method
-# resolves about 2 %); --precision: the goals low precision / float32, failing likewise.
+# What docs/benchmark.md says, checked by the exit code: the same weights give identical detections; the
+# RSB model is as fast as its twin (a time ratio fails only when its whole IQR lies above the limit, a
+# memory ratio when it is above: resident sets resolve ~2 %); --precision: its goals, checked alike.
 SAME_NETWORK_LIMIT = 1.05
 MEMORY_METHODS = (  # the JSON's description of the peak memory on the CPU, on CUDA
     "CPU: growth of VmHWM (reset via /proc/self/clear_refs) during the training steps plus the model's "
@@ -135,9 +133,6 @@ def build_pair(cfg, device: torch.device, *, channels_last: bool, score_thresh: 
 def build_deployment_forms(rsb: torch.nn.Module, image: Dict, device: torch.device) -> Dict[str, Callable]:
     """The folded RSB model and, on the CPU, its ONNX Runtime session (traced on ``image``, as many
     threads as torch): name -> a callable taking a list of model inputs."""
-    from rsb_backbone.export import to_deployment_form
-    from rsb_backbone.export.exporter import trace_detector
-
     forms = {"rsb_folded": to_deployment_form(copy.deepcopy(rsb).to(device))}
     if device.type != "cpu":
         return forms
@@ -155,8 +150,7 @@ def build_deployment_forms(rsb: torch.nn.Module, image: Dict, device: torch.devi
             inputs = (item["image"].float(), torch.tensor(item["height"]), torch.tensor(item["width"]))
             session.run(None, {name: x.numpy() for name, x in zip(("image", "height", "width"), inputs)})
 
-    forms["onnx"] = run_onnx
-    return forms
+    return {**forms, "onnx": run_onnx}
 
 
 def training_step(cfg, model: torch.nn.Module, batch: List[Dict], device, dtype, seed: int) -> Callable:
@@ -229,9 +223,7 @@ def time_inference(models: Dict[str, Callable], images: List[Dict], dtypes: Dict
     return {name: [ms / len(images) for ms in values] for name, values in samples.items()}
 
 
-def measure_training(
-    cfg, models: Dict[str, torch.nn.Module], dtypes: Dict, args, device
-) -> Tuple[Dict, Dict]:
+def measure_training(cfg, models: Dict, dtypes: Dict, args, device) -> Tuple[Dict, Dict]:
     """Training step times (ms) and peak training memory (MiB), per name (names may share a model)."""
     masks = any(getattr(m, "mask_on", False) for m in next(iter(models.values())).modules())
     classes, size = head_config(cfg).num_classes, args.image_size
@@ -262,8 +254,6 @@ def benchmark_detector(detector: str, trained: Optional[Tuple[str, str]], args, 
     Args:
         detector: a key of ``DETECTORS``, or a trained model's name.
         trained: ``(config file, checkpoint)`` of a ``--trained`` model; None: random weights.
-        args: the parsed command line.
-        device: where to run.
     """
     cfg = load_detector_config(detector, trained[0] if trained else None)
     record = {"detector": detector, "config": trained[0] if trained else DETECTORS[detector]}
@@ -276,10 +266,8 @@ def benchmark_detector(detector: str, trained: Optional[Tuple[str, str]], args, 
         dtypes = {reference: torch.float32, variant: PRECISIONS[variant]}
         single = make_batch(1, args.image_size, device, seed=args.seed)
     else:
-        if trained:  # the trained weights in the RSB model, then copied into its twin
-            cfg.model.backbone.bottom_up.weights = None
         models = build_pair(cfg, device, channels_last=args.channels_last, score_thresh=args.score_thresh)
-        if trained:
+        if trained:  # the trained weights in the RSB model, then copied into its twin
             DetectionCheckpointer(models["rsb"]).load(trained[1])
             copy_rsb_weights(models["rsb"], models["builtin"])
             record["checkpoint"] = trained[1]
@@ -300,11 +288,10 @@ def benchmark_detector(detector: str, trained: Optional[Tuple[str, str]], args, 
         batch = make_batch(args.batch_size, args.image_size, device, seed=args.seed + 1)
         batched = {**models, **{n: f for n, f in forms.items() if isinstance(f, torch.nn.Module)}}  # ONNX: b1
         samples["time_per_image_bN_ms"] = time_inference(batched, batch, dtypes, args, device)
-    peaks = None
     if args.train:
         samples["train_step_ms"], peaks = measure_training(cfg, models, dtypes, args, device)
     metrics = {key: metric(per_model, variant, reference) for key, per_model in samples.items()}
-    if peaks is not None:
+    if args.train:
         metrics["train_peak_mem_mib"] = metric(peaks, variant, reference)
     if not args.precision:
         for key, _, form, source in DEPLOY_METRICS:
@@ -313,19 +300,15 @@ def benchmark_detector(detector: str, trained: Optional[Tuple[str, str]], args, 
                 metrics[key]["ratio_to_rsb"] = metric(samples[source], form, "rsb")
         record["gflops"] = None
         if args.flops:
-            from detectron2.utils.analysis import FlopCountAnalysis
-
-            count = {
-                n: count_flops(lambda: FlopCountAnalysis(m.eval(), single), logger, n)
+            record["gflops"] = {
+                n: count_flops(lambda: FlopCountAnalysis(m.eval(), single), logger, n)["gflops"]
                 for n, m in models.items()
             }
-            record["gflops"] = {name: flops["gflops"] for name, flops in count.items()}
     return {**record, "metrics": metrics, "samples_ms": samples}
 
 
 def ratio_stats(metric: Dict, pairs: int):
-    """A metric's ratio as :func:`figure_table` shows it: paired statistics where it was timed in
-    pairs, else the plain ratio."""
+    """A metric's ratio for :func:`figure_table`: paired statistics where timed in pairs, else the ratio."""
     if metric.get("ratio_q1") is None:
         return metric["ratio"]
     return {"median": metric["ratio"], "q1": metric["ratio_q1"], "q3": metric["ratio_q3"], "n": pairs}
@@ -346,10 +329,8 @@ def format_table(report: Dict) -> str:
                 m, title = metrics[key], f"{title} ({unit})".replace("bN", bN)
                 rows.append([detector, title, m[variant], m[reference], ratio_stats(m, pairs)])
         if flops:
-            ratio = metric(flops, "rsb", "builtin")["ratio"]
-            rows.append(
-                [detector, "fvcore FLOPs of one inference (G)", flops["rsb"], flops["builtin"], ratio]
-            )
+            m = metric(flops, "rsb", "builtin")
+            rows.append([detector, "fvcore FLOPs of one inference (G)", m["rsb"], m["builtin"], m["ratio"]])
         for key, title, form, _ in DEPLOY_METRICS:
             title, to_builtin = title.replace("bN", bN), metrics.get(key) or {}
             for m, other in ((to_builtin, "builtin"), (to_builtin.get("ratio_to_rsb"), "rsb")):
@@ -377,10 +358,8 @@ def format_table(report: Dict) -> str:
         figure_table(rows, columns, f"ratio {columns[0]} / {columns[1]}"),
     ]
     if deploy_rows:
-        forms = (
-            "folded = norm layers folded into the convolutions; ONNX Runtime = it exported to ONNX (CPU, b1)"
-        )
-        lines += ["", f"Deployment forms of the RSB model: {forms}.", ""]
+        forms = "folded = norm layers folded into the convolutions; ONNX Runtime = it exported to ONNX"
+        lines += ["", f"Deployment forms of the RSB model: {forms} (CPU, b1).", ""]
         lines.append(figure_table(deploy_rows, ["form", "reference"], "ratio form / reference"))
     if settings["device"] == "cuda" and not precision:
         lines += ["", "Training memory RSB / built-in against mmdetection's Mem: " + "; ".join(memory) + "."]
@@ -413,34 +392,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args, runs: Sequence[Tuple[str, Optional[Tuple[str, str]]]]) -> Dict:
-    """Measure each of ``runs`` (name, ``--trained`` files or None), the report written to ``--json``
-    after each; the report (settings, machine, results)."""
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = {name: getattr(args, name) for name in SETTINGS}
-    settings.update(
-        image_size=list(args.image_size),
-        ratios="timed figures: median and IQR of the per-pair ratios of alternating runs",
-        image=args.image or "random pixels",
-        instances_per_image=INSTANCES_PER_IMAGE,
-        memory=MEMORY_METHODS[args.device == "cuda"],
-        builtin_norm="Detectron2 ResNet norm='BN' kept in eval mode (trainable affine), freeze_at=2: "
-        "stem + res2 FrozenBN",
-    )
-    machine = machine_description(("torch", "detectron2", "timm", "onnxruntime"), device)
-    report = {"settings": settings, "machine": machine, "results": []}
-    return measure_each(runs, lambda run: benchmark_detector(*run, args, device), report, args.json, logger)
-
-
 def failed_checks(report: Dict) -> List[str]:
     """One line per figure of ``report`` outside what the docs state (``SAME_NETWORK_LIMIT``,
     ``PRECISION_GOALS``): outputs that differ, a resolved slower or larger RSB model, a resolved
     miss of a precision goal.
 
     Args:
-        report: what :func:`run` returns (and ``--json`` writes).
+        report: what :func:`main` prints as tables and ``--json`` writes (settings, machine, results).
     """
     failures, precision = [], report["settings"].get("precision")
     limits = PRECISION_GOALS if precision else {key: SAME_NETWORK_LIMIT for key, _, _ in METRICS}
@@ -457,8 +415,7 @@ def failed_checks(report: Dict) -> List[str]:
             if lowest is not None and lowest > limit:
                 ratio = f"{precision} / float32" if precision else "RSB / built-in"
                 above = f"the goal {limit}" if precision else f"{limit} for the same network"
-                shown = ratio_stats(metric, 0)
-                shown = format_ratio(shown) if isinstance(shown, dict) else f"{shown:.2f}"
+                shown = format_ratio(ratio_stats(metric, 0)) if "ratio_q1" in metric else f"{lowest:.2f}"
                 failures.append(f"{name} {key}: {ratio} = {shown}, above {above}")
     return failures
 
@@ -478,7 +435,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         other = "--trained" if args.trained else "--amp"
         parser.error(f"--precision compares float32 with that precision; {other} does not go with it")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = run(args, runs)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    settings.update(
+        image_size=list(args.image_size),
+        ratios="timed figures: median and IQR of the per-pair ratios of alternating runs",
+        image=args.image or "random pixels",
+        instances_per_image=INSTANCES_PER_IMAGE,
+        memory=MEMORY_METHODS[args.device == "cuda"],
+        builtin_norm="Detectron2 ResNet norm='BN' kept in eval mode (trainable affine), freeze_at=2: "
+        "stem + res2 FrozenBN",
+    )
+    machine = machine_description(("torch", "detectron2", "timm", "onnxruntime"), device)
+    report = {"settings": settings, "machine": machine, "results": []}
+    measure_each(runs, lambda run: benchmark_detector(*run, args, device), report, args.json, logger)
     print(format_table(report))
     return exit_status(failed_checks(report), check=args.check, logger=logger)
 

@@ -22,8 +22,7 @@ from detectron2.utils.registry import locate
 from rsb_backbone import FROZEN_STATS_BN, NORM_MODES, TimmResNet
 from rsb_backbone.modeling.backbone.timm_resnet import set_batchnorm_eval
 
-# timm ResNet names that Detectron2's ResNet.make_default_stages builds (plain 7x7 stem, no
-# "d"/"s" variants): architecture name -> depth.
+# timm ResNets that Detectron2's ResNet.make_default_stages builds (plain 7x7 stem): name -> depth.
 _DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 _BOTTOM_UP = "backbone.bottom_up."
 # TimmResNet arguments the Detectron2 trunk takes over ("weights" travels by copy_rsb_weights).
@@ -31,10 +30,8 @@ _SHARED_ARGUMENTS = ("model_name", "out_features", "freeze_at", "norm")
 
 
 class EvalStatsResNet(ResNet):
-    """Detectron2's ResNet whose BatchNorm layers stay in eval mode (the ``FrozenStatsBN`` mode).
-
-    Running statistics never change while gamma and beta train, as in the RSB trunk.
-    """
+    """Detectron2's ResNet whose BatchNorm layers stay in eval mode (the ``FrozenStatsBN`` mode): running
+    statistics never change while gamma and beta train, as in the RSB trunk."""
 
     def train(self, mode: bool = True) -> "EvalStatsResNet":
         super().train(mode)
@@ -68,13 +65,9 @@ def build_detectron2_resnet(
     # torchvision/timm ResNets stride on the 3x3 conv; BasicBlock (depth < 50) has no such choice.
     stage_args = dict(stride_in_1x1=False) if depth >= 50 else {}
     stages = ResNet.make_default_stages(depth=depth, norm=d2_norm, **stage_args)
+    stem = BasicStem(in_channels=3, out_channels=64, norm=d2_norm)
     resnet_class = EvalStatsResNet if norm == FROZEN_STATS_BN else ResNet
-    trunk = resnet_class(
-        stem=BasicStem(in_channels=3, out_channels=64, norm=d2_norm),
-        stages=stages,
-        out_features=list(out_features),
-        freeze_at=freeze_at,
-    )
+    trunk = resnet_class(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
     if norm == FROZEN_STATS_BN:
         set_batchnorm_eval(trunk)
     return trunk
@@ -96,8 +89,7 @@ def baseline_model_config(model_cfg):
         target = locate(target)
     if target is not TimmResNet:
         raise ValueError(f"model.backbone.bottom_up builds {target!r}; expected TimmResNet")
-    # The trunk's arguments, with TimmResNet's defaults for those the config leaves out.
-    defaults = inspect.signature(TimmResNet.__init__).parameters
+    defaults = inspect.signature(TimmResNet.__init__).parameters  # for arguments the config leaves out
     args = {name: trunk.get(name, defaults[name].default) for name in _SHARED_ARGUMENTS}
     args["out_features"] = list(args["out_features"])
     baseline = copy.deepcopy(model_cfg)

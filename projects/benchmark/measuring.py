@@ -1,12 +1,10 @@
 """What the benchmark scripts of this folder share: alternating runs and the paired ratios of their
 samples, peak memory, the machine's description, image sizes, FLOP counts, tables, options, output.
 
-Two models timed in one alternating run (sample i of A, then sample i of B, the order flipped from
-round to round) share the machine's load pair by pair: a busy second slows both samples of a pair.
-The ratio of the two samples of each pair therefore cancels most of that load, and the median of
-the per-pair ratios with their interquartile range (IQR) says both how large the difference is and
-how well the run resolved it (``format_ratio``: ``"1.04 (0.98-1.10)"``); the ratio of two medians,
-each from another moment, says neither.
+Two models timed in one alternating run (sample i of A, then sample i of B, the order flipped every
+round) share the machine's load pair by pair, so the per-pair ratios cancel most of it; their median
+and interquartile range (IQR) say how large the difference is and how well the run resolved it
+(``format_ratio``: ``"1.04 (0.98-1.10)"``), which the ratio of two medians from other moments cannot.
 """
 
 import argparse
@@ -27,7 +25,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 MIB = 2**20
 
 
-# ---- alternating runs and paired ratios ----------------------------------------------------------
 def alternate(
     functions: Dict[str, Callable], *, rounds: int, warmup: int = 0, on_round: Optional[Callable] = None
 ) -> Dict[str, List]:
@@ -70,15 +67,13 @@ def quartiles(values: Sequence[float]) -> List[float]:
 
 
 def paired_ratio_statistics(numerators: Sequence[float], denominators: Sequence[float]) -> Dict:
-    """Median and interquartile range of the per-pair ratios ``numerators[i] / denominators[i]``.
+    """Median and interquartile range of the per-pair ratios ``numerators[i] / denominators[i]``:
+    ``n`` (usable pairs), ``ratios``, ``median``, ``q1``, ``q3``, ``iqr``, ``min``, ``max``, the figures
+    None where no pair has two usable samples (not None, finite, denominator not 0).
 
     Args:
         numerators: one sample per pair of the model in the numerator (e.g. this repository's).
         denominators: the other model's sample of the same pairs, in the same order.
-
-    Returns:
-        ``n`` (usable pairs), ``ratios``, ``median``, ``q1``, ``q3``, ``iqr``, ``min``, ``max``; the
-        figures are None where no pair has two usable samples (not None, finite, denominator not 0).
     """
     if len(numerators) != len(denominators):
         raise ValueError(f"{len(numerators)} numerators for {len(denominators)} denominators: must pair up")
@@ -94,9 +89,8 @@ def paired_ratio_statistics(numerators: Sequence[float], denominators: Sequence[
 def within_tolerance(stats: Dict, tolerance: float = 0.05) -> bool:
     """Whether both quartiles of a :func:`paired_ratio_statistics` result lie within ``tolerance``
     of its median, i.e. whether the run resolved the ratio to that precision."""
-    if stats["median"] is None:
-        return False
-    return stats["q3"] - stats["median"] <= tolerance and stats["median"] - stats["q1"] <= tolerance
+    median = stats["median"]
+    return median is not None and stats["q3"] - median <= tolerance and median - stats["q1"] <= tolerance
 
 
 def format_ratio(stats: Dict, digits: int = 2) -> str:
@@ -106,21 +100,18 @@ def format_ratio(stats: Dict, digits: int = 2) -> str:
     return f"{stats['median']:.{digits}f} ({stats['q1']:.{digits}f}-{stats['q3']:.{digits}f})"
 
 
-# ---- memory ------------------------------------------------------------------------------------
 def read_memory_mib(field: str) -> float:
     """``VmRSS`` (resident set now) or ``VmHWM`` (its high-water mark) of this process, in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    match = re.search(rf"^{field}:\s*(\d+)", Path("/proc/self/status").read_text(), re.M)
+    if not match:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1)) / 1024
 
 
 def reset_peak_memory() -> None:
     """Reset this process's ``VmHWM`` to its resident set now (a process started by ``subprocess``
     inherits its parent's ``ru_maxrss``; ``VmHWM`` after this reset is its own)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def cpu_peak_memory_supported() -> bool:
@@ -150,7 +141,6 @@ def tensor_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-# ---- the run: machine, options, FLOPs, tables, output --------------------------------------------
 def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Dict[str, object]:
     """CPU model, cores, platform, the installed versions of ``packages`` ("missing" for one that
     is not), torch's CPU threads and, for a CUDA ``device`` (a ``torch.device``), the GPU."""
@@ -161,11 +151,10 @@ def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Di
     info = dict(
         cpu=cpu, cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version()
     )
+    info.update(dict.fromkeys(packages, "missing"))
     for name in packages:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             info[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            info[name] = "missing"
     import torch
 
     info["torch_threads"] = torch.get_num_threads()
@@ -178,11 +167,8 @@ def machine_description(packages: Sequence[str] = ("torch",), device=None) -> Di
 def parse_image_size(text: str, aspect: Optional[float] = None) -> Tuple[int, int]:
     """An image size of the command line as (height, width): ``"800x1333"`` -> (800, 1333); a single
     number N is a square N x N, or with ``aspect`` (height / width) the long side of that aspect
-    (``"512"`` with 800/1333 -> (307, 512)).
-
-    Raises:
-        argparse.ArgumentTypeError: not N or HxW, or a side under 32 pixels.
-    """
+    (``"512"`` with 800/1333 -> (307, 512)). Raises argparse.ArgumentTypeError for anything but N or
+    HxW, or a side under 32 pixels."""
     match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 512 or 800x1333")
@@ -259,9 +245,7 @@ def count_flops(make_analysis: Callable, logger=None, what: str = "the model") -
 
     try:
         with torch.no_grad():
-            analysis = make_analysis()
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
+            analysis = make_analysis().unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return {"gflops": analysis.total() / 1e9, "uncounted_ops": dict(analysis.unsupported_ops())}
     except Exception as error:  # noqa: BLE001 - a tracing failure is reported, not fatal
         if logger is not None:
@@ -270,17 +254,14 @@ def count_flops(make_analysis: Callable, logger=None, what: str = "the model") -
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], align: Optional[str] = None) -> str:
-    """A markdown table; ``align`` has an ``l`` or ``r`` per column (default: the first column
-    left-aligned, the others, numbers, right-aligned); cells are converted with ``str``."""
+    """A markdown table, cells through ``str``; ``align``: ``l`` or ``r`` per column (default ``lr..r``)."""
     align = align or "l" + "r" * (len(headers) - 1)
     lines = ["| " + " | ".join(map(str, row)) + " |" for row in [headers, *rows]]
     lines.insert(1, "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|")
     return "\n".join(lines)
 
 
-def figure_table(
-    rows: Iterable[Sequence], columns: Sequence[str], ratio_title: str, tolerance: float = 0.05
-) -> str:
+def figure_table(rows: Iterable[Sequence], columns: Sequence[str], ratio_title: str, tolerance=0.05) -> str:
     """The markdown table of two models' figures, and a note on unresolved ratios. ``rows``: (detector,
     figure, value, the other model's value, ratio), the ratio a :func:`paired_ratio_statistics`
     result (median (IQR), ``*`` where not resolved to ``tolerance``, and its pairs), a number or None;
@@ -303,9 +284,8 @@ def measure_each(names: Sequence, measure: Callable, report: Dict, json_path: Op
     and logged; ``report`` written to ``json_path`` (if given) after each. Returns ``report``."""
     for name in names:
         start = time.perf_counter()
-        logger.info(
-            "Measuring %s (load %.2f)", name[0] if isinstance(name, tuple) else name, os.getloadavg()[0]
-        )
+        label = name[0] if isinstance(name, tuple) else name
+        logger.info("Measuring %s (load %.2f)", label, os.getloadavg()[0])
         record = measure(name)
         record["seconds"] = round(time.perf_counter() - start, 1)
         logger.info("%s done in %.0f s", record.get("detector", name), record["seconds"])
@@ -324,9 +304,7 @@ def write_json(path: Optional[str], report: Dict) -> None:
 def exit_status(failures: List[str], *, check: bool, logger) -> int:
     """Log each line of a script's ``failed_checks`` and return its exit status: 1 when ``check``
     (no ``--no-check``) and a figure failed (lines logged as errors), else 0 (as warnings)."""
+    log, message = (logger.error, "FAILED %s") if check else (logger.warning, "not checked (--no-check): %s")
     for line in failures:
-        if check:
-            logger.error("FAILED %s", line)
-        else:
-            logger.warning("not checked (--no-check): %s", line)
+        log(message, line)
     return 1 if check and failures else 0

@@ -45,9 +45,7 @@ logger = logging.getLogger("rsb_detectron2.mmdet_side_by_side")
 
 MMDET, HERE_SIDE = "mmdet", "here"  # the two sides; every ratio is HERE / MMDET
 SIDES = (MMDET, HERE_SIDE)
-MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
-# The recipe's test scale (Resize img_scale=(1333, 800), keep_ratio): a size N is its aspect's long side.
-RECIPE_SIZE = (800, 1333)
+RECIPE_SIZE = (800, 1333)  # the recipe's test scale (Resize img_scale=(1333, 800), keep_ratio)
 TRAIN_OBJECTS = (8, 7)  # objects in the two training images (COCO train2017: 7.3 instances per image)
 SCORE_THRESHOLD = 0.0  # both sides: every image keeps the full 100 detections
 # The check run's thresholds (docs/benchmark.md, "Side by side with mmdetection 2.28 (CPU)"):
@@ -112,9 +110,8 @@ def here_input(image: np.ndarray) -> Dict:
 
 
 def training_batches(seed: int, size: Tuple[int, int], *, with_masks: bool, polygons: bool) -> Dict:
-    """Each side's two generated images of ``size`` with ``TRAIN_OBJECTS`` objects (``scenes``), with
-    the bitmap masks for the mask detectors only (neither recipe loads masks for the others) and,
-    with ``polygons``, here each mask's outer contours as ``PolygonMasks`` (Detectron2's COCO format)."""
+    """Each side's two generated images of ``size`` with ``TRAIN_OBJECTS`` objects, the bitmap masks for the
+    mask detectors only (neither recipe loads them otherwise); with ``polygons``, here as ``PolygonMasks``."""
     import cv2
     from detectron2.structures import PolygonMasks
 
@@ -149,15 +146,13 @@ def inference_functions(models: Dict[str, torch.nn.Module], image: np.ndarray) -
         img, metas = mmdet_parity.mmdet_inputs(image, image.shape)  # --profile's "preprocess"
         return models[MMDET].simple_test(img, metas, rescale=True)[0]
 
-    run_here = torch.no_grad()(lambda: models[HERE_SIDE]([here_input(image)]))
-    return {MMDET: run_mmdet, HERE_SIDE: run_here}
+    return {MMDET: run_mmdet, HERE_SIDE: torch.no_grad()(lambda: models[HERE_SIDE]([here_input(image)]))}
 
 
 def training_steps(detector: str, models: Dict, batches: Dict, seed: int, memory: bool) -> Tuple[Dict, Dict]:
-    """(side -> training iteration returning the loss terms, side -> its measurement: ``{"ms"}`` and,
-    with ``memory``, ``"peak_mib"`` (``MEMORY``; gradients freed first)) of the models in training mode
-    on ``batches`` (:func:`training_batches`). The iteration in mmcv's ``OptimizerHook`` order, ``seed``
-    set first so that the samplers draw alike: zero_grad, forward with losses, backward, AdamW's step."""
+    """(side -> training iteration returning the loss terms, side -> its measurement: ``{"ms"}`` and, with
+    ``memory``, ``"peak_mib"`` (``MEMORY``; gradients freed first)) on ``batches`` (:func:`training_batches`),
+    models in training mode; mmcv's ``OptimizerHook`` order, ``seed`` set first so the samplers draw alike."""
     from detectron2.config import LazyConfig, instantiate
     from mmcv.runner import build_optimizer
 
@@ -267,9 +262,8 @@ def marked_groups(model: torch.nn.Module, groups: Dict[str, str], times: Dict[st
 
     with contextlib.ExitStack() as stack:
         for group, paths in groups.items():
-            for owner, attribute in [t for path in paths.split() for t in group_targets(model, path)]:
-                timed = mark(group, getattr(owner, attribute))
-                stack.enter_context(mock.patch.object(owner, attribute, timed))
+            for owner, name in [t for path in paths.split() for t in group_targets(model, path)]:
+                stack.enter_context(mock.patch.object(owner, name, mark(group, getattr(owner, name))))
         yield mark
 
 
@@ -309,11 +303,10 @@ def measured(label: str, functions: Dict[str, Callable], pairs: int, warmup: int
 
 
 def benchmark_detector(detector: str, args, workdir: str) -> Dict:
-    """Every measurement of ``detector`` in both libraries as ``args`` ask, the checkpoints written to
-    ``workdir``; returns its JSON record."""
+    """``detector``'s JSON record: every measurement ``args`` ask for, the checkpoints in ``workdir``."""
     import mmcv
 
-    with_masks = detector in MASK_DETECTORS
+    with_masks = detector in ("mask_rcnn", "cascade_mask_rcnn")
     models, conversion = build_models(detector, args.seed, workdir)
     record = dict(detector=detector, mmdet_config=MMDET_CONFIGS[detector], config=DEFAULT_CONFIGS[detector])
     record.update(conversion=conversion, load_average_start=os.getloadavg(), figures={}, flops={}, outputs={})
@@ -439,8 +432,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_argument_parser().parse_args(argv)
-    # A handler of its own: mmcv raises the root logger's stream handlers to ERROR when it makes
-    # its first logger (mmcv.utils.get_logger), which would silence the progress log.
+    # A handler of its own: mmcv's first get_logger raises the root logger's stream handlers to ERROR.
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -465,10 +457,9 @@ def run_side_by_side(args: argparse.Namespace) -> Dict:
     machine.update(mmdet=mmdet.__version__, mmcv=mmcv.__version__)
     settings = dict(sizes=[list(size) for size in args.sizes], train_size=list(args.train_size))
     settings.update(train_batch_size=len(TRAIN_OBJECTS), train_objects=list(TRAIN_OBJECTS))
-    settings.update(here_mask_format=args.here_mask_format, pairs=args.pairs, train_pairs=args.train_pairs)
-    settings.update(warmup=args.warmup, score_threshold=SCORE_THRESHOLD, tolerance=args.tolerance)
-    settings.update(seed=args.seed, ratio="here / mmdet per pair; median, q1, q3 of the pairs")
-    settings.update(memory=MEMORY, flops=FLOPS)
+    settings.update({k: getattr(args, k) for k in ("here_mask_format", "pairs", "train_pairs", "warmup")})
+    settings.update(score_threshold=SCORE_THRESHOLD, tolerance=args.tolerance, seed=args.seed)
+    settings.update(ratio="here / mmdet per pair; median, q1, q3 of the pairs", memory=MEMORY, flops=FLOPS)
     report = {"settings": settings, "machine": machine, "results": []}
     with tempfile.TemporaryDirectory(prefix="mmdet_side_by_side_") as temporary:
         workdir = args.workdir or temporary

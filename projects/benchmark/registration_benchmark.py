@@ -27,7 +27,7 @@ from measuring import paired_ratio_statistics, read_memory_mib, reset_peak_memor
 
 logger = logging.getLogger("rsb_detectron2.registration_benchmark")
 
-LOADERS = ("detectron2", "checked")  # register_coco_instances, --register-coco
+LOADERS = {"detectron2": "Detectron2 `register_coco_instances`", "checked": "`--register-coco` (checked)"}
 TARGET_RATIO = 1.2
 HELD_LIMIT_MIB = 64.0  # resident memory a registration may leave behind until the set's first use
 DATASET_NAME = "coco_sized_train"
@@ -62,18 +62,16 @@ def write_coco_sized_file(data_dir: str, images: int, annotations: int, categori
             entry = {"id": i + 1, "file_name": name, "height": int(heights[i]), "width": int(widths[i])}
             f.write(("," if i else "") + json.dumps(entry))
         f.write('], "annotations": [')
-        for a, owner in enumerate(owners):
-            w, h = int(widths[owner]), int(heights[owner])
+        for a, (owner, w, h) in enumerate(zip(owners, widths[owners], heights[owners])):
             bw, bh = rng.uniform(8, w / 2), rng.uniform(8, h / 2)
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             n = int(rng.integers(8, 21))
             angles, radii = np.sort(rng.uniform(0, 2 * np.pi, n)), rng.uniform(0.6, 1.0, n)
-            category = int(rng.integers(1, categories + 1))
             xs, ys = x + bw / 2 * (1 + radii * np.cos(angles)), y + bh / 2 * (1 + radii * np.sin(angles))
             polygon = np.round(np.stack([xs, ys], 1).reshape(-1), 2).tolist()
             box = [round(float(v), 2) for v in (x, y, bw, bh)]
-            entry = {"id": a + 1, "image_id": int(owner) + 1, "category_id": category, "bbox": box}
-            entry.update(area=round(float(bw * bh * 0.7), 2), iscrowd=0, segmentation=[polygon])
+            entry = dict(id=a + 1, image_id=int(owner) + 1, category_id=int(rng.integers(1, categories + 1)))
+            entry.update(bbox=box, area=round(float(bw * bh * 0.7), 2), iscrowd=0, segmentation=[polygon])
             f.write(("," if a else "") + json.dumps(entry))
         names = [{"id": c + 1, "name": f"class_{c + 1}", "supercategory": "thing"} for c in range(categories)]
         f.write('], "categories": ' + json.dumps(names) + "}")
@@ -96,13 +94,12 @@ def run_worker(loader: str, json_file: str, image_root: str, sender) -> None:
         register_coco_instances(DATASET_NAME, {}, json_file, image_root)
     else:
         register_coco_instances_checked(DATASET_NAME, json_file, image_root)
-    registered, held = time.perf_counter(), read_memory_mib("VmRSS") - start_mib  # until the first use
+    registration, held = time.perf_counter() - start, read_memory_mib("VmRSS") - start_mib  # to the first use
     dicts = get_detection_dataset_dicts([DATASET_NAME], filter_empty=True)
     dataset, training_images = DatasetFromList(dicts, copy=False, serialize=True), len(dicts)
     del dicts
     seconds, peak, now = time.perf_counter() - start, read_memory_mib("VmHWM"), read_memory_mib("VmRSS")
-    figures = dict(registration_s=registered - start, to_serialised_s=seconds)
-    figures["held_after_registration_mib"] = held
+    figures = dict(registration_s=registration, to_serialised_s=seconds, held_after_registration_mib=held)
     figures.update(peak_mib=peak, peak_over_start_mib=peak - start_mib, serialised_mib=now - start_mib)
     sender.send({**figures, "training_images": training_images, "dataset_length": len(dataset)})
 
@@ -135,20 +132,16 @@ def format_table(summary: Dict[str, Dict]) -> str:
     for key, title, digits, with_ratio in FIGURES:
         values = [f"{summary[key][loader]:,.{digits}f}" for loader in LOADERS]
         rows.append([title, *values, format_ratio(summary[key]["ratio"]) if with_ratio else "-"])
-    loaders = ["Detectron2 `register_coco_instances`", "`--register-coco` (checked)"]
-    return markdown_table(["", *loaders, "checked / Detectron2"], rows)
+    return markdown_table(["", *LOADERS.values(), "checked / Detectron2"], rows)
 
 
 def failed_checks(summary: Dict[str, Dict]) -> List[str]:
-    """One line per figure outside its target: ratios above ``TARGET_RATIO``, held memory above
-    ``HELD_LIMIT_MIB``."""
+    """The failures, one line each: ratios above ``TARGET_RATIO``, held memory above ``HELD_LIMIT_MIB``."""
     failures = []
     for key in ("to_serialised_s", "peak_mib"):
-        ratio = summary[key]["ratio"]["median"]
-        if ratio is None or ratio > TARGET_RATIO:
+        if (ratio := summary[key]["ratio"]["median"]) is None or ratio > TARGET_RATIO:
             failures.append(f"{key}: checked / Detectron2 = {ratio}, above the target {TARGET_RATIO}")
-    held = summary["held_after_registration_mib"]["checked"]
-    if held > HELD_LIMIT_MIB:
+    if (held := summary["held_after_registration_mib"]["checked"]) > HELD_LIMIT_MIB:
         message = f"{held:.0f} MiB held after registration, above {HELD_LIMIT_MIB:.0f}"
         failures.append(f"held_after_registration_mib: {message}")
     return failures
@@ -172,9 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--data-dir is required: the folder for the generated data set")
     started = time.time()
     files = write_coco_sized_file(args.data_dir, args.images, args.annotations, args.categories, args.seed)
-    calls = {loader: lambda loader=loader: call_worker(loader, files) for loader in LOADERS}
-    log = lambda index, results: logger.info("round %d: %s", index + 1, results)  # noqa: E731
-    samples = alternate(calls, rounds=args.rounds, on_round=log)
+    runs = {loader: lambda loader=loader: call_worker(loader, files) for loader in LOADERS}
+    samples = alternate(runs, rounds=args.rounds, on_round=lambda i, r: logger.info("round %d: %s", i + 1, r))
     data_set = dict(images=args.images, annotations=args.annotations, categories=args.categories)
     data_set["json_mib"] = os.path.getsize(files[0]) / 2**20
     summary, minutes = summarize(samples), (time.time() - started) / 60

@@ -15,7 +15,6 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,9 +33,7 @@ from measuring import read_memory_mib, reset_peak_memory, script_parser
 logger = logging.getLogger("rsb_detectron2.scale_benchmark")
 
 DETECTORS = {d: f"configs/COCO/{d}_rsb_r50_fpn_1x.py" for d in ("mask_rcnn", "cascade_mask_rcnn")}
-# The PyTorch predictor (LazyConfigPredictor), its folded form (fuse=True), and that form exported
-# (rsb_backbone.export.export_predictor) and run by ExportedDetector; every form: bool image masks.
-FORMS = ("predictor", "folded", "torchscript", "onnx")
+FORMS = ("predictor", "folded", "torchscript", "onnx")  # LazyConfigPredictor; fuse=True; folded + exported
 REFERENCE_FORM = "predictor"
 TARGET_RATIO = 1.2
 MEMORY = (
@@ -60,10 +57,9 @@ def serve(form: str, config_file: str, checkpoint: str, export_dir: str, threads
         start = time.perf_counter()
         with torch.no_grad():
             instances = detector(image)["instances"]
-            masks = instances.pred_masks  # bool (N, H, W) image masks in every form
         reply = {"seconds": time.perf_counter() - start, "peak_rss_mib": read_memory_mib("VmHWM")}
-        reply.update(detections=len(instances), mask_shape=list(masks.shape))
-        del instances, masks
+        reply.update(detections=len(instances), mask_shape=list(instances.pred_masks.shape))  # bool (N, H, W)
+        del instances
         connection.send(reply)
 
 
@@ -80,10 +76,8 @@ def ask(form: str, process, connection, image: Optional[np.ndarray] = None) -> D
 
 def load_image(path: Optional[str], long_side: int, rng) -> np.ndarray:
     """A 4:3 (H, W, 3) uint8 BGR image with this long side: the file at ``path`` resized, or random pixels."""
-    height, width = round(long_side * 3 / 4), long_side
-    if path:
-        return read_image(path, height, width)
-    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    shape = (round(long_side * 3 / 4), long_side)  # (height, width)
+    return read_image(path, *shape) if path else rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
 
 
 def measure_detector(detector: str, trained: Optional[Tuple[str, str]], args, workdir: str) -> Dict:
@@ -92,7 +86,7 @@ def measure_detector(detector: str, trained: Optional[Tuple[str, str]], args, wo
     if trained:
         config_file, checkpoint = trained
     else:
-        config_file = str(Path(__file__).resolve().parents[2] / DETECTORS[detector])
+        config_file = os.path.join(os.path.dirname(__file__), "..", "..", DETECTORS[detector])
         cfg = LazyConfig.load(config_file)
         skip_pretrained_weights(cfg.model)
         torch.manual_seed(args.seed)
@@ -136,13 +130,12 @@ def summarize_size(long_side: int, shape: Tuple[int, int], samples: Dict[str, Li
     for form, replies in samples.items():
         seconds = [r["seconds"] for r in replies]
         peak = max(r["peak_rss_mib"] for r in replies)
-        entry = {"median_ms": 1000 * statistics.median(seconds), "peak_rss_mib": peak}
+        forms[form] = entry = {"median_ms": 1000 * statistics.median(seconds), "peak_rss_mib": peak}
         entry.update(detections=replies[-1]["detections"], samples_ms=[1000 * s for s in seconds])
         if reference is not None:
             stats = paired_ratio_statistics(seconds, [r["seconds"] for r in reference])
             entry["time_ratio"] = {k: stats[k] for k in ("median", "q1", "q3")}
             entry["memory_ratio"] = peak / max(r["peak_rss_mib"] for r in reference)
-        forms[form] = entry
     return {"long_side": long_side, "image_size": list(shape), "pixels": shape[0] * shape[1], "forms": forms}
 
 
@@ -176,25 +169,23 @@ def format_table(report: Dict) -> str:
 
 
 def failed_checks(report: Dict) -> List[str]:
-    """One line per figure of ``report`` (as ``--json`` writes it) outside the target: a form whose time
-    ratio to the predictor lies above ``TARGET_RATIO`` over its whole IQR (resolved), whose peak memory
-    ratio is above it, or that keeps other detections."""
+    """One line per figure of ``report`` outside the target: a form whose time ratio to the predictor is above
+    ``TARGET_RATIO`` over its whole IQR (resolved), whose memory ratio is too, or with other detections."""
     failures, above = [], f"above {TARGET_RATIO}"
     for record in report["results"]:
         for size in record["sizes"]:
-            where = f"{record['detector']} {size['image_size'][1]}x{size['image_size'][0]}"
             reference = size["forms"].get(REFERENCE_FORM)
             for form, entry in size["forms"].items():
                 if form == REFERENCE_FORM or reference is None:
                     continue
-                time_ratio, memory_ratio = entry["time_ratio"], entry["memory_ratio"]
-                if time_ratio["q1"] is not None and time_ratio["q1"] > TARGET_RATIO:
-                    failures.append(f"{where} {form}: time / predictor = {format_ratio(time_ratio)}, {above}")
-                if memory_ratio > TARGET_RATIO:
-                    failures.append(f"{where} {form}: peak memory / predictor = {memory_ratio:.2f}, {above}")
+                at = f"{record['detector']} {size['image_size'][1]}x{size['image_size'][0]} {form}"
+                if entry["time_ratio"]["q1"] is not None and entry["time_ratio"]["q1"] > TARGET_RATIO:
+                    failures.append(f"{at}: time / predictor = {format_ratio(entry['time_ratio'])}, {above}")
+                if entry["memory_ratio"] > TARGET_RATIO:
+                    failures.append(f"{at}: peak memory / predictor = {entry['memory_ratio']:.2f}, {above}")
                 if entry["detections"] != reference["detections"]:
                     counts = f"{entry['detections']} detections, the predictor {reference['detections']}"
-                    failures.append(f"{where} {form}: {counts}")
+                    failures.append(f"{at}: {counts}")
     return failures
 
 
