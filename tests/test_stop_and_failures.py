@@ -406,12 +406,19 @@ class _SignalsSeenByWorkers(torch.utils.data.Dataset):
 def test_data_loader_workers_ignore_stop_signals_and_still_run_the_loaders_own_init():
     from rsb_backbone.engine.stop_signals import ignore_stop_signals_in_workers
 
-    loader = torch.utils.data.DataLoader(
-        _SignalsSeenByWorkers(), batch_size=None, num_workers=1, worker_init_fn=_note_worker
-    )
-    assert [item.tolist() for item in loader] == [[0, 0, 0]] * 3  # the workers inherit the handlers
-    assert ignore_stop_signals_in_workers(loader) is loader
-    assert [item.tolist() for item in loader] == [[1, 1, 0]] * 3  # and Detectron2's seeding still runs
+    # The default handlers here (a shell may start a background job with SIGINT ignored), which the
+    # workers inherit unless told otherwise.
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        loader = torch.utils.data.DataLoader(
+            _SignalsSeenByWorkers(), batch_size=None, num_workers=1, worker_init_fn=_note_worker
+        )
+        assert [item.tolist() for item in loader] == [[0, 0, 0]] * 3
+        assert ignore_stop_signals_in_workers(loader) is loader
+        assert [item.tolist() for item in loader] == [[1, 1, 0]] * 3  # and Detectron2's seeding still runs
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_config_file_with_a_syntax_error_is_one_line(tmp_path):
